@@ -1,0 +1,32 @@
+# `make help` lists the targets. Everything sets itself up on first use.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup train test clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed $(FMNIST) ## create .venv with the pinned dependencies, install Fashion-MNIST
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+$(FMNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+
+train: setup ## train the default model on Fashion-MNIST (extra overrides: make train ARGS="key=value ...")
+	$(PY) -m cnnbench.train $(ARGS)
+
+test: setup ## run the test suite
+	$(PY) -m pytest -q
+
+clean: ## remove the venv and the runs under outputs/
+	rm -rf $(VENV) outputs

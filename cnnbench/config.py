@@ -1,0 +1,151 @@
+"""The structured schema of a run: one typed, commented tree, registered in Hydra's ConfigStore.
+
+Hydra rejects unknown keys and wrong types while composing; `check_config` rejects impossible
+values before any work, each with one line that names the key.
+"""
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from cnnbench.errors import ConfigError
+
+
+class Device(str, Enum):
+    auto = "auto"  # CUDA when present, else CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16 on a GPU that has it, else fp32
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"  # with a GradScaler
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # fashion_mnist | mnist | cifar10 | cifar100 | imagenet | imagefolder | synthetic
+    root: Optional[str] = None  # where the files are; null: the data set's usual places
+    image_size: int = MISSING  # side of the square image the model sees
+    channels: int = MISSING  # 1 (grayscale) or 3 (RGB): images are converted to it
+    num_classes: Optional[int] = None  # null: the data set's own count
+    batch_size: int = 128  # global: split across DDP ranks
+    workers: int = 0  # DataLoader worker processes
+    train_size: Optional[int] = None  # null: the whole training set; N: a fixed random subset
+    val_size: Optional[int] = None  # likewise for validation
+    download: bool = False  # fetch through torchvision when the files are missing
+    mean: List[float] = MISSING  # per-channel normalization
+    std: List[float] = MISSING
+
+
+@dataclass
+class AugmentationConfig:
+    name: str = MISSING  # none | basic | imagenet
+    hflip: float = 0.5  # probability of a horizontal flip
+    crop_padding: int = 4  # basic: pad then random-crop back to size
+    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # imagenet: RandomResizedCrop area range
+    eval_crop_ratio: float = 0.875  # imagenet: resize to size / ratio, center-crop size
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class OptimizerConfig:
+    _target_: str = "timm.optim.create_optimizer_v2"
+    _partial_: bool = True
+    opt: str = "momentum"  # any timm optimizer: momentum (SGD), sgd (SGD + Nesterov), adamw, lamb, ...
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    filter_bias_and_bn: bool = True  # no weight decay on norm weights and biases
+
+
+@dataclass
+class SchedulerConfig:
+    _target_: str = "timm.scheduler.create_scheduler_v2"
+    _partial_: bool = True
+    sched: str = "cosine"  # cosine | step | multistep | constant | any timm schedule; stepped per update
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-5
+    min_lr: float = 0.0
+    decay_epochs: float = 30.0  # step
+    decay_milestones: List[int] = field(default_factory=lambda: [30, 60, 90])  # multistep
+    decay_rate: float = 0.1  # step, multistep
+
+
+@dataclass
+class HardwareConfig:
+    device: Device = Device.auto
+    precision: Precision = Precision.auto
+    channels_last: bool = True  # NHWC convolutions: faster on CPU and GPU alike
+    compile: bool = False  # torch.compile the model
+    deterministic: bool = False  # bitwise-reproducible kernels (slower on GPU)
+    nproc: int = 1  # DDP processes on this node
+
+
+@dataclass
+class TrainLoopConfig:
+    epochs: int = 10
+    limit_train_batches: Optional[int] = None  # null: whole epochs; N: at most N batches an epoch
+    limit_val_batches: Optional[int] = None
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    clip_grad_norm: Optional[float] = None
+    log_every_steps: int = 50  # log lines (and TensorBoard points) every N optimizer steps
+    checkpoint_every_steps: int = 0  # also write last.pt every N optimizer steps; 0: at epoch ends only
+
+
+@dataclass
+class RunConfig:
+    model: Dict[str, Any] = field(default_factory=dict)  # name + the family's knobs (see conf/model/)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    seed: int = 0
+    resume: Optional[str] = None  # null | auto (this run dir's last.pt, if any) | a checkpoint path
+    run_dir: str = "${hydra:runtime.output_dir}"
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Impossible values, each named by its key: what the types alone cannot say."""
+    positive = {
+        "train.epochs": cfg.train.epochs, "data.batch_size": cfg.data.batch_size,
+        "data.image_size": cfg.data.image_size, "data.channels": cfg.data.channels,
+        "train.grad_accum_steps": cfg.train.grad_accum_steps, "train.log_every_steps": cfg.train.log_every_steps,
+        "optimizer.lr": cfg.optimizer.lr, "hardware.nproc": cfg.hardware.nproc,
+    }
+    optional_positive = {
+        "data.num_classes": cfg.data.num_classes, "data.train_size": cfg.data.train_size,
+        "data.val_size": cfg.data.val_size, "train.clip_grad_norm": cfg.train.clip_grad_norm,
+        "train.limit_train_batches": cfg.train.limit_train_batches,
+        "train.limit_val_batches": cfg.train.limit_val_batches,
+    }
+    for key, value in {**positive, **{k: v for k, v in optional_positive.items() if v is not None}}.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+    non_negative = {"data.workers": cfg.data.workers, "optimizer.weight_decay": cfg.optimizer.weight_decay,
+                    "train.checkpoint_every_steps": cfg.train.checkpoint_every_steps,
+                    "scheduler.warmup_epochs": cfg.scheduler.warmup_epochs,
+                    "augmentation.label_smoothing": cfg.augmentation.label_smoothing}
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value}")
+    if cfg.data.channels not in (1, 3):
+        raise ConfigError(f"data.channels: 1 or 3, got {cfg.data.channels}")
+    if not 0 <= cfg.augmentation.hflip <= 1:
+        raise ConfigError(f"augmentation.hflip: a probability in [0, 1], got {cfg.augmentation.hflip}")
+    if cfg.augmentation.label_smoothing >= 1:
+        raise ConfigError(f"augmentation.label_smoothing: must be < 1, got {cfg.augmentation.label_smoothing}")
+    if cfg.resume not in (None, "auto") and not str(cfg.resume).endswith((".pt", ".pth")):
+        raise ConfigError(f"resume: null, auto or a checkpoint .pt path, got {cfg.resume!r}")
+    if "name" not in cfg.model:
+        raise ConfigError("model.name: missing; pick a model with model=NAME")

@@ -1,0 +1,75 @@
+"""Checkpoints: written atomically, read as data only (`weights_only=True`), checked before use."""
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnbench.errors import CheckpointError
+
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config")
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Temp file in the same directory, flushed and fsynced, then renamed over `path`: a crash at any
+    moment leaves either the old checkpoint or the new one, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A cnnbench checkpoint as plain data; anything else is refused with the reason, and no code
+    from the file ever runs."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).splitlines()[0] if "Weights only load failed" not in str(e) else \
+            "it holds objects that are not plain data (refused: loading them could run code)"
+        raise CheckpointError(f"{path}: not a cnnbench checkpoint: {reason}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable, truncated or not a checkpoint ({str(e).splitlines()[0]})") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a cnnbench checkpoint (no {', '.join(missing)})")
+    return state
+
+
+def rng_state() -> dict:
+    """Every RNG the run draws from, as types `weights_only` loading accepts."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {**numpy_state, "state": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                                           "pos": numpy_state["state"]["pos"]}},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state({**numpy_state, "state": {"key": numpy_state["state"]["key"].numpy().astype(np.uint32),
+                                                  "pos": numpy_state["state"]["pos"]}})
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

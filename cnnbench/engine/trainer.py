@@ -1,0 +1,308 @@
+"""train(cfg): build everything once from the config, then epochs of train steps and validation.
+
+    python -m cnnbench.train                                      # fmnist_cnn on Fashion-MNIST, CPU or GPU
+    python -m cnnbench.train model=resnet18 data=cifar10 data.root=~/data
+    torchrun --standalone --nproc_per_node=4 -m cnnbench.train hardware=ddp
+
+Exact resume: the batches depend only on (seed, epoch), each sample's augmentation only on its own
+seed, and a checkpoint holds every RNG state and the position inside the epoch, so a run resumed
+from any checkpoint continues bit for bit as if never stopped.
+"""
+import contextlib
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from cnnbench.config import Device, Precision, check_config
+from cnnbench.data import build_data
+from cnnbench.errors import CheckpointError, ConfigError
+from cnnbench.models import create_model
+
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import all_reduce_sum, init_distributed
+from .recorder import Recorder
+
+log = logging.getLogger("cnnbench")
+DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGUSR1 arrived; a checkpoint was written at the step boundary."""
+
+
+def resolve_device(hw) -> tuple[torch.device, torch.dtype]:
+    if hw.device == Device.cuda and not torch.cuda.is_available():
+        raise ConfigError("hardware.device: cuda asked for, but torch sees no CUDA device")
+    cuda = hw.device == Device.cuda or hw.device == Device.auto and torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    precision = hw.precision
+    if precision == Precision.auto:
+        precision = Precision.bf16 if cuda and torch.cuda.is_bf16_supported() else Precision.fp32
+    return device, DTYPES[precision]
+
+
+def count_flops(model: torch.nn.Module, shape: tuple, device) -> int:
+    """Forward FLOPs of one image (torch's counter: 2 per multiply-add)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *shape, device=device))
+    model.train(was_training)
+    return counter.get_total_flops()
+
+
+def classification_loss(output, target, label_smoothing: float, aux_weight: float):
+    """Cross-entropy; a model with auxiliary classifiers returns (logits, [aux, ...]) in training."""
+    if isinstance(output, tuple):
+        logits, aux = output
+        loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+        loss = loss + aux_weight * sum(F.cross_entropy(a, target, label_smoothing=label_smoothing) for a in aux)
+        return logits, loss
+    return output, F.cross_entropy(output, target, label_smoothing=label_smoothing)
+
+
+def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
+    last = run_dir / "checkpoints" / "last.pt"
+    if cfg.resume is None:
+        if last.exists():
+            raise ConfigError(f"resume: {run_dir} already holds a run (checkpoints/last.pt); "
+                              f"pass resume=auto to continue it, or choose another hydra.run.dir")
+        return None
+    if cfg.resume == "auto":
+        return last if last.exists() else None
+    return Path(cfg.resume)
+
+
+def check_same_model(state: dict, cfg_model: dict, path: Path) -> None:
+    """Resuming takes the architecture from the checkpoint: a different one is an error, not a surprise."""
+    saved = state["config"]["model"]
+    diff = sorted(k for k in set(saved) | set(cfg_model) if k != "weights" and saved.get(k) != cfg_model.get(k))
+    if diff:
+        raise CheckpointError(f"{path}: trained with a different model ("
+                              + ", ".join(f"model.{k}={saved.get(k)!r}, not {cfg_model.get(k)!r}" for k in diff) + ")")
+
+
+def train(cfg: DictConfig) -> dict:
+    check_config(cfg)
+    started = time.perf_counter()
+    run_dir = Path(cfg.run_dir)
+    device, amp_dtype = resolve_device(cfg.hardware)
+    ctx = init_distributed(device.type)
+    if ctx.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    torch.manual_seed(cfg.seed + ctx.rank)  # each rank its own dropout; data order is seeded apart
+    torch.use_deterministic_algorithms(cfg.hardware.deterministic)
+    torch.backends.cudnn.benchmark = not cfg.hardware.deterministic
+    resume_from = resume_path(cfg, run_dir)
+
+    # Data, and what it tells the model: classes, channels, image size.
+    data = build_data(cfg, ctx.rank, ctx.world_size)
+    normalize = data.normalize.to(device)
+    num_classes, topk = len(data.classes), min(5, len(data.classes))
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model = create_model(**model_cfg, num_classes=num_classes, in_chans=cfg.data.channels,
+                         image_size=cfg.data.image_size).to(device)
+    image_shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    params = sum(p.numel() for p in model.parameters())
+    flops = count_flops(model, image_shape, device)
+    if cfg.hardware.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    memory_format = torch.channels_last if cfg.hardware.channels_last else torch.contiguous_format
+
+    # Optimizer and per-update schedule, built by timm's factories from their configs.
+    updates_per_epoch = math.ceil(len(data.train_batches) / cfg.train.grad_accum_steps)
+    optimizer = instantiate(cfg.optimizer)(model)
+    scheduler, _ = instantiate(cfg.scheduler)(optimizer, num_epochs=cfg.train.epochs, step_on_epochs=False,
+                                              updates_per_epoch=updates_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype != torch.float32
+                else contextlib.nullcontext())
+
+    # Where to start: a fresh run, or exactly where a checkpoint left off.
+    epoch, batch_in_epoch, step, history, best, elapsed = 0, 0, 0, [], {"val_top1": -1.0}, 0.0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # train loss sum, correct, samples
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        check_same_model(state, model_cfg, resume_from)
+        if state["world_size"] != ctx.world_size:
+            raise CheckpointError(f"{resume_from}: written by {state['world_size']} ranks, resumed with "
+                                  f"{ctx.world_size}; the data order would change, so resume with the same count")
+        if state["classes"] != data.classes:
+            raise CheckpointError(f"{resume_from}: trained on other classes than {cfg.data.name}'s")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
+        history, best, elapsed = state["history"], state["best"], state["wall_time_s"]
+        sums = state["epoch_sums"].to(device)
+        set_rng_state(state["rng"][ctx.rank])
+        log.info(f"resumed from {resume_from}: epoch {epoch}, batch {batch_in_epoch}, step {step}")
+    bare_model = model
+    if ctx.world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.type == "cuda" else None)
+    if cfg.hardware.compile:
+        model = torch.compile(model)
+
+    recorder = Recorder(run_dir, history, step) if ctx.is_main else None
+    config_record = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+    def checkpoint(name: str, epoch: int, batch_in_epoch: int):
+        rngs = [None] * ctx.world_size
+        if ctx.world_size > 1:
+            torch.distributed.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        if not ctx.is_main:
+            return
+        save_checkpoint({
+            "model": bare_model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "ema": None,
+            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "epoch_sums": sums.cpu(),
+            "rng": rngs, "best": best, "history": history, "wall_time_s": elapsed + time.perf_counter() - started,
+            "world_size": ctx.world_size, "classes": data.classes, "config": config_record,
+        }, run_dir / "checkpoints" / name)
+
+    stop_signal = []
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+
+    def summary(status: str) -> dict:
+        final = history[-1] if history else {}
+        return {
+            "model": model_cfg["name"], "params": params, "gflops": flops / 1e9, "data": cfg.data.name,
+            "best_val_top1": best.get("val_top1") if history else None,
+            "best_val_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),
+            "final_val_top1": final.get("val_top1"), "final_val_top5": final.get("val_top5"),
+            "top5_k": topk, "epochs": len(history), "step": step,
+            "train_img_per_s": final.get("train_img_per_s"),
+            "wall_time_s": round(elapsed + time.perf_counter() - started, 3), "status": status,
+        }
+
+    log.info(f"model {model_cfg['name']}: {params:,} parameters, {flops / 1e9:.3f} GFLOPs per image; "
+             f"data {cfg.data.name}: {len(data.classes)} classes, {len(data.train_batches)} batches of "
+             f"{cfg.data.batch_size} an epoch; device {device}, {str(amp_dtype).removeprefix('torch.')}")
+    if topk < 5:
+        log.info(f"{num_classes} classes: val_top5 is top-{topk}")
+
+    status = "failed"
+    try:
+        while epoch < cfg.train.epochs:
+            # Train one epoch (or what is left of it).
+            epoch_started = time.perf_counter()
+            model.train()
+            data.train_batches.set_epoch(epoch, batch_in_epoch)
+            batches = len(data.train_batches) + batch_in_epoch
+            bar = tqdm(total=batches, initial=batch_in_epoch, desc=f"epoch {epoch}", leave=False,
+                       disable=not (ctx.is_main and sys.stderr.isatty()), dynamic_ncols=True)
+            images_seen = 0
+            for i, (images, targets) in enumerate(data.train_loader, start=batch_in_epoch):
+                images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
+                targets = targets.to(device, non_blocking=True)
+                last_micro_step = (i + 1) % cfg.train.grad_accum_steps == 0 or i + 1 == batches
+                sync = contextlib.nullcontext() if last_micro_step or ctx.world_size == 1 else model.no_sync()
+                with sync:
+                    with autocast:
+                        logits, loss = classification_loss(model(images), targets, cfg.augmentation.label_smoothing,
+                                                            getattr(bare_model, "aux_weight", 0.0))
+                    scaler.scale(loss / cfg.train.grad_accum_steps).backward()
+                sums += torch.stack([loss.detach().double() * len(targets),
+                                     (logits.argmax(1) == targets).sum().double(),
+                                     torch.tensor(len(targets), dtype=torch.float64, device=device)])
+                images_seen += len(targets)
+                bar.update()
+                if not last_micro_step:
+                    continue
+                if cfg.train.clip_grad_norm:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                scheduler.step_update(step)
+                if step % cfg.train.log_every_steps == 0 and ctx.is_main:
+                    loss_value, lr = loss.item(), optimizer.param_groups[0]["lr"]
+                    recorder.step(step, {"train/step_loss": loss_value, "train/lr": lr})
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
+                    if bar.disable:
+                        log.info(f"epoch {epoch} batch {i + 1}/{batches} step {step}: loss {loss_value:.4f}, lr {lr:.4g}")
+                if stop_signal or cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
+                    checkpoint("last.pt", epoch, i + 1)
+                if stop_signal:
+                    raise Interrupted(signal.Signals(stop_signal[0]).name)
+            bar.close()
+            train_time = time.perf_counter() - epoch_started
+            train_loss, train_correct, train_count = all_reduce_sum(sums.clone(), ctx).tolist()
+
+            val = validate(model, data.val_loader, normalize, device, memory_format, autocast, topk, ctx)
+            row = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                   "train_loss": train_loss / train_count, "train_top1": 100 * train_correct / train_count, **val,
+                   "epoch_time_s": round(time.perf_counter() - epoch_started, 3),
+                   "train_img_per_s": round(images_seen * ctx.world_size / train_time, 1)}
+            epoch, batch_in_epoch = epoch + 1, 0
+            sums.zero_()
+            if ctx.is_main:
+                recorder.epoch(row)
+            else:
+                history.append(row)
+            log.info(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f} | "
+                     f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f} top{topk} {row['val_top5']:.2f} | "
+                     f"{row['train_img_per_s']:.0f} img/s, {row['epoch_time_s']:.1f}s")
+            if row["val_top1"] > best["val_top1"]:
+                best = {"val_top1": row["val_top1"], "val_top5": row["val_top5"], "epoch": row["epoch"]}
+                checkpoint("best.pt", epoch, 0)
+            checkpoint("last.pt", epoch, 0)
+        status = "completed"
+    except (Interrupted, KeyboardInterrupt) as e:
+        status = "interrupted"
+        log.info(f"interrupted ({e or 'Ctrl-C'}) at step {step}: checkpoints/last.pt holds the run, "
+                 f"resume=auto continues it")
+        raise
+    finally:
+        result = summary(status)
+        if ctx.is_main:
+            recorder.finish(result, hparam_record(cfg))
+        if ctx.world_size > 1:
+            torch.distributed.destroy_process_group()
+    log.info(f"done: best val top1 {result['best_val_top1']:.2f} (epoch {result['best_epoch']}), "
+             f"{result['wall_time_s']:.0f}s; results in {run_dir}")
+    return result
+
+
+def hparam_record(cfg: DictConfig) -> dict:
+    """The run's scalar settings, for TensorBoard's HParams dashboard."""
+    flat = {}
+    for group in ("model", "data", "optimizer", "scheduler", "augmentation", "train"):
+        for key, value in OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True).items():
+            if isinstance(value, (int, float, str, bool)) and not key.startswith("_"):
+                flat[f"{group}.{key}"] = value
+    return flat
+
+
+@torch.no_grad()
+def validate(model, loader, normalize, device, memory_format, autocast, topk: int, ctx) -> dict:
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-k, samples
+    for images, targets in loader:
+        images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
+        targets = targets.to(device, non_blocking=True)
+        with autocast:
+            logits = model(images)
+        hits = logits.topk(topk, 1).indices == targets[:, None]
+        sums += torch.stack([F.cross_entropy(logits.float(), targets, reduction="sum").double(),
+                             hits[:, 0].sum().double(), hits.any(1).sum().double(),
+                             torch.tensor(len(targets), dtype=torch.float64, device=device)])
+    loss, top1, topk_hits, count = all_reduce_sum(sums, ctx).tolist()
+    return {"val_loss": loss / count, "val_top1": 100 * top1 / count, "val_top5": 100 * topk_hits / count}

@@ -1,0 +1,185 @@
+"""The model registry: every architecture is a named constructor with keyword knobs.
+
+`create_model(name, num_classes, in_chans, image_size, **knobs)` is the one way cnnbench builds a
+network; the knobs a constructor accepts are its design space, read from its signature. Every model
+also takes the generic knobs `pretrained` (its reference library's weights) and `phi`, `alpha`,
+`beta`, `gamma` (compound scaling, seed 000).
+A model with auxiliary classifiers (googlenet, inception_v3) has an `aux_weight` attribute and, in
+training mode with `aux_logits`, returns `(logits, [aux_logits, ...])`: the trainer adds
+`aux_weight * loss(aux)` for each; in eval mode it returns the logits alone.
+"""
+import functools
+import inspect
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Callable
+
+import safetensors.torch
+import timm
+import torch
+import torch.nn as nn
+import torchvision
+from timm.models import adapt_input_conv
+
+from cnnbench.errors import ConfigError
+
+# Arguments every constructor receives from the data, not from model.* keys.
+DATA_ARGS = ("num_classes", "in_chans", "image_size")
+
+# Knobs of every model, handled here rather than by the constructor.
+GENERIC_KNOBS = {"pretrained": False, "phi": 0, "alpha": 1.2, "beta": 1.1, "gamma": 1.15}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str
+    fn: Callable[..., nn.Module]
+    reference: str | None = None  # "torchvision:NAME" or "timm:NAME": the model it mirrors, weights included
+
+    def knobs(self) -> dict:
+        """The constructor's keyword arguments and defaults, less those the data provides."""
+        params = inspect.signature(self.fn).parameters.values()
+        return {p.name: p.default for p in params
+                if p.name not in DATA_ARGS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(family: str, name: str | None = None, reference: str | None = None, **defaults):
+    """Decorator: register a constructor under `name` (default: its function name) in `family`;
+    `defaults` make a variant (resnet50 is the resnet constructor with its stage depths); `reference`
+    names the torchvision or timm model whose parameters and state dict this one matches."""
+    def wrap(fn):
+        key = name or fn.__name__
+        _REGISTRY[key] = ModelEntry(key, family, functools.partial(fn, **defaults) if defaults else fn, reference)
+        return fn
+    return wrap
+
+
+def list_models(family: str | None = None) -> list[str]:
+    return sorted(n for n, e in _REGISTRY.items() if family is None or e.family == family)
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        raise ConfigError(f"model.name: unknown model '{name}' (known: {', '.join(list_models())})")
+    return _REGISTRY[name]
+
+
+def check_choice(key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"model.{key}: one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def check_knobs(name: str, knobs: dict) -> None:
+    """Reject knobs the model does not take, and values of the wrong type, naming the key."""
+    accepted = {**GENERIC_KNOBS, **get_entry(name).knobs()}
+    for key, value in knobs.items():
+        if key not in accepted:
+            raise ConfigError(f"model.{key}: not a knob of {name} (knobs: {', '.join(sorted(accepted))})")
+        default = accepted[key]
+        if default is None or default is inspect.Parameter.empty or value is None:
+            continue
+        wants_int = isinstance(default, int) and not isinstance(default, bool)
+        if isinstance(default, bool) != isinstance(value, bool) or (
+                isinstance(default, (int, float)) and not isinstance(value, (int, float))) or (
+                wants_int and not isinstance(value, int)) or (
+                isinstance(default, str) and not isinstance(value, str)):
+            raise ConfigError(f"model.{key}: expected {type(default).__name__}, got {value!r}")
+        if key in ("width_mult", "depth_mult", "alpha", "beta", "gamma") and value <= 0:
+            raise ConfigError(f"model.{key}: must be > 0, got {value}")
+        if key == "phi" and value < 0:
+            raise ConfigError(f"model.phi: must be >= 0, got {value}")
+
+
+def compound_image_size(image_size: int, phi: int, gamma: float = 1.15) -> int:
+    """The image side for compound scaling level `phi` (seed 000): image_size * gamma**phi, rounded to a
+    multiple of 4 as EfficientNet's hand-picked B1-B7 sizes are (240, 260, 300, 380, 456, 528, 600)."""
+    return image_size if phi == 0 else 4 * round(image_size * gamma ** phi / 4)
+
+
+def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_size: int = 224,
+                 weights: str | None = None, source: str = "cnnbench", **knobs) -> nn.Module:
+    """Build model `name` for the data's class count, channels and image size. `source=timm` (or
+    `torchvision`) takes `name` from that library instead of cnnbench's zoo; `weights` is a state dict
+    file to start from; `phi` > 0 multiplies depth_mult by alpha**phi and width_mult by beta**phi (the
+    trainer scales the image by `compound_image_size`)."""
+    if source != "cnnbench":
+        name, knobs = source, {"arch": name, **knobs}
+    check_knobs(name, knobs)
+    entry = get_entry(name)
+    own = entry.knobs()
+    generic = {k: knobs.pop(k, d) for k, d in GENERIC_KNOBS.items() if k not in own}
+    if generic["phi"]:
+        for key, base in (("depth_mult", generic["alpha"]), ("width_mult", generic["beta"])):
+            if key not in own:
+                raise ConfigError(f"model.phi: {name} has no {key} knob to scale")
+            knobs[key] = knobs.get(key, own[key]) * base ** generic["phi"]
+    model = entry.fn(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **knobs)
+    if generic.get("pretrained"):
+        load_reference_weights(model, entry)
+    if weights:
+        load_weights(model, weights)
+    return model
+
+
+def load_reference_weights(model: nn.Module, entry: ModelEntry) -> None:
+    """The ImageNet weights of the torchvision or timm model `entry` mirrors (needs the network or a cache)."""
+    if entry.reference is None:
+        raise ConfigError(f"model.pretrained: {entry.name} has no torchvision or timm counterpart; "
+                          f"pass model.weights=PATH")
+    library, arch = entry.reference.split(":")
+    try:
+        if library == "torchvision":
+            state = torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(progress=False)
+        else:
+            state = timm.create_model(arch, pretrained=True).state_dict()
+    except (OSError, RuntimeError) as e:  # no network and nothing cached
+        raise ConfigError(f"model.pretrained: could not fetch {entry.reference} weights ({e}); "
+                          f"offline, save them once and pass model.weights=PATH") from None
+    fit_state_dict(model, state, entry.reference, "pretrained")
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load a state dict file as data (never code); a mismatch names the file and the keys."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"model.weights: no such file {path}")
+    try:
+        if path.endswith(".safetensors"):
+            state = safetensors.torch.load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("model", state)  # a cnnbench checkpoint or a bare state dict
+    except (RuntimeError, pickle.UnpicklingError, EOFError, AttributeError) as e:
+        raise ConfigError(f"model.weights: {path} is not a state dict: {str(e).splitlines()[0]}") from None
+    fit_state_dict(model, state, path, "weights")
+
+
+def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None:
+    """Load `state` into `model`: a classifier for another class count keeps its initialization and an input
+    conv for other channels is adapted (timm's adapt_input_conv), so ImageNet weights start a Fashion-MNIST
+    run; any other difference is an error naming `source`."""
+    own = model.state_dict()
+    if own.keys() != state.keys():
+        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+        raise ConfigError(f"model.{key}: {source} does not fit this model (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]})")
+    heads = {name.rsplit(".", 1)[0] for name, value in state.items()  # layers whose outputs are classes
+             if name.endswith("weight") and value.dim() in (2, 4) and value.shape[0] != own[name].shape[0]
+             and value.shape[1:] == own[name].shape[1:]}
+    fitted = {}
+    for name, value in state.items():
+        target = own[name]
+        if value.shape == target.shape:
+            fitted[name] = value
+        elif name.rsplit(".", 1)[0] in heads:
+            fitted[name] = target
+        elif value.dim() == 4 and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
+            fitted[name] = adapt_input_conv(target.shape[1], value)
+        else:
+            raise ConfigError(f"model.{key}: {source} does not fit this model: {name} is "
+                              f"{list(value.shape)} there, {list(target.shape)} here")
+    model.load_state_dict(fitted)

@@ -1,0 +1,22 @@
+"""`python -m cnnbench.train [group=option ...] [key=value ...]`: train and validate one model.
+
+The entry point only composes the config; the work is `cnnbench.engine.trainer.train(cfg)`.
+"""
+import hydra
+from omegaconf import DictConfig
+
+from cnnbench.cli import run_reporting_errors
+from cnnbench.config import register_configs
+from cnnbench.engine.trainer import train
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    summary = run_reporting_errors(train, cfg)
+    return summary["best_val_top1"]  # what a sweeper optimises
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Configs are built the way `python -m cnnbench.train` builds them: Hydra's compose API on conf/."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from cnnbench.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+register_configs()
+
+
+def make_config(run_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[f"run_dir={run_dir}", *overrides])
+
+
+def run_cli(*args: str, module: str = "cnnbench.train", timeout: float = 300) -> subprocess.CompletedProcess:
+    """An entry point as a user runs it, in a subprocess."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+# A run small enough for a test: tiny batches, synthetic 16x16 images, one thread of work.
+SMOKE = ["data=synthetic", "data.image_size=16", "data.train_size=256", "data.val_size=64",
+         "data.batch_size=32", "model=lenet5", "model.variant=modern", "hardware=cpu"]
+
+
+@pytest.fixture
+def smoke():
+    return list(SMOKE)

@@ -1,0 +1,51 @@
+"""The config surface: every option composes, --help and --cfg show it, bad values stop the run early."""
+import pytest
+
+from cnnbench.config import check_config
+
+from .conftest import CONF, make_config, run_cli
+
+OPTIONS = [(group.name, option.stem) for group in sorted(CONF.iterdir()) if group.is_dir()
+           for option in sorted(group.glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes(group, option, tmp_path):
+    cfg = make_config(tmp_path, f"{group}={option}")
+    check_config(cfg)
+    if group != "model":
+        assert cfg[group].name == option if "name" in cfg[group] else True
+
+
+def test_help_lists_groups_and_options():
+    out = run_cli("--help").stdout
+    for group, option in OPTIONS:
+        assert f"{group}:" in out and option in out
+
+
+def test_cfg_job_prints_composed_config():
+    result = run_cli("--cfg", "job", "model=resnet18", "optimizer.lr=0.05", "data.batch_size=256")
+    assert result.returncode == 0
+    assert "name: resnet18" in result.stdout and "lr: 0.05" in result.stdout and "batch_size: 256" in result.stdout
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.epochs=-1", "train.epochs"),
+    ("train.epochs=0", "train.epochs"),
+    ("optimizer.lr=0", "optimizer.lr"),
+    ("optimizer.lr=-0.1", "optimizer.lr"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("model.width_mult=0", "model.width_mult"),
+    ("data.batch_size=abc", "data.batch_size"),
+    ("train.epochs=1.5", "train.epochs"),
+    ("hardware.precision=fp8", "hardware.precision"),
+    ("train.no_such_key=1", "train.no_such_key"),
+    ("+model.no_such_knob=1", "model.no_such_knob"),
+    ("model=no_such_model", "model"),
+])
+def test_bad_config_stops_before_work_naming_the_key(override, key, tmp_path):
+    result = run_cli("data=synthetic", f"hydra.run.dir={tmp_path}", override, timeout=120)
+    assert result.returncode != 0
+    assert key in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints").exists()

@@ -1,0 +1,132 @@
+"""Checkpoints: exact resume after a real SIGKILL, and refusal of anything that is not ours."""
+import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from cnnbench.engine.checkpoint import load_checkpoint, save_checkpoint
+from cnnbench.engine.trainer import train
+from cnnbench.errors import CheckpointError, ConfigError
+
+from .conftest import ROOT, SMOKE, make_config
+
+# Long enough to be killed mid-epoch: 64 steps an epoch, a checkpoint every 5.
+EXACT = [*SMOKE, "data.train_size=2048", "train.epochs=2", "train.checkpoint_every_steps=5",
+         "hardware.deterministic=true", "augmentation=basic", "model.variant=modern"]
+
+
+def launch(run_dir, *extra):
+    return subprocess.Popen([sys.executable, "-m", "cnnbench.train", *EXACT, f"hydra.run.dir={run_dir}", *extra],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def metrics_without_timing(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k not in ("epoch_time_s", "train_img_per_s")}
+                for row in csv.DictReader(f)]
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert launch(straight).wait(timeout=300) == 0
+
+    victim = launch(killed)
+    last = killed / "checkpoints" / "last.pt"
+    while not last.exists():
+        assert victim.poll() is None, victim.stderr.read().decode()
+        time.sleep(0.005)
+    time.sleep(random.Random().uniform(0, 0.5))
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    at_kill = load_checkpoint(last)
+    assert at_kill["step"] < 128, "the run finished before the kill"
+
+    resumed = launch(killed, "resume=auto")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    assert f"resumed from {last}" in (killed / "train.log").read_text()
+
+    a, b = load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(last)
+    assert a["step"] == b["step"] == 128
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    for param, state in a["optimizer"]["state"].items():
+        for key, tensor in state.items():
+            assert torch.equal(tensor, b["optimizer"]["state"][param][key]), (param, key)
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+    assert metrics_without_timing(straight) == metrics_without_timing(killed)
+
+
+def test_checkpoints_at_two_steps_differ(tmp_path):
+    train(make_config(tmp_path, *SMOKE, "train.epochs=2"))
+    first = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    if first["step"] == last["step"]:
+        pytest.skip("epoch 2 was not better than epoch 1")
+    assert any(not torch.equal(first["model"][k], last["model"][k]) for k in last["model"])
+
+
+def test_a_second_run_never_overwrites_the_first(tmp_path):
+    train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
+    before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match="resume=auto"):
+        train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_resume_auto_in_a_new_directory_starts_fresh(tmp_path):
+    summary = train(make_config(tmp_path, *SMOKE, "train.epochs=1", "resume=auto"))
+    assert summary["status"] == "completed" and summary["epochs"] == 1
+
+
+def test_resume_continues_to_more_epochs(tmp_path):
+    train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
+    summary = train(make_config(tmp_path, *SMOKE, "train.epochs=2", "resume=auto"))
+    assert summary["epochs"] == 2 and summary["step"] == 16
+
+
+def test_resume_refuses_another_architecture(tmp_path):
+    train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
+    with pytest.raises(CheckpointError, match="model.width_mult=1.0, not 2.0"):
+        train(make_config(tmp_path, *SMOKE, "train.epochs=2", "resume=auto", "model.width_mult=2.0"))
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "code", "not_ours"])
+def test_non_checkpoints_are_refused(kind, tmp_path):
+    path = tmp_path / "last.pt"
+    if kind == "garbage":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "truncated":
+        save_checkpoint({"model": {"w": torch.randn(1000)}, "optimizer": {}, "scheduler": {}, "epoch": 0,
+                         "step": 0, "config": {}}, path)
+        path.write_bytes(path.read_bytes()[:2000])
+    elif kind == "code":
+        payload = RunsCode()
+        payload.marker = tmp_path / "code_ran"
+        torch.save({"model": payload}, path)
+    else:
+        torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path)
+    assert not (tmp_path / "code_ran").exists()
+
+
+def test_resume_from_a_bad_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = subprocess.run([sys.executable, "-m", "cnnbench.train", *SMOKE, f"resume={bad}",
+                             f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert result.returncode == 2
+    assert str(bad) in result.stderr and "Traceback" not in result.stderr
