@@ -26,8 +26,8 @@ def run_cli(*args: str, module: str = "cnnbench.train", timeout: float = 300) ->
                           timeout=timeout, cwd=ROOT, env=env)
 
 
-# A run small enough for a test: tiny batches, synthetic 16x16 images, one thread of work.
-SMOKE = ["data=synthetic", "data.image_size=16", "data.train_size=256", "data.val_size=64",
+# A run small enough for a test: tiny batches, synthetic 32x32 images, one thread of work.
+SMOKE = ["data=synthetic", "data.image_size=32", "data.train_size=256", "data.val_size=64",
          "data.batch_size=32", "model=lenet5", "model.variant=modern", "hardware=cpu"]
 
 

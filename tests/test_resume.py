@@ -16,8 +16,8 @@ from cnnbench.errors import CheckpointError, ConfigError
 
 from .conftest import ROOT, SMOKE, make_config
 
-# Long enough to be killed mid-epoch: 64 steps an epoch, a checkpoint every 5.
-EXACT = [*SMOKE, "data.train_size=2048", "train.epochs=2", "train.checkpoint_every_steps=5",
+# Long enough to be killed mid-epoch: 32 steps an epoch, a checkpoint every 3.
+EXACT = [*SMOKE, "data.train_size=1024", "train.epochs=2", "train.checkpoint_every_steps=3",
          "hardware.deterministic=true", "augmentation=basic", "model.variant=modern"]
 
 
@@ -46,14 +46,14 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL
     at_kill = load_checkpoint(last)
-    assert at_kill["step"] < 128, "the run finished before the kill"
+    assert at_kill["step"] < 64, "the run finished before the kill"
 
     resumed = launch(killed, "resume=auto")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
     assert f"resumed from {last}" in (killed / "train.log").read_text()
 
     a, b = load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(last)
-    assert a["step"] == b["step"] == 128
+    assert a["step"] == b["step"] == 64
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
     for param, state in a["optimizer"]["state"].items():

@@ -105,8 +105,8 @@ def test_imagenet_layout_trains_and_validates(tmp_path):
 
 def test_synthetic_data_trains_with_grad_accumulation_and_clipping(tmp_path, smoke):
     summary = train(make_config(tmp_path, *smoke, "train.epochs=3", "train.grad_accum_steps=2",
-                                "train.clip_grad_norm=1.0", "optimizer=adamw", "scheduler=step",
-                                "scheduler.decay_epochs=1", "scheduler.warmup_epochs=0.5"))
+                                "train.clip_grad_norm=1.0", "optimizer=adamw", "optimizer.lr=0.01", "scheduler=step",
+                                "scheduler.decay_epochs=2", "scheduler.warmup_epochs=0.5"))
     rows = read_metrics(tmp_path)
     assert [int(r["step"]) for r in rows] == [4, 8, 12]  # 8 batches / 2 micro-steps per update
     assert float(rows[0]["train_loss"]) > float(rows[-1]["train_loss"])

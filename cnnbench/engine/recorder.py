@@ -17,6 +17,7 @@ log = logging.getLogger("cnnbench")
 class Recorder:
     def __init__(self, run_dir: Path, history: list[dict], first_step: int):
         self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
         self.history = history
         # A resumed run drops any rows and events written after its checkpoint.
         self._write_csv()

@@ -148,7 +148,6 @@ def train(cfg: DictConfig) -> dict:
         history, best, elapsed = state["history"], state["best"], state["wall_time_s"]
         sums = state["epoch_sums"].to(device)
         set_rng_state(state["rng"][ctx.rank])
-        log.info(f"resumed from {resume_from}: epoch {epoch}, batch {batch_in_epoch}, step {step}")
     bare_model = model
     if ctx.world_size > 1:
         model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.type == "cuda" else None)
@@ -156,6 +155,8 @@ def train(cfg: DictConfig) -> dict:
         model = torch.compile(model)
 
     recorder = Recorder(run_dir, history, step) if ctx.is_main else None
+    if resume_from is not None:
+        log.info(f"resumed from {resume_from}: epoch {epoch}, batch {batch_in_epoch}, step {step}")
     config_record = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
     def checkpoint(name: str, epoch: int, batch_in_epoch: int):

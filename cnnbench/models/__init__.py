@@ -1,5 +1,7 @@
 """The model zoo: `create_model(name, num_classes=..., in_chans=..., image_size=..., **knobs)`."""
-from . import fmnist_cnn, hub, lenet, resnet  # noqa: F401  (each module registers its family)
+from . import (  # noqa: F401  (each module registers its family)
+    alexnet, bit, csp, densenet, efficientnet, fmnist_cnn, hub, inception, lenet, mobilenet, nin, regnet, resnet, vgg,
+    xception)
 from .registry import create_model, get_entry, list_models, register_model
 
 __all__ = ["create_model", "get_entry", "list_models", "register_model"]

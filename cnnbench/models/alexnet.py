@@ -5,12 +5,13 @@ max pooling, then three fully connected layers with dropout.
 whose state dict loads; `2012` is the paper's (96, 256, 384, 384, 256; seed 004 table 14-2). `lrn` adds
 local response normalization after the first two ReLUs (r=5, alpha=1e-4, beta=0.75, k=2; seed 004
 eq. 14-2). `depth_mult` scales the stack of 3x3 convs, `width_mult` every layer but the last.
-The adaptive 6x6 pooling before the classifier lets 28x28 and 32x32 images through.
+`stem=cifar` runs the first conv at stride 1 (same weights) so 28x28 and 32x32 images survive the three
+max pools; the adaptive 6x6 pooling before the classifier then takes any size.
 """
 import torch.nn as nn
 
 from .registry import check_choice, register_model
-from .scaling import scale_stage, scale_width
+from .scaling import resolve_stem, scale_stage, scale_width
 
 CHANNELS = {"torchvision": (64, 192, 384, 256, 256), "2012": (96, 256, 384, 384, 256)}
 
@@ -38,14 +39,15 @@ def classifier(cin, hidden, num_classes, dropout, dropout_first):
 
 @register_model("alexnet", reference="torchvision:alexnet")
 def alexnet(num_classes=1000, in_chans=3, image_size=224, channels: str = "torchvision", lrn: bool = False,
-            dropout: float = 0.5, width_mult: float = 1.0, depth_mult: float = 1.0):
+            dropout: float = 0.5, width_mult: float = 1.0, depth_mult: float = 1.0, stem: str = "auto"):
     check_choice("channels", channels, sorted(CHANNELS))
     c1, c2, *stack = (scale_width(c, width_mult) for c in CHANNELS[channels])
 
     def relu_lrn():  # torch divides alpha by the size, the paper does not
         return [nn.ReLU(inplace=True)] + ([nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)] if lrn else [])
 
-    layers = [nn.Conv2d(in_chans, c1, 11, 4, 2), *relu_lrn(), nn.MaxPool2d(3, 2),
+    stride, padding = (1, 5) if resolve_stem(stem, image_size) == "cifar" else (4, 2)
+    layers = [nn.Conv2d(in_chans, c1, 11, stride, padding), *relu_lrn(), nn.MaxPool2d(3, 2),
               nn.Conv2d(c1, c2, 5, padding=2), *relu_lrn(), nn.MaxPool2d(3, 2)]
     cin = c2
     for cout in scale_stage(stack, depth_mult):

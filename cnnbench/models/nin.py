@@ -3,8 +3,8 @@ by two 1x1 convs (an MLP at every pixel) and 3x3/2 max pooling, then dropout and
 channel per class whose global average is the logits: no fully connected layer (seed 002's code;
 7,439,608 parameters at 1000 classes).
 
-`stem=cifar` makes the first conv 3x3 with stride 1 so 28x28 and 32x32 images survive the three
-poolings; `depth_mult` scales the 1x1 convs per block, `width_mult` every block but the last.
+`stem=cifar` runs the first conv at stride 1 (same weights) so 28x28 and 32x32 images survive the
+three poolings; `depth_mult` scales the 1x1 convs per block, `width_mult` every block but the last.
 """
 import torch.nn as nn
 
@@ -22,7 +22,7 @@ def nin_block(cin, cout, kernel, stride, padding, mlp_depth):
 @register_model("nin")
 def nin(num_classes=1000, in_chans=3, image_size=224, dropout: float = 0.5, width_mult: float = 1.0,
         depth_mult: float = 1.0, stem: str = "auto"):
-    first = (3, 1, 1) if resolve_stem(stem, image_size) == "cifar" else (11, 4, 0)
+    first = (11, 1, 5) if resolve_stem(stem, image_size) == "cifar" else (11, 4, 0)
     c1, c2, c3 = (scale_width(c, width_mult) for c in (96, 256, 384))
     mlp_depth = scale_depth(2, depth_mult)
     return nn.Sequential(

@@ -27,6 +27,10 @@ from cnnbench.errors import ConfigError
 # Arguments every constructor receives from the data, not from model.* keys.
 DATA_ARGS = ("num_classes", "in_chans", "image_size")
 
+# The auxiliary classifiers of torchvision's googlenet and inception_v3: their weights are dropped when
+# loaded into a model built without them.
+AUX_HEADS = ("aux1.", "aux2.", "AuxLogits.")
+
 # Knobs of every model, handled here rather than by the constructor.
 GENERIC_KNOBS = {"pretrained": False, "phi": 0, "alpha": 1.2, "beta": 1.1, "gamma": 1.15}
 
@@ -120,27 +124,25 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
             knobs[key] = knobs.get(key, own[key]) * base ** generic["phi"]
     model = entry.fn(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **knobs)
     if generic.get("pretrained"):
-        load_reference_weights(model, entry)
+        if entry.reference is None:
+            raise ConfigError(f"model.pretrained: {name} has no torchvision or timm counterpart; "
+                              f"pass model.weights=PATH")
+        fit_state_dict(model, reference_state_dict(entry.reference), entry.reference, "pretrained")
     if weights:
         load_weights(model, weights)
     return model
 
 
-def load_reference_weights(model: nn.Module, entry: ModelEntry) -> None:
-    """The ImageNet weights of the torchvision or timm model `entry` mirrors (needs the network or a cache)."""
-    if entry.reference is None:
-        raise ConfigError(f"model.pretrained: {entry.name} has no torchvision or timm counterpart; "
-                          f"pass model.weights=PATH")
-    library, arch = entry.reference.split(":")
+def reference_state_dict(reference: str) -> dict:
+    """The ImageNet weights of "torchvision:NAME" or "timm:NAME" (needs the network or their cache)."""
+    library, arch = reference.split(":")
     try:
         if library == "torchvision":
-            state = torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(progress=False)
-        else:
-            state = timm.create_model(arch, pretrained=True).state_dict()
+            return torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(progress=False)
+        return timm.create_model(arch, pretrained=True).state_dict()
     except (OSError, RuntimeError) as e:  # no network and nothing cached
-        raise ConfigError(f"model.pretrained: could not fetch {entry.reference} weights ({e}); "
+        raise ConfigError(f"model.pretrained: could not fetch {reference} weights ({e}); "
                           f"offline, save them once and pass model.weights=PATH") from None
-    fit_state_dict(model, state, entry.reference, "pretrained")
 
 
 def load_weights(model: nn.Module, path: str) -> None:
@@ -163,6 +165,7 @@ def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None
     conv for other channels is adapted (timm's adapt_input_conv), so ImageNet weights start a Fashion-MNIST
     run; any other difference is an error naming `source`."""
     own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(AUX_HEADS)}
     if own.keys() != state.keys():
         missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
         raise ConfigError(f"model.{key}: {source} does not fit this model (missing {missing[:3]}, "

@@ -1,8 +1,9 @@
 """VGG (Simonyan & Zisserman 2014; seeds 000, 002, 003): stages of 3x3 convs, each closed by 2x2 max
 pooling, then AlexNet's three fully connected layers. `depths` (convs per stage) and `widths` are the
 whole design (seed 002's VGG-11 arch tuple); `batch_norm` adds BN after each conv (the _bn variants).
-Module names follow torchvision, so its state dicts load; the adaptive 7x7 pooling before the
-classifier lets 28x28 and 32x32 images through.
+Module names follow torchvision, so its state dicts load. The max pools round up (28 -> 14 -> 7 -> 4 ->
+2 -> 1; the same as torchvision's at 224 and 32) and the adaptive 7x7 pooling before the classifier
+takes what is left, so 28x28 and 32x32 images go through.
 """
 import torch.nn as nn
 
@@ -24,7 +25,7 @@ def vgg(num_classes=1000, in_chans=3, image_size=224, depths=(1, 1, 2, 2, 2), wi
             norm = [nn.BatchNorm2d(cout)] if batch_norm else []
             layers += [nn.Conv2d(cin, cout, 3, padding=1), *norm, nn.ReLU(inplace=True)]
             cin = cout
-        layers.append(nn.MaxPool2d(2, 2))
+        layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
     model = ConvNet(nn.Sequential(*layers), 7,
                     classifier(cin * 49, scale_width(4096, width_mult), num_classes, dropout, dropout_first=False))
     for m in model.modules():

@@ -1,0 +1,47 @@
+"""Data: `build_data(cfg)` gives the train and val loaders and what the model must know of the data."""
+from dataclasses import dataclass
+
+import torch
+
+from cnnbench.errors import DataError
+
+from .datasets import SeededBatches, load_split
+from .loader import TrainBatches, ValBatches
+from .transforms import Normalize, build_transforms
+
+
+@dataclass
+class Data:
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    train_batches: TrainBatches
+    classes: list[str]
+    normalize: Normalize
+
+
+def build_data(cfg, rank: int = 0, world_size: int = 1) -> Data:
+    data = cfg.data
+    train = load_split(data, True, build_transforms(cfg.augmentation, data, train=True))
+    val = load_split(data, False, build_transforms(cfg.augmentation, data, train=False))
+    if data.num_classes is not None and data.num_classes != len(train.classes):
+        raise DataError(f"data.num_classes: {data.num_classes}, but {data.name} has {len(train.classes)} "
+                        f"classes; leave it null to use the data set's own")
+    if val.classes != train.classes:
+        raise DataError(f"data: the val split's classes differ from train's ({len(val.classes)} vs {len(train.classes)})")
+    if data.batch_size % world_size:
+        raise DataError(f"data.batch_size: {data.batch_size} does not split over {world_size} ranks")
+    if len(train.dataset) < data.batch_size:
+        raise DataError(f"data.batch_size: {data.batch_size} is more than the {len(train.dataset)} training images")
+    train_batches = TrainBatches(len(train.dataset), data.batch_size, cfg.seed, rank, world_size,
+                                 cfg.train.limit_train_batches)
+    val_batches = ValBatches(len(val.dataset), data.batch_size // world_size, rank, world_size,
+                             cfg.train.limit_val_batches)
+    common = dict(num_workers=data.workers, pin_memory=torch.cuda.is_available(),
+                  persistent_workers=data.workers > 0)
+    return Data(
+        train_loader=torch.utils.data.DataLoader(SeededBatches(train.dataset), batch_sampler=train_batches, **common),
+        val_loader=torch.utils.data.DataLoader(val.dataset, batch_sampler=val_batches, **common),
+        train_batches=train_batches,
+        classes=train.classes,
+        normalize=Normalize(data),
+    )

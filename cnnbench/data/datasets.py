@@ -1,0 +1,174 @@
+"""Data sets as (image, label) pairs with their real class names.
+
+Small sets (Fashion-MNIST, MNIST, CIFAR) live in memory as one uint8 tensor; ImageNet-layout trees
+are read from disk. Every source works offline from local files; `data.download=true` lets
+torchvision fetch what is missing.
+"""
+import gzip
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+
+from cnnbench.errors import DataError
+
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass
+class Split:
+    """One split: the data set, and the class names its labels index."""
+    dataset: torch.utils.data.Dataset
+    classes: list[str]
+
+
+class TensorImages(torch.utils.data.Dataset):
+    """Images held as one uint8 tensor (N, C, H, W) with int64 labels."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, transform=None):
+        self.images, self.targets, self.transform = images, targets, transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), self.targets[index]
+
+
+class SeededBatches(torch.utils.data.Dataset):
+    """Fetched a batch at a time as (seed, indices): the batch's random augmentation depends on its
+    seed alone, so batches are the same whatever the worker count or resume point."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitems__(self, batch):
+        seed, indices = batch
+        python_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            samples = [self.dataset[i] for i in indices]
+        random.setstate(python_state)
+        return samples
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """An IDX file (LeCun's MNIST format), gzipped or not, as a uint8 tensor."""
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return torch.from_numpy(np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).copy()).view(shape)
+
+
+def _find_idx(dirs: list[Path], stem: str) -> Path | None:
+    for d in dirs:
+        for name in (stem, stem + ".gz"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def mnist_like(name: str, root: str | None, train: bool, download: bool) -> Split:
+    """Fashion-MNIST or MNIST from IDX files: data.root, torchvision's layout below it, Debian's copy."""
+    tv_class = torchvision.datasets.FashionMNIST if name == "fashion_mnist" else torchvision.datasets.MNIST
+    dirs = []
+    if root:
+        dirs += [Path(root), Path(root) / tv_class.__name__ / "raw"]
+    if name == "fashion_mnist":
+        dirs.append(Path(DEBIAN_FASHION_MNIST))
+    prefix = "train" if train else "t10k"
+    images_file = _find_idx(dirs, f"{prefix}-images-idx3-ubyte")
+    labels_file = _find_idx(dirs, f"{prefix}-labels-idx1-ubyte")
+    if (images_file is None or labels_file is None) and download and root:
+        try:
+            tv_class(root, train=train, download=True)
+        except Exception as e:  # torchvision raises whatever urllib does
+            raise DataError(f"data: could not download {name} to {root}: {e}") from None
+        return mnist_like(name, root, train, download=False)
+    if images_file is None or labels_file is None:
+        hint = ("apt-get install dataset-fashion-mnist (Debian) or " if name == "fashion_mnist" else "")
+        raise DataError(f"data: no {name} IDX files ({prefix}-images-idx3-ubyte[.gz]) in "
+                        f"{', '.join(map(str, dirs)) or '(no data.root)'}; get them with {hint}"
+                        f"data.root=DIR data.download=true")
+    images, targets = _read_idx(images_file), _read_idx(labels_file).long()
+    return Split(TensorImages(images.unsqueeze(1), targets), list(tv_class.classes))
+
+
+def cifar(name: str, root: str | None, train: bool, download: bool) -> Split:
+    tv_class = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    if not root:
+        raise DataError(f"data.root: {name} needs a directory (with cifar-*-batches-py/ in it)")
+    try:
+        ds = tv_class(root, train=train, download=download)
+    except RuntimeError as e:
+        raise DataError(f"data: {name} not found in {root} ({e}); add data.download=true when online") from None
+    except Exception as e:
+        raise DataError(f"data: could not download {name} to {root}: {e}") from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return Split(TensorImages(images, torch.tensor(ds.targets)), list(ds.classes))
+
+
+def _open_image(path: str) -> Image.Image:
+    """Any PIL-readable file as RGB: grayscale, palette, CMYK and RGBA (alpha dropped) included."""
+    with open(path, "rb") as f:
+        return Image.open(f).convert("RGB")
+
+
+def image_folder(name: str, root: str | None, train: bool, download: bool) -> Split:
+    """ImageNet's layout: root/train/<class>/* and root/val/<class>/* (class = wnid or any name)."""
+    split = Path(root or ".") / ("train" if train else "val")
+    if not root or not split.is_dir():
+        raise DataError(f"data.root: {name} expects class folders in {split} "
+                        f"(root/train/<class>/*.jpg and root/val/<class>/*.jpg)")
+    try:
+        ds = torchvision.datasets.ImageFolder(str(split), loader=_open_image)
+    except (FileNotFoundError, OSError) as e:
+        raise DataError(f"data.root: {e}") from None
+    return Split(ds, list(ds.classes))
+
+
+def synthetic(name: str, root, train: bool, download, *, size: int, image_size: int, channels: int,
+              num_classes: int) -> Split:
+    """Random images around one random prototype per class: learnable, so a smoke run shows learning."""
+    g = torch.Generator().manual_seed(0)
+    prototypes = torch.randint(0, 256, (num_classes, channels, image_size, image_size), generator=g)
+    g.manual_seed(1 if train else 2)
+    targets = torch.randint(0, num_classes, (size,), generator=g)
+    noise = torch.randint(0, 256, (size, channels, image_size, image_size), generator=g)
+    images = ((prototypes[targets] + noise) // 2).to(torch.uint8)
+    return Split(TensorImages(images, targets), [f"class_{i}" for i in range(num_classes)])
+
+
+SOURCES = {"fashion_mnist": mnist_like, "mnist": mnist_like, "cifar10": cifar, "cifar100": cifar,
+           "imagenet": image_folder, "imagefolder": image_folder, "synthetic": synthetic}
+
+
+def load_split(data_cfg, train: bool, transform) -> Split:
+    """One split of data set `data.name`, its samples passed through `transform`."""
+    if data_cfg.name not in SOURCES:
+        raise DataError(f"data.name: unknown data set '{data_cfg.name}' (known: {', '.join(SOURCES)})")
+    root = os.path.expanduser(data_cfg.root) if data_cfg.root else None
+    if data_cfg.name == "synthetic":
+        size = (data_cfg.train_size if train else data_cfg.val_size) or (1024 if train else 256)
+        split = synthetic(data_cfg.name, root, train, False, size=size, image_size=data_cfg.image_size,
+                          channels=data_cfg.channels, num_classes=data_cfg.num_classes or 10)
+    else:
+        split = SOURCES[data_cfg.name](data_cfg.name, root, train, data_cfg.download)
+    split.dataset.transform = transform
+    limit = data_cfg.train_size if train else data_cfg.val_size
+    if limit is not None and limit < len(split.dataset):
+        # A fixed random subset (seed 0), so every run of a sweep sees the same samples.
+        keep = torch.randperm(len(split.dataset), generator=torch.Generator().manual_seed(0))[:limit]
+        split.dataset = torch.utils.data.Subset(split.dataset, keep.sort().values.tolist())
+    return split

@@ -1,0 +1,47 @@
+"""Batches that depend only on (seed, epoch): the same for any worker count, world size or resume point.
+
+Training: a seeded permutation of the set is cut into global batches of data.batch_size (the last,
+incomplete one dropped); rank r takes the r-th contiguous share of each. Validation: each rank takes
+a contiguous shard, no padding, so every sample counts exactly once whatever the world size.
+"""
+import math
+
+import torch
+
+
+def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    return (((seed * 1_000_003 + epoch) * 1_000_033 + batch) * 1_009 + rank) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class TrainBatches(torch.utils.data.Sampler):
+    def __init__(self, size: int, global_batch: int, seed: int, rank: int = 0, world_size: int = 1,
+                 limit: int | None = None):
+        self.size, self.global_batch, self.seed = size, global_batch, seed
+        self.rank, self.local_batch = rank, global_batch // world_size
+        self.batches = min(size // global_batch, limit or math.inf)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0):
+        """Next iteration yields `epoch`'s batches from batch `start` on (a resumed epoch skips the rest)."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self):
+        return self.batches - self.start
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        for b in range(self.start, self.batches):
+            first = b * self.global_batch + self.rank * self.local_batch
+            yield batch_seed(self.seed, self.epoch, b, self.rank), order[first:first + self.local_batch].tolist()
+
+
+class ValBatches(torch.utils.data.Sampler):
+    def __init__(self, size: int, batch_size: int, rank: int = 0, world_size: int = 1, limit: int | None = None):
+        lo, hi = size * rank // world_size, size * (rank + 1) // world_size
+        self.batches = [list(range(i, min(i + batch_size, hi))) for i in range(lo, hi, batch_size)][:limit]
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)

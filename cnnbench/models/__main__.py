@@ -1,0 +1,68 @@
+"""`python -m cnnbench.models [family=resnet] [input_size=224] [num_classes=1000] [in_chans=3]` prints the
+zoo: name, family, parameters and GFLOPs on one image (torch.utils.flop_counter, counted on the meta
+device so even the largest models cost nothing). The `timm` and `torchvision` entries, which stand for
+any model of those libraries, are not listed."""
+import sys
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cnnbench.errors import ConfigError
+
+from . import create_model, get_entry, list_models
+
+DEFAULTS = {"family": None, "input_size": 224, "num_classes": 1000, "in_chans": 3}
+LIBRARIES = ("timm", "torchvision")
+
+
+def parse_args(argv: list[str]) -> dict:
+    args = dict(DEFAULTS)
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key not in DEFAULTS or not value:
+            raise ConfigError(f"{arg}: expected key=value with key one of {', '.join(DEFAULTS)}")
+        if key != "family" and not value.isdigit():
+            raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
+        args[key] = value if key == "family" else int(value)
+    families = sorted({get_entry(name).family for name in list_models()} - set(LIBRARIES))
+    if args["family"] is not None and args["family"] not in families:
+        raise ConfigError(f"family: no family {args['family']!r} (families: {', '.join(families)})")
+    return args
+
+
+def measure(name: str, input_size: int, num_classes: int, in_chans: int) -> tuple[int, float | None]:
+    """Parameters and GFLOPs (None where the model cannot take the input size)."""
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes, in_chans=in_chans, image_size=input_size).eval()
+        image = torch.empty(1, in_chans, input_size, input_size)
+    params = sum(p.numel() for p in model.parameters())
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(image)
+    except RuntimeError:  # the image is too small for this architecture's downsampling
+        return params, None
+    return params, counter.get_total_flops() / 1e9
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = parse_args(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    size = args["input_size"]
+    names = [n for n in list_models(args["family"]) if get_entry(n).family not in LIBRARIES]
+    print(f"# {size}x{size} images, {args['in_chans']} channels, {args['num_classes']} classes; "
+          f"GFLOPs = 2 x multiply-adds / 1e9, for one image")
+    rows = [("name", "family", "params", "GFLOPs")]
+    for name in names:
+        params, gflops = measure(name, size, args["num_classes"], args["in_chans"])
+        rows.append((name, get_entry(name).family, f"{params:,}", "n/a" if gflops is None else f"{gflops:.3f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,281 @@
+"""The model zoo against its references: parameter counts and state dicts of torchvision and timm, the
+same logits from the same weights, every model's forward and backward at a small input, the knobs, the
+configs in conf/model/ and the listing."""
+import warnings
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from cnnbench.errors import ConfigError
+from cnnbench.models import create_model, get_entry, list_models
+from cnnbench.models.__main__ import main as list_zoo
+from cnnbench.models.registry import GENERIC_KNOBS, compound_image_size
+
+from .conftest import CONF
+
+LIBRARIES = ("timm", "torchvision")
+ZOO = [name for name in list_models() if get_entry(name).family not in LIBRARIES]
+REFERENCED = [name for name in ZOO if get_entry(name).reference]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Two threads fighting other processes over two cores run these small models many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def reference(name: str, **kwargs) -> nn.Module:
+    """The library model `name` mirrors (torchvision's DenseNet class for densenet264, which it lacks)."""
+    if name == "densenet264":
+        return torchvision.models.DenseNet(32, (6, 12, 64, 48), 64, **kwargs)
+    library, arch = get_entry(name).reference.split(":")
+    if library == "timm":
+        return timm.create_model(arch, **kwargs)
+    if arch in ("googlenet", "inception_v3"):
+        kwargs.setdefault("init_weights", False)  # their truncated-normal init is slow and beside the point
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torchvision.models.get_model(arch, **kwargs)
+
+
+def on_meta(build):
+    """Build on the meta device: shapes without memory or init. (RegNet's width generator computes with
+    tensors, so torchvision's RegNet is built on the CPU.)"""
+    with torch.device("meta"):
+        return build()
+
+
+@pytest.mark.parametrize("name", REFERENCED + ["densenet264"])
+def test_parameters_and_state_dict_match_the_reference(name):
+    aux = {"aux_logits": False} if name in ("googlenet", "inception_v3") else {}
+    ours = on_meta(lambda: create_model(name, **aux))
+    theirs = reference(name) if "regnet" in name else on_meta(lambda: reference(name, **aux))
+    assert abs(count(ours) - count(theirs)) <= 0.005 * count(theirs)  # auxiliary heads excluded
+    if aux:  # with them, as both libraries build these by default
+        ours, theirs = on_meta(lambda: create_model(name)), on_meta(lambda: reference(name))
+    ours, theirs = ours.state_dict(), theirs.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+@pytest.mark.parametrize("name, kwargs, params", [
+    ("nin", dict(num_classes=1000), 7_439_608),
+    ("fmnist_cnn", dict(num_classes=10, in_chans=1, image_size=28), 1_413_834),
+    ("lenet5", dict(num_classes=10, in_chans=1, image_size=32), 61_706),
+])
+def test_exact_parameter_counts(name, kwargs, params):
+    assert count(on_meta(lambda: create_model(name, **kwargs))) == params
+
+
+def randomize_norms(model: nn.Module) -> None:
+    """BN and GN parameters and statistics away from their 1/0 init, so a swapped or misnamed norm shows."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+
+
+# One model per family (and the odd ones out: TensorFlow's BN eps in B5), at a small input it takes.
+LOGIT_CASES = [("alexnet", 64), ("vgg11_bn", 32), ("googlenet", 64), ("inception_v3", 75), ("inception_v4", 75),
+               ("resnet18", 64), ("resnext50_32x4d", 64), ("se_resnet50", 64), ("bit_resnet50x1", 64),
+               ("densenet121", 64), ("xception", 71), ("mobilenet_v1", 32), ("mobilenet_v2", 32),
+               ("mobilenet_v3_large", 32), ("mobilenet_v3_small", 32), ("cspresnet50", 64), ("efficientnet_b0", 32),
+               ("efficientnet_b5", 32), ("regnet_x_400mf", 32), ("regnet_y_400mf", 32)]
+
+
+@pytest.mark.parametrize("name, size", LOGIT_CASES)
+def test_loads_the_reference_state_dict_and_gives_its_logits(name, size):
+    torch.manual_seed(0)
+    theirs = reference(name)
+    randomize_norms(theirs)
+    stem = {"stem": "imagenet"} if "stem" in get_entry(name).knobs() else {}  # the library's, at any size
+    ours = create_model(name, image_size=size, **stem)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), theirs.eval()(x))
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_forward_and_backward_on_fashion_mnist_sized_images(name):
+    """28x28 grey images, the smallest the zoo meets; the small-input stems are chosen automatically."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_chans=1, image_size=28).train()
+    out = model(torch.randn(2, 1, 28, 28))
+    logits, aux = out if isinstance(out, tuple) else (out, [])
+    assert logits.shape == (2, 10) and all(a.shape == (2, 10) for a in aux)
+    target = torch.tensor([1, 7])
+    loss = F.cross_entropy(logits, target) + sum(model.aux_weight * F.cross_entropy(a, target) for a in aux)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name, size", [("resnet50", 224), ("googlenet", 224), ("inception_v3", 299),
+                                        ("efficientnet_b0", 224)])
+def test_forward_at_the_papers_resolution(name, size):
+    model = create_model(name, image_size=size).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, size, size)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "fmnist_cnn", "nin", "resnet18", "mobilenet_v3_small", "regnet_x_400mf"])
+def test_a_few_sgd_steps_on_synthetic_data(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_chans=1, image_size=28, width_mult=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images, labels = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("name, weight", [("googlenet", 0.3), ("inception_v3", 0.4)])
+def test_auxiliary_classifiers_only_in_training(name, weight):
+    model = create_model(name, num_classes=10, image_size=32, width_mult=0.25)
+    assert model.aux_weight == weight
+    logits, aux = model.train()(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and len(aux) == (2 if name == "googlenet" else 1)
+    assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    without = create_model(name, num_classes=10, image_size=32, width_mult=0.25, aux_logits=False)
+    assert without.train()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_weights_file_from_torchvision(tmp_path, suffix):
+    torch.manual_seed(0)
+    theirs = torchvision.models.resnet18()
+    randomize_norms(theirs)
+    path = tmp_path / f"resnet18{suffix}"
+    if suffix == ".pt":
+        torch.save(theirs.state_dict(), path)
+    else:
+        save_file(theirs.state_dict(), path)
+    ours = create_model("resnet18", image_size=64, stem="imagenet", weights=str(path))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), theirs.eval()(x))
+    # ImageNet weights start a 10-class grey-image run: head re-initialized, input conv summed over RGB
+    grey = create_model("resnet18", num_classes=10, in_chans=1, image_size=64, stem="imagenet", weights=str(path))
+    assert grey.fc.weight.shape == (10, 512)
+    torch.testing.assert_close(grey.conv1.weight, theirs.conv1.weight.sum(1, keepdim=True))
+    torch.testing.assert_close(grey.layer4[1].conv2.weight, theirs.layer4[1].conv2.weight)
+    with pytest.raises(ConfigError, match=r"^model\.weights: .* does not fit"):
+        create_model("resnet34", image_size=64, stem="imagenet", weights=str(path))
+
+
+def test_pretrained_without_a_counterpart_names_the_key():
+    with pytest.raises(ConfigError, match=r"^model\.pretrained: nin has no"):
+        create_model("nin", pretrained=True)
+
+
+def test_compound_scaling():
+    model = on_meta(lambda: create_model("resnet18", phi=2))  # depth x 1.2^2 = 1.44, width x 1.1^2 = 1.21
+    assert len(model.layer1) == 3 and model.conv1.out_channels == 80
+    scaled = on_meta(lambda: create_model("efficientnet_b0", phi=1, alpha=1.5, beta=1.0))
+    assert count(scaled) > count(on_meta(lambda: create_model("efficientnet_b0")))
+    assert compound_image_size(224, 0) == 224
+    assert compound_image_size(224, 1) == 256 and compound_image_size(28, 1, 1.15) == 32
+    with pytest.raises(ConfigError, match=r"^model\.phi: lenet5 has no depth_mult"):
+        create_model("lenet5", phi=1)
+    with pytest.raises(ConfigError, match=r"^model\.phi: "):
+        create_model("resnet18", phi=-1)
+
+
+# The first model of each family for the width and depth sweeps (built on meta: no memory, no init).
+SWEEP = {}
+for _name in ZOO:
+    if "depth_mult" in get_entry(_name).knobs():
+        SWEEP.setdefault(get_entry(_name).family, _name)
+
+
+@pytest.mark.parametrize("name", sorted(SWEEP.values()))
+def test_width_and_depth_multipliers_grow_the_model(name):
+    size = 28 if name == "fmnist_cnn" else 224
+    params = {(w, d): count(on_meta(lambda: create_model(name, image_size=size, width_mult=w, depth_mult=d)))
+              for w, d in [(0.5, 1.0), (1.0, 1.0), (2.0, 1.0), (1.0, 2.0)]}
+    assert params[0.5, 1.0] < params[1.0, 1.0] < params[2.0, 1.0]
+    assert params[1.0, 1.0] < params[1.0, 2.0]
+
+
+def test_resnet_shortcut_options_and_se():
+    sizes = {s: count(on_meta(lambda: create_model("resnet34", shortcut=s))) for s in "ABC"}
+    assert sizes["A"] < sizes["B"] < sizes["C"]  # A is parameter-free, C projects every shortcut
+    model = create_model("resnet18", num_classes=10, image_size=32, width_mult=0.25, shortcut="A", se=True)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name, knobs, key", [
+    ("resnet18", dict(depth=3), "depth"),
+    ("resnet18", dict(width_mult="wide"), "width_mult"),
+    ("resnet18", dict(width_mult=0), "width_mult"),
+    ("densenet121", dict(growth_rate=12.5), "growth_rate"),
+    ("resnet18", dict(stem="tiny"), "stem"),
+    ("resnet50", dict(shortcut="D"), "shortcut"),
+    ("alexnet", dict(channels="2011"), "channels"),
+    ("regnet_x_400mf", dict(w0=20), "w0"),
+    ("mobilenet_v3_large", dict(size="medium"), "size"),
+    ("vgg11", dict(depths=[1, 1]), "depths"),
+])
+def test_bad_knobs_name_their_key(name, knobs, key):
+    with pytest.raises(ConfigError, match=rf"^model\.{key}: "):
+        on_meta(lambda: create_model(name, **knobs))
+
+
+def test_alexnet_2012_and_lrn():
+    model = create_model("alexnet", num_classes=10, image_size=32, channels="2012", lrn=True, width_mult=0.25)
+    assert any(isinstance(m, nn.LocalResponseNorm) for m in model.modules())
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_torchvision_entry():
+    model = create_model("mobilenet_v3_small", source="torchvision", num_classes=10, in_chans=1)
+    assert model.eval()(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    with pytest.raises(ConfigError, match=r"^model\.name: torchvision has no"):
+        create_model("resnet9000", source="torchvision")
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "model").glob("*.yaml")), ids=lambda p: p.stem)
+def test_model_config_lists_exactly_the_knobs(path):
+    config = OmegaConf.to_container(OmegaConf.load(path))
+    entry = get_entry(config["source"] if config.get("source") else config["name"])
+    knobs = {**GENERIC_KNOBS, **entry.knobs()}
+    knobs.pop("arch", None)  # a library entry's `name` is its arch
+    assert set(config) - {"name", "source", "weights"} == set(knobs)
+    if path.stem == config["name"]:  # a model's own file keeps its defaults
+        assert {k: config[k] for k in knobs} == {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items()}
+
+
+def test_every_model_has_a_config():
+    assert set(ZOO) | set(LIBRARIES) <= {path.stem for path in (CONF / "model").glob("*.yaml")}
+
+
+def test_listing(capsys):
+    assert list_zoo(["family=mobilenet", "input_size=32", "num_classes=10"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "multiply-adds" in lines[0] and lines[1].split() == ["name", "family", "params", "GFLOPs"]
+    assert [line.split()[0] for line in lines[2:]] == list_models("mobilenet")
+    assert list_zoo(["family=nope"]) == 2 and list_zoo(["size=3"]) == 2
+    assert capsys.readouterr().err.count("error: ") == 2
