@@ -36,8 +36,10 @@ def build_data(cfg, rank: int = 0, world_size: int = 1) -> Data:
                                  cfg.train.limit_train_batches)
     val_batches = ValBatches(len(val.dataset), data.batch_size // world_size, rank, world_size,
                              cfg.train.limit_val_batches)
+    # The loaders' own generator: drawing worker seeds from the global RNG would shift dropout's
+    # random numbers on resume, when an epoch's loader iterator is created a second time.
     common = dict(num_workers=data.workers, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=data.workers > 0)
+                  persistent_workers=data.workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
     return Data(
         train_loader=torch.utils.data.DataLoader(SeededBatches(train.dataset), batch_sampler=train_batches, **common),
         val_loader=torch.utils.data.DataLoader(val.dataset, batch_sampler=val_batches, **common),
