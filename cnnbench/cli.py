@@ -6,6 +6,7 @@ from cnnbench.errors import CnnbenchError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 143  # as if killed by SIGTERM: schedulers read it as preempted, not failed
+EXIT_CTRL_C = 130
 
 
 def run_reporting_errors(fn, *args):
@@ -16,3 +17,5 @@ def run_reporting_errors(fn, *args):
         raise SystemExit(EXIT_USER_ERROR) from None
     except Interrupted:
         raise SystemExit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:
+        raise SystemExit(EXIT_CTRL_C) from None

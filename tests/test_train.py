@@ -123,3 +123,14 @@ def test_missing_fashion_mnist_is_a_clear_error(tmp_path):
 def test_fashion_mnist_is_installed():
     """`make setup` installs Debian's copy; the default run reads it from there."""
     assert (torch.load if False else open)(f"{DEBIAN_FASHION_MNIST}/t10k-labels-idx1-ubyte.gz", "rb").read(2)
+
+
+def test_compound_scaling_grows_depth_width_and_image_size(tmp_path):
+    """model.phi=1 (seed 000): depth x1.2, width x1.1, image side x1.15 (32 -> 36)."""
+    base = ["data=synthetic", "data.train_size=64", "data.val_size=32", "data.batch_size=32",
+            "model=resnet18", "model.width_mult=0.25", "train.epochs=1", "hardware=cpu"]
+    plain = train(make_config(tmp_path / "plain", *base))
+    scaled = train(make_config(tmp_path / "scaled", *base, "model.phi=1"))
+    config = load_checkpoint(tmp_path / "scaled" / "checkpoints" / "last.pt")["config"]
+    assert config["data"]["image_size"] == 36
+    assert scaled["params"] > plain["params"] and scaled["gflops"] > plain["gflops"]

@@ -28,6 +28,7 @@ from cnnbench.config import Device, Precision, check_config
 from cnnbench.data import build_data
 from cnnbench.errors import CheckpointError, ConfigError
 from cnnbench.models import create_model
+from cnnbench.models.registry import compound_image_size
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import all_reduce_sum, init_distributed
@@ -95,6 +96,9 @@ def check_same_model(state: dict, cfg_model: dict, path: Path) -> None:
 
 def train(cfg: DictConfig) -> dict:
     check_config(cfg)
+    if cfg.model.get("phi"):
+        # Compound scaling (seed 000) grows the images with depth and width: alpha, beta, gamma ** phi.
+        cfg.data.image_size = compound_image_size(cfg.data.image_size, cfg.model.phi, cfg.model.gamma)
     started = time.perf_counter()
     run_dir = Path(cfg.run_dir)
     device, amp_dtype = resolve_device(cfg.hardware)
