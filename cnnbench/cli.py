@@ -1,12 +1,7 @@
 """Shared by the entry points: a user's mistake ends in one line on stderr and a non-zero exit."""
 import sys
 
-from cnnbench.engine.trainer import Interrupted
-from cnnbench.errors import CnnbenchError
-
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 143  # as if killed by SIGTERM: schedulers read it as preempted, not failed
-EXIT_CTRL_C = 130
+from cnnbench.errors import EXIT_CTRL_C, EXIT_INTERRUPTED, EXIT_USER_ERROR, CnnbenchError, Interrupted, RankFailed
 
 
 def run_reporting_errors(fn, *args):
@@ -15,6 +10,9 @@ def run_reporting_errors(fn, *args):
     except CnnbenchError as e:
         print(f"cnnbench: error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
+    except RankFailed as e:
+        print(f"cnnbench: error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
     except Interrupted:
         raise SystemExit(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
+import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cnnbench.errors import ConfigError
 
@@ -61,6 +62,9 @@ class OptimizerConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     filter_bias_and_bn: bool = True  # no weight decay on norm weights and biases
+    # Linear scaling rule (Goyal et al.): lr is quoted for this global batch, and the run uses
+    # lr * data.batch_size / lr_reference_batch; null: lr as given.
+    lr_reference_batch: Optional[int] = None
 
 
 @dataclass
@@ -83,7 +87,9 @@ class HardwareConfig:
     channels_last: bool = True  # NHWC convolutions: faster on CPU and GPU alike
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # bitwise-reproducible kernels (slower on GPU)
-    nproc: int = 1  # DDP processes on this node
+    nproc: int = 1  # DDP processes on this node, started by cnnbench (ignored under torchrun, which sets it)
+    sync_batchnorm: bool = False  # DDP: batch norm statistics over the global batch, not each rank's share
+    find_unused_parameters: bool = False  # DDP: for models whose forward skips parameters (slower)
 
 
 @dataclass
@@ -113,6 +119,8 @@ class RunConfig:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    # ${gpus_or:N}: the CUDA devices on this machine, or N where there are none (conf/hardware/ddp.yaml).
+    OmegaConf.register_new_resolver("gpus_or", lambda n: torch.cuda.device_count() or int(n), replace=True)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -128,6 +136,7 @@ def check_config(cfg: DictConfig) -> None:
         "data.val_size": cfg.data.val_size, "train.clip_grad_norm": cfg.train.clip_grad_norm,
         "train.limit_train_batches": cfg.train.limit_train_batches,
         "train.limit_val_batches": cfg.train.limit_val_batches,
+        "optimizer.lr_reference_batch": cfg.optimizer.lr_reference_batch,
     }
     for key, value in {**positive, **{k: v for k, v in optional_positive.items() if v is not None}}.items():
         if value <= 0:

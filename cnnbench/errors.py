@@ -15,3 +15,20 @@ class DataError(CnnbenchError):
 
 class CheckpointError(CnnbenchError):
     """A file is not a usable cnnbench checkpoint; the message names the file."""
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGUSR1 arrived; a checkpoint was written at the step boundary."""
+
+
+class RankFailed(Exception):
+    """A worker of a DDP run that cnnbench launched itself failed; the message names the rank."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 143  # as if killed by SIGTERM: schedulers read it as preempted, not failed
+EXIT_CTRL_C = 130

@@ -1,5 +1,6 @@
 """Checkpoints: exact resume after a real SIGKILL, and refusal of anything that is not ours."""
 import csv
+import json
 import os
 import random
 import signal
@@ -130,3 +131,19 @@ def test_resume_from_a_bad_file_is_a_one_line_error(tmp_path):
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert result.returncode == 2
     assert str(bad) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
+    victim = launch(tmp_path)
+    last = tmp_path / "checkpoints" / "last.pt"
+    while not last.exists():
+        assert victim.poll() is None, victim.stderr.read().decode()
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGTERM)
+    assert victim.wait(timeout=60) == 143
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    at_stop = load_checkpoint(last)
+    assert at_stop["step"] == summary["step"] < 64
+    assert launch(tmp_path, "resume=auto").wait(timeout=300) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"

@@ -1,9 +1,39 @@
-"""One process per rank, found from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
+"""One process per rank: started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment), or by
+cnnbench itself with hardware.nproc > 1, through torch's elastic launcher (what torchrun runs).
+
+    torchrun --standalone --nproc_per_node=4 -m cnnbench.train hardware=ddp
+    python -m cnnbench.train hardware=ddp hardware.nproc=4
+"""
+import copy
+import ctypes
+import json
+import logging
+import logging.config
 import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from cnnbench.config import check_config
+from cnnbench.errors import (EXIT_CTRL_C, EXIT_INTERRUPTED, EXIT_USER_ERROR, CnnbenchError, Interrupted,
+                             RankFailed)
+
+# The launcher passes these on to every rank: SIGUSR1 is SLURM's warning before preemption.
+FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -11,6 +41,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    cpu_group: dist.ProcessGroup | None = None  # gloo, for small CPU-side agreements; None: the default group
 
     @property
     def is_main(self) -> bool:
@@ -21,9 +52,12 @@ def init_distributed(device_type: str) -> Dist:
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Dist()
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    ctx = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     if device_type == "cuda":
-        torch.cuda.set_device(ctx.local_rank)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    ctx = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+               dist.new_group(backend="gloo") if device_type == "cuda" else None)
+    if not ctx.is_main:
+        logging.getLogger("cnnbench").setLevel(logging.WARNING)  # one copy of each log line: rank 0's
     return ctx
 
 
@@ -31,3 +65,94 @@ def all_reduce_sum(t: torch.Tensor, ctx: Dist) -> torch.Tensor:
     if ctx.world_size > 1:
         dist.all_reduce(t)
     return t
+
+
+def any_rank(flag: bool, ctx: Dist) -> bool:
+    """True on every rank if true on any: ranks that see a signal at different steps still stop at the
+    same one (on the CPU, so that a GPU run does not wait for its device)."""
+    if ctx.world_size == 1:
+        return flag
+    flag = torch.tensor([flag], dtype=torch.uint8)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=ctx.cpu_group)
+    return bool(flag)
+
+
+def run_ranks(fn, cfg: DictConfig):
+    """fn(cfg) on every rank, returning rank 0's result: in this process when it already is a rank
+    (torchrun) or hardware.nproc is 1, else in hardware.nproc worker processes started here."""
+    nproc = cfg.hardware.nproc
+    if nproc == 1 or "WORLD_SIZE" in os.environ:
+        return fn(cfg)
+    check_config(cfg)  # a bad value: one line from here, not one from every rank
+    # Resolved once, here: each process would resolve run_dir (and Hydra's ${now:}) on its own.
+    cfg = copy.deepcopy(cfg)
+    OmegaConf.resolve(cfg)
+    log_config = (OmegaConf.to_container(HydraConfig.get().job_logging, resolve=True)
+                  if HydraConfig.initialized() else None)
+    # The ranks report their own failures; the launcher's log would repeat one of them.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    logging.getLogger("torch.multiprocessing").setLevel(logging.ERROR)
+    handlers = {name: signal.getsignal(getattr(signal, name)) for name in FORWARDED_SIGNALS}
+    with tempfile.TemporaryDirectory(prefix="cnnbench-ranks-") as log_dir:
+        launch = LaunchConfig(
+            min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+            rdzv_backend="c10d", rdzv_endpoint="localhost:0", local_addr="localhost",  # torchrun --standalone
+            max_restarts=0, logs_specs=DefaultLogsSpecs(log_dir=log_dir),
+            signals_to_handle=",".join(FORWARDED_SIGNALS))
+        try:
+            return elastic_launch(launch, _rank_main)(fn, cfg, log_config)[0]
+        except SignalException as e:  # the launcher passed it on; the ranks checkpointed and stopped
+            failure = KeyboardInterrupt() if e.sigval == signal.SIGINT else Interrupted(e.sigval.name)
+        except ChildFailedError as e:
+            failure = _first_failure(e, Path(log_dir))
+        finally:
+            for name, handler in handlers.items():
+                signal.signal(getattr(signal, name), handler)
+    raise failure  # outside the except clause, whose traceback would keep the launcher's queues alive
+
+
+def _rank_main(fn, cfg: DictConfig, log_config: dict | None):
+    """One worker: exits with the status `python -m cnnbench.train` would, after leaving the reason in
+    its error file (torchelastic's, a JSON file per rank) for the launcher."""
+    if sys.platform == "linux":  # die with the launcher, even when it is killed with SIGKILL: no orphans
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if log_config:
+        logging.config.dictConfig(log_config)
+    if "OMP_NUM_THREADS" not in os.environ:  # share the cores, rather than each rank taking them all
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ["LOCAL_WORLD_SIZE"])))
+    # The launcher stops the other ranks with SIGTERM when one fails: exit through Python, whose
+    # clean-up ends this rank's data loader workers and frees their semaphores.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(EXIT_INTERRUPTED))
+    try:
+        return fn(cfg)
+    except BaseException as e:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # leaving already: let the clean-up finish
+        if isinstance(e, CnnbenchError):  # usually every rank fails alike: the launcher prints it, once
+            status, message = EXIT_USER_ERROR, str(e)
+        elif isinstance(e, (Interrupted, SystemExit)):
+            status, message = EXIT_INTERRUPTED, f"stopped ({e})"
+        elif isinstance(e, KeyboardInterrupt):
+            status, message = EXIT_CTRL_C, "Ctrl-C"
+        else:
+            print(f"rank {os.environ['RANK']}: {traceback.format_exc()}", end="", file=sys.stderr)
+            status, message = 1, f"{type(e).__name__}: {e}"
+    with open(os.environ["TORCHELASTIC_ERROR_FILE"], "w") as f:
+        json.dump({"message": message, "status": status, "timestamp": str(int(time.time()))}, f)
+    raise SystemExit(status)
+
+
+def _first_failure(e: ChildFailedError, log_dir: Path) -> Exception:
+    """The launcher names the first rank it finds dead; the first to fail wrote the oldest error file
+    (the others most likely failed because it left their collectives)."""
+    rank, failure = e.get_first_failure()
+    errors = sorted(log_dir.glob("*/attempt_*/*/error.json"), key=lambda f: f.stat().st_mtime_ns)
+    if failure.exitcode < 0 or not errors:  # killed by a signal: no error file
+        return RankFailed(f"rank {rank} died ({failure.signal_name()})", exit_code=1)
+    rank, error = int(errors[0].parent.name), json.loads(errors[0].read_text())
+    if error["status"] == EXIT_USER_ERROR:
+        return CnnbenchError(error["message"])
+    if error["status"] == EXIT_INTERRUPTED:
+        return Interrupted(error["message"])
+    if error["status"] == EXIT_CTRL_C:
+        return KeyboardInterrupt()
+    return RankFailed(f"rank {rank} failed: {error['message'].strip().splitlines()[-1]}", exit_code=1)

@@ -26,20 +26,16 @@ from tqdm import tqdm
 
 from cnnbench.config import Device, Precision, check_config
 from cnnbench.data import build_data
-from cnnbench.errors import CheckpointError, ConfigError
+from cnnbench.errors import CheckpointError, ConfigError, Interrupted
 from cnnbench.models import create_model
 from cnnbench.models.registry import compound_image_size
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .distributed import all_reduce_sum, init_distributed
+from .distributed import all_reduce_sum, any_rank, init_distributed
 from .recorder import Recorder
 
 log = logging.getLogger("cnnbench")
 DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
-
-
-class Interrupted(Exception):
-    """SIGTERM or SIGUSR1 arrived; a checkpoint was written at the step boundary."""
 
 
 def resolve_device(hw) -> tuple[torch.device, torch.dtype]:
@@ -117,6 +113,10 @@ def train(cfg: DictConfig) -> dict:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model = create_model(**model_cfg, num_classes=num_classes, in_chans=cfg.data.channels,
                          image_size=cfg.data.image_size).to(device)
+    if cfg.hardware.sync_batchnorm and ctx.world_size > 1:
+        if device.type != "cuda":
+            raise ConfigError("hardware.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     image_shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
     params = sum(p.numel() for p in model.parameters())
     flops = count_flops(model, image_shape, device)
@@ -126,7 +126,10 @@ def train(cfg: DictConfig) -> dict:
 
     # Optimizer and per-update schedule, built by timm's factories from their configs.
     updates_per_epoch = math.ceil(len(data.train_batches) / cfg.train.grad_accum_steps)
-    optimizer = instantiate(cfg.optimizer)(model)
+    optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    if (reference_batch := optimizer_cfg.pop("lr_reference_batch")) is not None:
+        optimizer_cfg["lr"] *= cfg.data.batch_size / reference_batch  # the linear scaling rule
+    optimizer = instantiate(optimizer_cfg)(model)
     scheduler, _ = instantiate(cfg.scheduler)(optimizer, num_epochs=cfg.train.epochs, step_on_epochs=False,
                                               updates_per_epoch=updates_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -150,11 +153,12 @@ def train(cfg: DictConfig) -> dict:
         scaler.load_state_dict(state["scaler"])
         epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
         history, best, elapsed = state["history"], state["best"], state["wall_time_s"]
-        sums = state["epoch_sums"].to(device)
+        sums = state["epoch_sums"][ctx.rank].to(device)
         set_rng_state(state["rng"][ctx.rank])
     bare_model = model
     if ctx.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.type == "cuda" else None)
+        model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.type == "cuda" else None,
+                                        find_unused_parameters=cfg.hardware.find_unused_parameters)
     if cfg.hardware.compile:
         model = torch.compile(model)
 
@@ -164,24 +168,26 @@ def train(cfg: DictConfig) -> dict:
     config_record = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
     def checkpoint(name: str, epoch: int, batch_in_epoch: int):
-        rngs = [None] * ctx.world_size
+        # Each rank's own: its RNGs, and its part of the epoch's train sums.
+        ranks = [None] * ctx.world_size
         if ctx.world_size > 1:
-            torch.distributed.all_gather_object(rngs, rng_state())
+            torch.distributed.all_gather_object(ranks, (rng_state(), sums.cpu()))
         else:
-            rngs = [rng_state()]
+            ranks = [(rng_state(), sums.cpu())]
         if not ctx.is_main:
             return
         save_checkpoint({
             "model": bare_model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "ema": None,
-            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "epoch_sums": sums.cpu(),
-            "rng": rngs, "best": best, "history": history, "wall_time_s": elapsed + time.perf_counter() - started,
+            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
+            "epoch_sums": [rank_sums for _, rank_sums in ranks], "rng": [rng for rng, _ in ranks],
+            "best": best, "history": history, "wall_time_s": elapsed + time.perf_counter() - started,
             "world_size": ctx.world_size, "classes": data.classes, "config": config_record,
         }, run_dir / "checkpoints" / name)
 
-    stop_signal = []
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+    stop_signal = []  # SIGTERM / SIGUSR1 (preemption): checkpoint at the next step boundary, then stop
+    previous_handlers = {sig: signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+                         for sig in (signal.SIGTERM, signal.SIGUSR1)}
 
     def summary(status: str) -> dict:
         final = history[-1] if history else {}
@@ -243,10 +249,11 @@ def train(cfg: DictConfig) -> dict:
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
                     if bar.disable:
                         log.info(f"epoch {epoch} batch {i + 1}/{batches} step {step}: loss {loss_value:.4f}, lr {lr:.4g}")
-                if stop_signal or cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
+                stop = any_rank(bool(stop_signal), ctx)
+                if stop or cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
                     checkpoint("last.pt", epoch, i + 1)
-                if stop_signal:
-                    raise Interrupted(signal.Signals(stop_signal[0]).name)
+                if stop:
+                    raise Interrupted(signal.Signals(stop_signal[0]).name if stop_signal else "another rank's signal")
             bar.close()
             train_time = time.perf_counter() - epoch_started
             train_loss, train_correct, train_count = all_reduce_sum(sums.clone(), ctx).tolist()
@@ -279,6 +286,8 @@ def train(cfg: DictConfig) -> dict:
         result = summary(status)
         if ctx.is_main:
             recorder.finish(result, hparam_record(cfg))
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
         if ctx.world_size > 1:
             torch.distributed.destroy_process_group()
     log.info(f"done: best val top1 {result['best_val_top1']:.2f} (epoch {result['best_epoch']}), "
