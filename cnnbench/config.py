@@ -62,6 +62,9 @@ class OptimizerConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     filter_bias_and_bn: bool = True  # no weight decay on norm weights and biases
+    # Layer-wise learning rates for fine-tuning (timm's, as BEiT): the classifier trains at lr, each group of
+    # layers below it at layer_decay times the lr of the group above; null: one lr for all.
+    layer_decay: Optional[float] = None
     # Linear scaling rule (Goyal et al.): lr is quoted for this global batch, and the run uses
     # lr * data.batch_size / lr_reference_batch; null: lr as given.
     lr_reference_batch: Optional[int] = None
@@ -117,8 +120,42 @@ class RunConfig:
     run_dir: str = "${hydra:runtime.output_dir}"
 
 
+class TTA(str, Enum):
+    none = "none"  # the val transform's one view
+    flip = "flip"  # it and its mirror image
+    tencrop = "tencrop"  # AlexNet's: four corners and the centre of a larger image, and their mirrors
+
+
+@dataclass
+class EvalConfig:
+    tta: TTA = TTA.none  # test-time augmentation: the logits of the views are averaged
+
+
+@dataclass
+class EvaluateConfig:
+    checkpoint: str = MISSING  # a cnnbench checkpoint: the model, its classes, its data and transforms
+    data: Optional[DataConfig] = None  # null: the checkpoint's own val split; data=NAME: another
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: Optional[str] = None  # also write the results JSON here (it is always in the run dir)
+    run_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class PredictConfig:
+    checkpoint: str = MISSING
+    images: List[str] = MISSING  # image files: [a.jpg,b.png]
+    topk: int = 5
+    dense: bool = False  # convolutionize the model and slide it over a larger image: a map of predictions
+    dense_scale: float = 2.0  # dense: the image is resized to this times the training size
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    run_dir: str = "${hydra:runtime.output_dir}"
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+    ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
     # ${gpus_or:N}: the CUDA devices on this machine, or N where there are none (conf/hardware/ddp.yaml).
     OmegaConf.register_new_resolver("gpus_or", lambda n: torch.cuda.device_count() or int(n), replace=True)
 
@@ -150,6 +187,8 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"data.channels: 1 or 3, got {cfg.data.channels}")
+    if cfg.optimizer.layer_decay is not None and not 0 < cfg.optimizer.layer_decay <= 1:
+        raise ConfigError(f"optimizer.layer_decay: in (0, 1], got {cfg.optimizer.layer_decay}")
     if not 0 <= cfg.augmentation.hflip <= 1:
         raise ConfigError(f"augmentation.hflip: a probability in [0, 1], got {cfg.augmentation.hflip}")
     if cfg.augmentation.label_smoothing >= 1:

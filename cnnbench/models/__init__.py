@@ -2,6 +2,7 @@
 from . import (  # noqa: F401  (each module registers its family)
     alexnet, bit, csp, densenet, efficientnet, fmnist_cnn, hub, inception, lenet, mobilenet, nin, regnet, resnet, vgg,
     xception)
+from .convolutionize import convolutionize
 from .registry import create_model, get_entry, list_models, register_model
 
-__all__ = ["create_model", "get_entry", "list_models", "register_model"]
+__all__ = ["convolutionize", "create_model", "get_entry", "list_models", "register_model"]

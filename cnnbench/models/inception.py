@@ -152,14 +152,19 @@ class AuxV1(nn.Module):
 
 @register_model("inception", reference="torchvision:googlenet")
 def googlenet(num_classes=1000, in_chans=3, image_size=224, aux_logits: bool = True, branch3_kernel: int = 3,
-              dropout: float = 0.2, width_mult: float = 1.0, depth_mult: float = 1.0, stem: str = "auto"):
-    """`branch3_kernel`: 5 is the paper's 5x5 branch; torchvision (and its weights) use 3."""
+              lrn: bool = False, dropout: float = 0.2, width_mult: float = 1.0, depth_mult: float = 1.0,
+              stem: str = "auto"):
+    """`branch3_kernel`: 5 is the paper's 5x5 branch; torchvision (and its weights) use 3. `lrn`: the
+    paper's local response normalization after the first max pool and after conv3 (torchvision has
+    none; it holds no parameters, so the weights still load)."""
     small = resolve_stem(stem, image_size) == "cifar"
     c = partial(scale_width, width_mult=width_mult)
     pool = partial(nn.Identity) if small else partial(nn.MaxPool2d, 3, 2, ceil_mode=True)
+    norm = [nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)] if lrn else []  # AlexNet's (alexnet.py)
     layers = [("conv1", BasicConv2d(in_chans, c(64), 7, 1 if small else 2, 3)), ("maxpool1", pool()),
+              *[("lrn1", n) for n in norm],
               ("conv2", BasicConv2d(c(64), c(64), 1)), ("conv3", BasicConv2d(c(64), c(192), 3)),
-              ("maxpool2", pool())]
+              *[("lrn2", n) for n in norm], ("maxpool2", pool())]
     cin, aux_names = c(192), []
     for number, modules in GOOGLENET.items():
         modules = scale_stage(modules, depth_mult)

@@ -2,8 +2,10 @@
 
 `create_model(name, num_classes, in_chans, image_size, **knobs)` is the one way cnnbench builds a
 network; the knobs a constructor accepts are its design space, read from its signature. Every model
-also takes the generic knobs `pretrained` (its reference library's weights) and `phi`, `alpha`,
-`beta`, `gamma` (compound scaling, seed 000).
+also takes the generic knobs `pretrained` (its reference library's weights), `freeze` (fine-tuning)
+and `phi`, `alpha`, `beta`, `gamma` (compound scaling, seed 000).
+Every model names its classifier as timm's do, in `model.pretrained_cfg["classifier"]`: `freeze=backbone`
+and timm's layer-wise learning rates (`optimizer.layer_decay`) read it.
 A model with auxiliary classifiers (googlenet, inception_v3) has an `aux_weight` attribute and, in
 training mode with `aux_logits`, returns `(logits, [aux_logits, ...])`: the trainer adds
 `aux_weight * loss(aux)` for each; in eval mode it returns the logits alone.
@@ -21,6 +23,7 @@ import torch
 import torch.nn as nn
 import torchvision
 from timm.models import adapt_input_conv
+from timm.utils.model import freeze
 
 from cnnbench.errors import ConfigError
 
@@ -32,7 +35,7 @@ DATA_ARGS = ("num_classes", "in_chans", "image_size")
 AUX_HEADS = ("aux1.", "aux2.", "AuxLogits.")
 
 # Knobs of every model, handled here rather than by the constructor.
-GENERIC_KNOBS = {"pretrained": False, "phi": 0, "alpha": 1.2, "beta": 1.1, "gamma": 1.15}
+GENERIC_KNOBS = {"pretrained": False, "freeze": "none", "phi": 0, "alpha": 1.2, "beta": 1.1, "gamma": 1.15}
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,29 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
         fit_state_dict(model, reference_state_dict(entry.reference), entry.reference, "pretrained")
     if weights:
         load_weights(model, weights)
+    if not getattr(model, "pretrained_cfg", None):  # timm's models have theirs
+        model.pretrained_cfg = {"classifier": classifier_name(model, num_classes)}
+    check_choice("freeze", generic["freeze"], ("none", "backbone"))
+    if generic["freeze"] == "backbone":
+        freeze(model, outside(model, model.pretrained_cfg["classifier"]))
     return model
+
+
+def classifier_name(model: nn.Module, num_classes: int) -> str:
+    """The last Linear or conv layer that outputs the classes (after any auxiliary classifier's)."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes
+            or isinstance(m, nn.Conv2d) and m.out_channels == num_classes][-1]
+
+
+def outside(model: nn.Module, head: str) -> list[str]:
+    """The largest submodules that do not hold `head`: what `freeze=backbone` freezes (timm's freeze
+    turns their batch norms into FrozenBatchNorm2d, so not even their statistics move)."""
+    names = []
+    for name, _ in model.named_modules():
+        parent = name.rpartition(".")[0]
+        if name and name != head and not head.startswith(name + ".") and (not parent or head.startswith(parent + ".")):
+            names.append(name)
+    return names
 
 
 def reference_state_dict(reference: str) -> dict:
@@ -166,6 +191,8 @@ def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None
     run; any other difference is an error naming `source`."""
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own or not k.startswith(AUX_HEADS)}
+    # a fine-tuned model's frozen batch norms count no batches
+    state |= {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state}
     if own.keys() != state.keys():
         missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
         raise ConfigError(f"model.{key}: {source} does not fit this model (missing {missing[:3]}, "

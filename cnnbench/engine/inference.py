@@ -1,0 +1,187 @@
+"""Using a trained model: `evaluate(cfg)` (top-1, top-5, per-class accuracy, test-time augmentation) and
+`predict(cfg)` (the top-k classes of image files, or a dense map of them). Everything the model needs
+comes from its checkpoint: architecture, class names, data config and val transform.
+
+    python -m cnnbench.evaluate checkpoint=outputs/fmnist/checkpoints/best.pt eval.tta=tencrop
+    python -m cnnbench.predict checkpoint=outputs/fmnist/checkpoints/best.pt images=[shoe.png] topk=3
+"""
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2
+
+from cnnbench.config import TTA
+from cnnbench.data.datasets import _open_image, load_split
+from cnnbench.data.loader import ValBatches
+from cnnbench.data.transforms import Normalize, build_transforms
+from cnnbench.errors import CheckpointError, ConfigError, DataError
+from cnnbench.models import convolutionize, create_model
+
+from .checkpoint import load_checkpoint
+from .trainer import resolve_device
+
+log = logging.getLogger("cnnbench")
+
+
+def load_trained(path: str, device: torch.device) -> tuple[torch.nn.Module, list[str], DictConfig]:
+    """The checkpoint's model in eval mode, its class names and its run's config. The model is built from
+    the stored config alone: its `weights` and `pretrained` started the training and are not needed now."""
+    state = load_checkpoint(Path(path))
+    config = OmegaConf.create(state["config"])
+    if "classes" not in state:
+        raise CheckpointError(f"{path}: holds no class names (not written by cnnbench.train)")
+    model_cfg = {**state["config"]["model"], "weights": None, "pretrained": False}
+    model = create_model(**model_cfg, num_classes=len(state["classes"]), in_chans=config.data.channels,
+                         image_size=config.data.image_size)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state["classes"], config
+
+
+def tta_transform(augmentation: DictConfig, data: DictConfig, tta: TTA) -> v2.Compose:
+    """The val transform; for tencrop, the larger square the crops are cut from: the image resized to
+    image_size / eval_crop_ratio (AlexNet's 256 for 224 crops; 32 for Fashion-MNIST's 28)."""
+    if tta != TTA.tencrop:
+        return build_transforms(augmentation, data, train=False)
+    larger = round(data.image_size / augmentation.eval_crop_ratio)
+    return build_transforms(OmegaConf.merge(augmentation, {"name": "none"}),
+                            OmegaConf.merge(data, {"image_size": larger}), train=False)
+
+
+def tta_logits(model: torch.nn.Module, images: torch.Tensor, tta: TTA, image_size: int) -> torch.Tensor:
+    """The mean of the model's logits over the views of a normalized batch (for tencrop, the larger images
+    of `tta_transform`): one forward pass over all views at once."""
+    if tta == TTA.flip:
+        views = [images, images.flip(-1)]
+    elif tta == TTA.tencrop:
+        views = list(v2.functional.ten_crop(images, image_size))
+    else:
+        views = [images]
+    return model(torch.cat(views)).float().view(len(views), len(images), -1).mean(0)
+
+
+def evaluation_data(cfg: DictConfig, config: DictConfig, classes: list[str]) -> DictConfig:
+    """The data to evaluate on: the checkpoint's, or `data=NAME` if it fits the model."""
+    if cfg.data is None:
+        return config.data
+    data = cfg.data
+    if (data.channels, data.image_size) != (config.data.channels, config.data.image_size):
+        raise ConfigError(f"data: the model takes {config.data.channels}-channel {config.data.image_size} px "
+                          f"images; pass data.channels={config.data.channels} data.image_size={config.data.image_size}")
+    return data
+
+
+@torch.no_grad()
+def evaluate(cfg: DictConfig) -> dict:
+    device, amp_dtype = resolve_device(cfg.hardware)
+    model, classes, config = load_trained(cfg.checkpoint, device)
+    data = evaluation_data(cfg, config, classes)
+    split = load_split(data, False, tta_transform(config.augmentation, data, cfg.eval.tta))
+    if split.classes != classes:
+        raise CheckpointError(f"{cfg.checkpoint}: trained on other classes than {data.name}'s")
+    loader = torch.utils.data.DataLoader(split.dataset, batch_sampler=ValBatches(len(split.dataset), data.batch_size),
+                                         num_workers=data.workers, pin_memory=device.type == "cuda")
+    normalize = Normalize(data).to(device)
+    memory_format = torch.channels_last if cfg.hardware.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    topk = min(5, len(classes))
+    # per class: samples, top-1 hits, top-k hits; and the loss sum
+    counts = torch.zeros(3, len(classes), dtype=torch.float64, device=device)
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+        for images, targets in loader:
+            images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
+            targets = targets.to(device, non_blocking=True)
+            logits = tta_logits(model, images, cfg.eval.tta, data.image_size)
+            hits = logits.topk(topk, 1).indices == targets[:, None]
+            for row, weights in enumerate((None, hits[:, 0], hits.any(1))):
+                counts[row] += torch.bincount(targets, weights, minlength=len(classes)).double()
+            loss += F.cross_entropy(logits, targets, reduction="sum").double()
+    samples, top1, topk_hits = counts.cpu().tolist()
+    total = sum(samples)
+    result = {
+        "checkpoint": str(cfg.checkpoint), "data": data.name, "tta": cfg.eval.tta.value, "samples": int(total),
+        "top1": 100 * sum(top1) / total, "top5": 100 * sum(topk_hits) / total, "top5_k": topk,
+        "loss": loss.item() / total,
+        "per_class": [{"class": name, "samples": int(n), "top1": 100 * hit / n if n else None}
+                      for name, n, hit in zip(classes, samples, top1)],
+    }
+    print(evaluation_table(result))
+    text = json.dumps(result, indent=2)
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.run_dir) / "evaluation.json").write_text(text)
+    if cfg.output:
+        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.output).write_text(text)
+    return result
+
+
+def evaluation_table(result: dict) -> str:
+    width = max(len("class"), *(len(c["class"]) for c in result["per_class"]))
+    lines = [f"{result['checkpoint']} on {result['data']} ({result['samples']} images, tta {result['tta']}): "
+             f"top-1 {result['top1']:.2f}%, top-{result['top5_k']} {result['top5']:.2f}%, loss {result['loss']:.4f}",
+             f"{'class':<{width}}  {'images':>6}  {'top-1':>6}"]
+    for c in result["per_class"]:
+        lines.append(f"{c['class']:<{width}}  {c['samples']:>6}  "
+                     + (f"{c['top1']:>6.2f}" if c["top1"] is not None else f"{'-':>6}"))
+    return "\n".join(lines)
+
+
+def read_image(path: str) -> Image.Image:
+    try:
+        return _open_image(path)
+    except FileNotFoundError:
+        raise DataError(f"images: no such file {path}") from None
+    except (UnidentifiedImageError, IsADirectoryError, OSError) as e:
+        raise DataError(f"images: {path} is not an image ({str(e).splitlines()[0]})") from None
+
+
+@torch.no_grad()
+def predict(cfg: DictConfig) -> list[dict]:
+    """Per image, the top-k classes and their probabilities; with `dense`, the convolutionized model's
+    map of classes over the image at dense_scale times the training size, and the map's mean prediction."""
+    if cfg.topk <= 0 or cfg.dense_scale < 1:
+        raise ConfigError("topk: must be > 0" if cfg.topk <= 0 else f"dense_scale: must be >= 1, got {cfg.dense_scale}")
+    device, _ = resolve_device(cfg.hardware)
+    model, classes, config = load_trained(cfg.checkpoint, device)
+    data = config.data
+    if cfg.dense:
+        model = convolutionize(model, (data.channels, data.image_size, data.image_size))
+        data = OmegaConf.merge(data, {"image_size": round(cfg.dense_scale * data.image_size)})
+    transform = build_transforms(config.augmentation, data, train=False)
+    normalize = Normalize(data).to(device)
+    images = [read_image(path) for path in cfg.images]  # every file checked before any work
+    k = min(cfg.topk, len(classes))
+    results = []
+    for path, image in zip(cfg.images, images):
+        logits = model(normalize(transform(image)[None].to(device)))
+        result = {"image": path}
+        if cfg.dense:  # (1, classes, h, w): a prediction per window
+            result["class_map"] = logits[0].argmax(0).tolist()
+            probabilities = logits[0].softmax(0).mean((1, 2))
+        else:
+            probabilities = logits[0].softmax(0)
+        scores, indices = probabilities.topk(k)
+        result["topk"] = [{"class": classes[i], "probability": p} for p, i in zip(scores.tolist(), indices.tolist())]
+        results.append(result)
+        print(prediction_text(result, classes))
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.run_dir) / "predictions.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def prediction_text(result: dict, classes: list[str]) -> str:
+    lines = [result["image"]]
+    if "class_map" in result:
+        class_map = result["class_map"]
+        lines.append(f"  class map ({len(class_map)}x{len(class_map[0])} windows; class indices):")
+        lines += ["    " + " ".join(f"{c:>2}" for c in row) for row in class_map]
+        seen = sorted({c for row in class_map for c in row})
+        lines.append("    " + ", ".join(f"{c}: {classes[c]}" for c in seen))
+        lines.append("  mean over the windows:")
+    lines += [f"  #{rank} {p['probability'] * 100:6.2f}% {p['class']}" for rank, p in enumerate(result["topk"], 1)]
+    return "\n".join(lines)

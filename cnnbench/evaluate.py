@@ -1,0 +1,19 @@
+"""`python -m cnnbench.evaluate checkpoint=PATH [data=NAME] [eval.tta=none|flip|tencrop]`: top-1, top-5 and
+per-class accuracy of a trained model; the work is `cnnbench.engine.inference.evaluate(cfg)`."""
+import hydra
+from omegaconf import DictConfig
+
+from cnnbench.cli import run_reporting_errors
+from cnnbench.config import register_configs
+from cnnbench.engine.inference import evaluate
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float:
+    return run_reporting_errors(evaluate, cfg)["top1"]
+
+
+if __name__ == "__main__":
+    main()
