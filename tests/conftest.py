@@ -14,9 +14,10 @@ CONF = ROOT / "conf"
 register_configs()
 
 
-def make_config(run_dir: Path, *overrides: str):
+def make_config(run_dir: Path, *overrides: str, app: str = "train"):
+    """The config of `python -m cnnbench.<app>` (train, evaluate, predict) with these overrides."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=[f"run_dir={run_dir}", *overrides])
+        return compose(app, overrides=[f"run_dir={run_dir}", *overrides])
 
 
 def run_cli(*args: str, module: str = "cnnbench.train", timeout: float = 300) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 
 from cnnbench.config import TTA
-from cnnbench.data.datasets import _open_image, load_split
+from cnnbench.data.datasets import load_split
 from cnnbench.data.loader import ValBatches
 from cnnbench.data.transforms import Normalize, build_transforms
 from cnnbench.errors import CheckpointError, ConfigError, DataError
@@ -131,9 +131,11 @@ def evaluation_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def read_image(path: str) -> Image.Image:
+def read_image(path: str, channels: int) -> Image.Image:
+    """PIL's own conversion to the model's channels: a grayscale file keeps its exact grey levels."""
     try:
-        return _open_image(path)
+        with open(path, "rb") as f:
+            return Image.open(f).convert("L" if channels == 1 else "RGB")
     except FileNotFoundError:
         raise DataError(f"images: no such file {path}") from None
     except (UnidentifiedImageError, IsADirectoryError, OSError) as e:
@@ -154,7 +156,7 @@ def predict(cfg: DictConfig) -> list[dict]:
         data = OmegaConf.merge(data, {"image_size": round(cfg.dense_scale * data.image_size)})
     transform = build_transforms(config.augmentation, data, train=False)
     normalize = Normalize(data).to(device)
-    images = [read_image(path) for path in cfg.images]  # every file checked before any work
+    images = [read_image(path, data.channels) for path in cfg.images]  # every file checked before any work
     k = min(cfg.topk, len(classes))
     results = []
     for path, image in zip(cfg.images, images):

@@ -160,11 +160,11 @@ def googlenet(num_classes=1000, in_chans=3, image_size=224, aux_logits: bool = T
     small = resolve_stem(stem, image_size) == "cifar"
     c = partial(scale_width, width_mult=width_mult)
     pool = partial(nn.Identity) if small else partial(nn.MaxPool2d, 3, 2, ceil_mode=True)
-    norm = [nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)] if lrn else []  # AlexNet's (alexnet.py)
-    layers = [("conv1", BasicConv2d(in_chans, c(64), 7, 1 if small else 2, 3)), ("maxpool1", pool()),
-              *[("lrn1", n) for n in norm],
-              ("conv2", BasicConv2d(c(64), c(64), 1)), ("conv3", BasicConv2d(c(64), c(192), 3)),
-              *[("lrn2", n) for n in norm], ("maxpool2", pool())]
+    def norm(name):  # AlexNet's (alexnet.py)
+        return [(name, nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0))] if lrn else []
+    layers = [("conv1", BasicConv2d(in_chans, c(64), 7, 1 if small else 2, 3)), ("maxpool1", pool()), *norm("lrn1"),
+              ("conv2", BasicConv2d(c(64), c(64), 1)), ("conv3", BasicConv2d(c(64), c(192), 3)), *norm("lrn2"),
+              ("maxpool2", pool())]
     cin, aux_names = c(192), []
     for number, modules in GOOGLENET.items():
         modules = scale_stage(modules, depth_mult)
