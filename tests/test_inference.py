@@ -11,9 +11,9 @@ from cnnbench.config import TTA
 from cnnbench.data.datasets import load_split
 from cnnbench.data.transforms import Normalize
 from cnnbench.engine.checkpoint import load_checkpoint
-from cnnbench.engine.inference import evaluate, load_trained, tta_logits, tta_transform
+from cnnbench.engine.inference import evaluate, load_trained, predict, tta_logits, tta_transform
 from cnnbench.engine.trainer import train
-from cnnbench.errors import ConfigError
+from cnnbench.errors import CheckpointError, ConfigError, DataError
 from cnnbench.models import convolutionize, create_model
 
 from .conftest import make_config, run_cli
@@ -97,11 +97,11 @@ def test_tta_averages_the_logits_of_its_views(synthetic_run, tmp_path):
 
 
 def test_evaluate_refuses_data_of_other_classes(synthetic_run, tmp_path):
-    result = run_cli(f"checkpoint={synthetic_run[0]}/checkpoints/best.pt", "data=fashion_mnist", "hardware=cpu",
-                     f"hydra.run.dir={tmp_path}", module="cnnbench.evaluate")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == f"cnnbench: error: {synthetic_run[0]}/checkpoints/best.pt: trained on other " \
-                                    "classes than fashion_mnist's"
+    checkpoint = synthetic_run[0] / "checkpoints" / "best.pt"
+    cfg = make_config(tmp_path, f"checkpoint={checkpoint}", "data=fashion_mnist", "data.image_size=28", "hardware=cpu",
+                      app="evaluate")
+    with pytest.raises(CheckpointError, match=f"^{checkpoint}: trained on other classes than fashion_mnist's$"):
+        evaluate(cfg)
 
 
 def fashion_pngs(folder, config, count=2):
@@ -148,14 +148,16 @@ def test_predict_dense_maps_classes_over_a_larger_image(fine_tuned, tmp_path):
     assert f"class map ({side}x{side} windows" in result.stdout and "mean over the windows" in result.stdout
 
 
-@pytest.mark.parametrize("image", ["missing.png", "notes.jpg"])
-def test_predict_names_the_bad_image(synthetic_run, tmp_path, image):
+@pytest.mark.parametrize("image, error", [("missing.png", "no such file"), ("notes.jpg", "is not an image")])
+def test_predict_names_the_bad_image(synthetic_run, tmp_path, image, error):
+    """The message (one line: cli.py prints it) names the file; nothing is written."""
     (tmp_path / "notes.jpg").write_text("not pixels")
-    result = run_cli(f"checkpoint={synthetic_run[0]}/checkpoints/best.pt", f"images=[{tmp_path / image}]",
-                     "hardware=cpu", f"hydra.run.dir={tmp_path / 'predict'}", module="cnnbench.predict")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and str(tmp_path / image) in result.stderr
-    assert ("no such file" if image == "missing.png" else "is not an image") in result.stderr
+    cfg = make_config(tmp_path, f"checkpoint={synthetic_run[0]}/checkpoints/best.pt", "hardware=cpu",
+                      f"images=[{tmp_path / image}]", app="predict")
+    with pytest.raises(DataError, match=f"^images: .*{tmp_path / image}") as raised:
+        predict(cfg)
+    assert error in str(raised.value) and "\n" not in str(raised.value)
+    assert not (tmp_path / "predictions.json").exists()
 
 
 @pytest.mark.parametrize("name, knobs, channels, size", [
