@@ -125,6 +125,7 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
             if key not in own:
                 raise ConfigError(f"model.phi: {name} has no {key} knob to scale")
             knobs[key] = knobs.get(key, own[key]) * base ** generic["phi"]
+    check_choice("freeze", generic["freeze"], ("none", "backbone"))
     model = entry.fn(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **knobs)
     if generic.get("pretrained"):
         if entry.reference is None:
@@ -133,29 +134,32 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
         fit_state_dict(model, reference_state_dict(entry.reference), entry.reference, "pretrained")
     if weights:
         load_weights(model, weights)
-    if not getattr(model, "pretrained_cfg", None):  # timm's models have theirs
-        model.pretrained_cfg = {"classifier": classifier_name(model, num_classes)}
-    check_choice("freeze", generic["freeze"], ("none", "backbone"))
+    library_cfg = getattr(model, "pretrained_cfg", None) or {}
+    if not library_cfg.get("classifier") and (head := classifier_name(model, num_classes)):  # timm's name theirs
+        model.pretrained_cfg = {**library_cfg, "classifier": head}
     if generic["freeze"] == "backbone":
-        freeze(model, outside(model, model.pretrained_cfg["classifier"]))
+        heads = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
+        if not heads:
+            raise ConfigError(f"model.freeze: {name} has no layer with {num_classes} outputs to keep training")
+        freeze(model, outside(model, (heads,) if isinstance(heads, str) else tuple(heads)))
     return model
 
 
-def classifier_name(model: nn.Module, num_classes: int) -> str:
+def classifier_name(model: nn.Module, num_classes: int) -> str | None:
     """The last Linear or conv layer that outputs the classes (after any auxiliary classifier's)."""
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes
-            or isinstance(m, nn.Conv2d) and m.out_channels == num_classes][-1]
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes
+             or isinstance(m, nn.Conv2d) and m.out_channels == num_classes]
+    return names[-1] if names else None
 
 
-def outside(model: nn.Module, head: str) -> list[str]:
-    """The largest submodules that do not hold `head`: what `freeze=backbone` freezes (timm's freeze
+def outside(model: nn.Module, heads: tuple[str, ...]) -> list[str]:
+    """The largest submodules that hold none of `heads`: what `freeze=backbone` freezes (timm's freeze
     turns their batch norms into FrozenBatchNorm2d, so not even their statistics move)."""
-    names = []
-    for name, _ in model.named_modules():
-        parent = name.rpartition(".")[0]
-        if name and name != head and not head.startswith(name + ".") and (not parent or head.startswith(parent + ".")):
-            names.append(name)
-    return names
+    def holds_head(name):
+        return any(head == name or head.startswith(name + ".") for head in heads)
+    return [name for name, _ in model.named_modules()
+            if name and not holds_head(name) and not name.startswith(tuple(head + "." for head in heads))
+            and (not (parent := name.rpartition(".")[0]) or holds_head(parent))]
 
 
 def reference_state_dict(reference: str) -> dict:
