@@ -64,7 +64,7 @@ def tta_logits(model: torch.nn.Module, images: torch.Tensor, tta: TTA, image_siz
     return model(torch.cat(views)).float().view(len(views), len(images), -1).mean(0)
 
 
-def evaluation_data(cfg: DictConfig, config: DictConfig, classes: list[str]) -> DictConfig:
+def evaluation_data(cfg: DictConfig, config: DictConfig) -> DictConfig:
     """The data to evaluate on: the checkpoint's, or `data=NAME` if it fits the model."""
     if cfg.data is None:
         return config.data
@@ -79,7 +79,7 @@ def evaluation_data(cfg: DictConfig, config: DictConfig, classes: list[str]) -> 
 def evaluate(cfg: DictConfig) -> dict:
     device, amp_dtype = resolve_device(cfg.hardware)
     model, classes, config = load_trained(cfg.checkpoint, device)
-    data = evaluation_data(cfg, config, classes)
+    data = evaluation_data(cfg, config)
     split = load_split(data, False, tta_transform(config.augmentation, data, cfg.eval.tta))
     if split.classes != classes:
         raise CheckpointError(f"{cfg.checkpoint}: trained on other classes than {data.name}'s")
@@ -98,7 +98,7 @@ def evaluate(cfg: DictConfig) -> dict:
             targets = targets.to(device, non_blocking=True)
             logits = tta_logits(model, images, cfg.eval.tta, data.image_size)
             hits = logits.topk(topk, 1).indices == targets[:, None]
-            for row, weights in enumerate((None, hits[:, 0], hits.any(1))):
+            for row, weights in enumerate((None, hits[:, 0].double(), hits.any(1).double())):
                 counts[row] += torch.bincount(targets, weights, minlength=len(classes)).double()
             loss += F.cross_entropy(logits, targets, reduction="sum").double()
     samples, top1, topk_hits = counts.cpu().tolist()
