@@ -104,6 +104,13 @@ def test_evaluate_refuses_data_of_other_classes(synthetic_run, tmp_path):
         evaluate(cfg)
 
 
+@pytest.mark.parametrize("app, run, key", [("evaluate", evaluate, "checkpoint"), ("predict", predict, "images")])
+def test_a_missing_mandatory_key_is_named(tmp_path, app, run, key):
+    given = [] if app == "evaluate" else ["checkpoint=best.pt"]
+    with pytest.raises(ConfigError, match=f"^{key}: missing; pass {key}="):
+        run(make_config(tmp_path, *given, app=app))
+
+
 def fashion_pngs(folder, config, count=2):
     """Fashion-MNIST test images as PNG files (lossless), with the val split's own tensors."""
     split = load_split(config.data, False, None)

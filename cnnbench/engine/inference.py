@@ -28,6 +28,12 @@ from .trainer import resolve_device
 log = logging.getLogger("cnnbench")
 
 
+def check_given(cfg: DictConfig) -> None:
+    """A mandatory key left out (checkpoint, images) is named in one line, not by OmegaConf's traceback."""
+    if missing := sorted(OmegaConf.missing_keys(cfg)):
+        raise ConfigError(f"{missing[0]}: missing; pass {missing[0]}=...")
+
+
 def load_trained(path: str, device: torch.device) -> tuple[torch.nn.Module, list[str], DictConfig]:
     """The checkpoint's model in eval mode, its class names and its run's config. The model is built from
     the stored config alone: its `weights` and `pretrained` started the training and are not needed now."""
@@ -77,6 +83,7 @@ def evaluation_data(cfg: DictConfig, config: DictConfig) -> DictConfig:
 
 @torch.no_grad()
 def evaluate(cfg: DictConfig) -> dict:
+    check_given(cfg)
     device, amp_dtype = resolve_device(cfg.hardware)
     model, classes, config = load_trained(cfg.checkpoint, device)
     data = evaluation_data(cfg, config)
@@ -146,6 +153,7 @@ def read_image(path: str, channels: int) -> Image.Image:
 def predict(cfg: DictConfig) -> list[dict]:
     """Per image, the top-k classes and their probabilities; with `dense`, the convolutionized model's
     map of classes over the image at dense_scale times the training size, and the map's mean prediction."""
+    check_given(cfg)
     if cfg.topk <= 0 or cfg.dense_scale < 1:
         raise ConfigError("topk: must be > 0" if cfg.topk <= 0 else f"dense_scale: must be >= 1, got {cfg.dense_scale}")
     device, _ = resolve_device(cfg.hardware)
