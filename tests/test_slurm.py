@@ -135,11 +135,12 @@ def jobs(slurm, tmp_path_factory):
     """Every job at once, so that they share the wall time; the sweep's submitter waits for its own."""
     script = ROOT / "scripts" / "slurm"
     sweep_dir = tmp_path_factory.mktemp("sweep")
+    sweep_log = sweep_dir.with_suffix(".log").open("w+")  # the submitter's output: a file never fills up
     sweep = subprocess.Popen(
         [sys.executable, "-m", "cnnbench.train", "-m", "hydra/launcher=slurm", *SMOKE, "model=lenet5,fmnist_cnn",
          f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.cpus_per_task=1",
          "hydra.launcher.timeout_min=10"],
-        cwd=slurm.base, env=slurm.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=slurm.base, env=slurm.env, stdout=sweep_log, stderr=subprocess.STDOUT)
     submitted = {"straight": slurm.sbatch(str(script / "train.sbatch"), *RUN),
                  "preempted": slurm.sbatch(str(script / "train.sbatch"), *RUN),
                  "multinode": slurm.sbatch("--nodes=1", "--ntasks-per-node=2",
@@ -154,8 +155,9 @@ def jobs(slurm, tmp_path_factory):
 
     for job in submitted.values():
         wait_for(lambda: slurm.state(job) in ENDED, 240, f"job {job} to end")
-    sweep_output, _ = sweep.communicate(timeout=240)
-    return {**submitted, "sweep": (sweep.returncode, sweep_output, sweep_dir)}
+    sweep.wait(timeout=240)
+    sweep_log.seek(0)
+    return {**submitted, "sweep": (sweep.returncode, sweep_log.read(), sweep_dir)}
 
 
 def exit_code(slurm, job: str) -> str:
@@ -197,10 +199,11 @@ def test_preempted_job_requeues_itself_and_ends_bit_identical(slurm, jobs):
             == [{k: v for k, v in row.items() if k not in timing} for row in metrics(slurm.run_dir(job))])
 
 
-def test_sweep_on_slurm_runs_one_job_per_point(jobs):
+def test_sweep_on_slurm_runs_one_job_per_point(slurm, jobs):
     returncode, output, sweep_dir = jobs["sweep"]
     assert returncode == 0, output
     for point, model in enumerate(("lenet5", "fmnist_cnn")):
         summary = json.loads((sweep_dir / str(point) / "summary.json").read_text())
         assert (summary["status"], summary["model"]) == ("completed", model)
-    assert len(list((sweep_dir / ".submitit").glob("*_*"))) == 2  # a job array, one task per point
+    tasks = sorted(d.name for d in (sweep_dir / ".submitit").iterdir() if d.is_dir() and "_" in d.name)
+    assert len(tasks) == 2 and all(slurm.state(task) == "COMPLETED" for task in tasks)  # a job array
