@@ -2,7 +2,9 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SLURM  := /usr/sbin/slurmctld
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT    := $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 ARGS   ?=
 
 .DEFAULT_GOAL := help
@@ -11,7 +13,7 @@ ARGS   ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed $(FMNIST) ## create .venv with the pinned dependencies, install Fashion-MNIST
+setup: $(VENV)/.installed $(FMNIST) $(SLURM) ## create .venv with the pinned dependencies, install Fashion-MNIST and SLURM
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(FMNIST):
-	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+	$(APT) dataset-fashion-mnist
+
+$(SLURM): # the tests start a one-node SLURM of their own (tests/test_slurm.py)
+	$(APT) slurm-wlm munge
 
 train: setup ## train the default model on Fashion-MNIST (extra overrides: make train ARGS="key=value ...")
 	$(PY) -m cnnbench.train $(ARGS)
