@@ -17,6 +17,7 @@ class Data:
     train_batches: TrainBatches
     classes: list[str]
     normalize: Normalize
+    warnings: list[str] = field(default_factory=list)  # about the files, for train.log
     skipped_images: dict[str, str] = field(default_factory=dict)  # path -> why it did not decode, this rank's
 
 
@@ -51,5 +52,6 @@ def build_data(cfg, rank: int = 0, world_size: int = 1) -> Data:
         train_batches=train_batches,
         classes=train.classes,
         normalize=Normalize(data),
+        warnings=train.warnings + val.warnings,
         skipped_images=skipped,
     )

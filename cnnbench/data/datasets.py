@@ -5,10 +5,9 @@ are read from disk. Every source works offline from local files; `data.download=
 torchvision fetch what is missing.
 """
 import gzip
-import logging
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,7 +19,6 @@ from PIL import Image
 from cnnbench.errors import DataError
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-log = logging.getLogger("cnnbench")
 
 
 @dataclass
@@ -28,6 +26,7 @@ class Split:
     """One split: the data set, and the class names its labels index."""
     dataset: torch.utils.data.Dataset
     classes: list[str]
+    warnings: list[str] = field(default_factory=list)  # for train.log, which opens after the data
 
 
 class TensorImages(torch.utils.data.Dataset):
@@ -166,15 +165,16 @@ def image_folder(name: str, root: str | None, train: bool, download: bool, *, on
         ds = ImageFiles(str(split), loader=_open_image, is_valid_file=is_image, allow_empty=True)
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"data.root: {e}") from None
+    warnings = []
     if not_images:
-        log.info(f"data: {len(not_images)} files in {split} are not images by their names, left out: "
-                 f"{', '.join(not_images[:5])}{', ...' if len(not_images) > 5 else ''}")
+        warnings.append(f"data: {len(not_images)} files in {split} are not images by their names, left out: "
+                        f"{', '.join(not_images[:5])}{', ...' if len(not_images) > 5 else ''}")
     empty = sorted(set(ds.classes) - {ds.classes[target] for target in ds.targets})
     if empty and on_bad_image == "error":
         raise DataError(f"data.root: class folders without images in {split}: {', '.join(empty)}")
     if empty:
-        log.warning(f"data: class folders without images in {split}: {', '.join(empty)} (kept as classes)")
-    return Split(ds, list(ds.classes))
+        warnings.append(f"data: class folders without images in {split}: {', '.join(empty)} (kept as classes)")
+    return Split(ds, list(ds.classes), warnings)
 
 
 def synthetic(name: str, root, train: bool, download, *, size: int, image_size: int, channels: int,

@@ -190,6 +190,8 @@ def train(cfg: DictConfig) -> dict:
         model = torch.compile(model)
 
     recorder = Recorder(run_dir, history, step) if ctx.is_main else None
+    for warning in data.warnings:
+        log.warning(warning)
     if resume_from is not None:
         if fallback_note:
             log.warning(fallback_note)
@@ -255,6 +257,8 @@ def train(cfg: DictConfig) -> dict:
             images_seen = 0
             nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # any micro-batch of this update
             for i, (images, targets) in enumerate(data.train_loader, start=batch_in_epoch):
+                if cfg.train.on_nonfinite == "skip" and i % cfg.train.grad_accum_steps == 0:
+                    buffers = [b.clone() for b in bare_model.buffers()]  # a skipped update's forward moved BN stats
                 images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
                 targets = targets.to(device, non_blocking=True)
                 last_micro_step = (i + 1) % cfg.train.grad_accum_steps == 0 or i + 1 == batches
@@ -282,6 +286,7 @@ def train(cfg: DictConfig) -> dict:
                                              f"before it (train.on_nonfinite=skip skips such steps)")
                         raise NonfiniteLoss(message)
                     faults["nonfinite_skipped_steps"] += 1
+                    torch._foreach_copy_(list(bare_model.buffers()), buffers)
                     log.warning(f"train.on_nonfinite=skip: loss {loss.item()} {where}, update skipped")
                     nonfinite.zero_()
                 else:
