@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import timm.utils
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -102,6 +103,10 @@ def load_resume_state(path: Path, cfg: DictConfig) -> tuple[dict, Path, str | No
         return state, fallback, f"{e}; resume_fallback=true: resuming from {fallback} (step {state['step']}) instead"
 
 
+def short_list(names: list[str]) -> str:
+    return f"{len(names)}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+
+
 def check_same_model(state: dict, cfg_model: dict, path: Path) -> None:
     """Resuming takes the architecture from the checkpoint: a different one is an error, not a surprise."""
     saved = state["config"]["model"]
@@ -122,7 +127,7 @@ def train(cfg: DictConfig) -> dict:
     ctx = init_distributed(device.type)
     if ctx.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
-    torch.manual_seed(cfg.seed + ctx.rank)  # each rank its own dropout; data order is seeded apart
+    timm.utils.random_seed(cfg.seed, ctx.rank)  # torch, numpy, random: each rank its own; data order is seeded apart
     torch.use_deterministic_algorithms(cfg.hardware.deterministic)
     torch.backends.cudnn.benchmark = not cfg.hardware.deterministic
     resume_from = resume_path(cfg, run_dir)
@@ -168,9 +173,8 @@ def train(cfg: DictConfig) -> dict:
             raise CheckpointError(f"{resume_from}: written by {state['world_size']} ranks, resumed with "
                                   f"{ctx.world_size}; the data order would change, so resume with the same count")
         if state["classes"] != data.classes:
-            raise CheckpointError(f"{resume_from}: trained on other classes than {cfg.data.name}'s "
-                                  f"({len(state['classes'])}: {', '.join(state['classes'][:5])}, ... here "
-                                  f"{len(data.classes)}: {', '.join(data.classes[:5])}, ...)")
+            raise CheckpointError(f"{resume_from}: trained on other classes than {cfg.data.name}'s (there "
+                                  f"{short_list(state['classes'])}; here {short_list(data.classes)})")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
