@@ -20,6 +20,16 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class OnBadImage(str, Enum):
+    skip = "skip"  # leave the file out of its batch, name it in train.log and summary.json
+    error = "error"  # stop with the file's path
+
+
+class OnNonfinite(str, Enum):
+    error = "error"  # stop at the step, naming it and the loss
+    skip = "skip"  # skip that step's update, count it in train.log and summary.json
+
+
 class Precision(str, Enum):
     auto = "auto"  # bf16 on a GPU that has it, else fp32
     fp32 = "fp32"
@@ -39,6 +49,7 @@ class DataConfig:
     train_size: Optional[int] = None  # null: the whole training set; N: a fixed random subset
     val_size: Optional[int] = None  # likewise for validation
     download: bool = False  # fetch through torchvision when the files are missing
+    on_bad_image: OnBadImage = OnBadImage.skip  # an image file that does not decode (image folders)
     mean: List[float] = MISSING  # per-channel normalization
     std: List[float] = MISSING
 
@@ -104,6 +115,7 @@ class TrainLoopConfig:
     clip_grad_norm: Optional[float] = None
     log_every_steps: int = 50  # log lines (and TensorBoard points) every N optimizer steps
     checkpoint_every_steps: int = 0  # also write last.pt every N optimizer steps; 0: at epoch ends only
+    on_nonfinite: OnNonfinite = OnNonfinite.error  # a NaN or Inf training loss
 
 
 @dataclass
@@ -117,6 +129,7 @@ class RunConfig:
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     seed: int = 0
     resume: Optional[str] = None  # null | auto (this run dir's last.pt, if any) | a checkpoint path
+    resume_fallback: bool = False  # resume=auto with an unreadable last.pt: use the newest valid checkpoint beside it
     run_dir: str = "${hydra:runtime.output_dir}"
 
 

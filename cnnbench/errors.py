@@ -17,6 +17,10 @@ class CheckpointError(CnnbenchError):
     """A file is not a usable cnnbench checkpoint; the message names the file."""
 
 
+class NonfiniteLoss(CnnbenchError):
+    """The training loss became NaN or Inf (train.on_nonfinite=error); the message names the step."""
+
+
 class Interrupted(Exception):
     """SIGTERM or SIGUSR1 arrived; a checkpoint was written at the step boundary."""
 

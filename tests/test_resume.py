@@ -34,20 +34,31 @@ def metrics_without_timing(run_dir):
                 for row in csv.DictReader(f)]
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+def wait_for_checkpoint(process, last, after_ns=0):
+    while not last.exists() or last.stat().st_mtime_ns <= after_ns:
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.005)
+
+
+def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
+    """One run killed with SIGKILL three times, each at a random moment after a new checkpoint (mid-epoch
+    ones included), resumed each time: model, optimizer, scheduler, RNGs and metrics end bit-identical."""
+    seed = random.randrange(1000)  # named by any failure, to replay its kill delays
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert launch(straight).wait(timeout=300) == 0
-
-    victim = launch(killed)
-    last = killed / "checkpoints" / "last.pt"
-    while not last.exists():
-        assert victim.poll() is None, victim.stderr.read().decode()
-        time.sleep(0.005)
-    time.sleep(random.Random().uniform(0, 0.5))
-    victim.send_signal(signal.SIGKILL)
-    assert victim.wait() == -signal.SIGKILL
-    at_kill = load_checkpoint(last)
-    assert at_kill["step"] < 64, "the run finished before the kill"
+    last, delays, kill_points = killed / "checkpoints" / "last.pt", random.Random(seed), []
+    for attempt in range(3):
+        victim = launch(killed, *(["resume=auto"] if attempt else []))
+        wait_for_checkpoint(victim, last, after_ns=last.stat().st_mtime_ns if attempt else 0)
+        time.sleep(delays.uniform(0, 0.4))
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait() == -signal.SIGKILL
+        kill_points.append(load_checkpoint(last))
+    steps = [state["step"] for state in kill_points]
+    assert steps == sorted(set(steps)) and steps[-1] < 64, f"seed {seed}: killed at steps {steps}"
+    assert any(step % 32 for step in steps), f"seed {seed}: no kill mid-epoch ({steps})"
+    first, latest = kill_points[0]["model"], kill_points[-1]["model"]
+    assert any(not torch.equal(first[k], latest[k]) for k in first), "checkpoints at two steps are the same"
 
     resumed = launch(killed, "resume=auto")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
@@ -60,7 +71,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     for param, state in a["optimizer"]["state"].items():
         for key, tensor in state.items():
             assert torch.equal(tensor, b["optimizer"]["state"][param][key]), (param, key)
-    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+    assert a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"]) and a["rng"][0]["python"] == b["rng"][0]["python"]
+    assert torch.equal(a["rng"][0]["numpy"]["state"]["key"], b["rng"][0]["numpy"]["state"]["key"])
     assert metrics_without_timing(straight) == metrics_without_timing(killed)
 
 

@@ -1,22 +1,24 @@
 """Data: `build_data(cfg)` gives the train and val loaders and what the model must know of the data."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from cnnbench.errors import DataError
 
 from .datasets import SeededBatches, load_split
-from .loader import TrainBatches, ValBatches
+from .loader import ReadableBatches, TrainBatches, ValBatches, collate_readable
 from .transforms import Normalize, build_transforms
 
 
 @dataclass
 class Data:
-    train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
+    train_loader: ReadableBatches
+    val_loader: ReadableBatches
     train_batches: TrainBatches
     classes: list[str]
     normalize: Normalize
+    warnings: list[str] = field(default_factory=list)  # about the files, for train.log
+    skipped_images: dict[str, str] = field(default_factory=dict)  # path -> why it did not decode, this rank's
 
 
 def build_data(cfg, rank: int = 0, world_size: int = 1) -> Data:
@@ -38,12 +40,18 @@ def build_data(cfg, rank: int = 0, world_size: int = 1) -> Data:
                              cfg.train.limit_val_batches)
     # The loaders' own generator: drawing worker seeds from the global RNG would shift dropout's
     # random numbers on resume, when an epoch's loader iterator is created a second time.
-    common = dict(num_workers=data.workers, pin_memory=torch.cuda.is_available(),
+    common = dict(num_workers=data.workers, pin_memory=torch.cuda.is_available(), collate_fn=collate_readable,
                   persistent_workers=data.workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
+    skipped = {}
     return Data(
-        train_loader=torch.utils.data.DataLoader(SeededBatches(train.dataset), batch_sampler=train_batches, **common),
-        val_loader=torch.utils.data.DataLoader(val.dataset, batch_sampler=val_batches, **common),
+        train_loader=ReadableBatches(torch.utils.data.DataLoader(SeededBatches(train.dataset),
+                                                                 batch_sampler=train_batches, **common),
+                                     data.on_bad_image, skipped),
+        val_loader=ReadableBatches(torch.utils.data.DataLoader(val.dataset, batch_sampler=val_batches, **common),
+                                   data.on_bad_image, skipped),
         train_batches=train_batches,
         classes=train.classes,
         normalize=Normalize(data),
+        warnings=train.warnings + val.warnings,
+        skipped_images=skipped,
     )

@@ -7,8 +7,9 @@ torchvision fetch what is missing.
 import gzip
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ class Split:
     """One split: the data set, and the class names its labels index."""
     dataset: torch.utils.data.Dataset
     classes: list[str]
+    warnings: list[str] = field(default_factory=list)  # for train.log, which opens after the data
 
 
 class TensorImages(torch.utils.data.Dataset):
@@ -122,20 +124,57 @@ def cifar(name: str, root: str | None, train: bool, download: bool) -> Split:
 def _open_image(path: str) -> Image.Image:
     """Any PIL-readable file as RGB: grayscale, palette, CMYK and RGBA (alpha dropped) included."""
     with open(path, "rb") as f:
-        return Image.open(f).convert("RGB")
+        image = Image.open(f)
+        if image.mode.startswith("I"):  # 16-bit PNG: PIL's convert would clip every value above 255
+            image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+        return image.convert("RGB")
 
 
-def image_folder(name: str, root: str | None, train: bool, download: bool) -> Split:
+class BadImage(NamedTuple):
+    """What a sample becomes when its file does not decode: the batch leaves it out (loader.py)."""
+    path: str
+    reason: str
+
+
+class ImageFiles(torchvision.datasets.ImageFolder):
+    """ImageFolder whose unreadable files (truncated, empty, not images) become BadImage samples, found
+    where they are decoded: in the DataLoader workers."""
+
+    def __getitem__(self, index):
+        try:
+            return super().__getitem__(index)
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for a corrupt file
+            return BadImage(self.samples[index][0], f"{type(e).__name__}: {e}")
+
+
+def image_folder(name: str, root: str | None, train: bool, download: bool, *, on_bad_image: str) -> Split:
     """ImageNet's layout: root/train/<class>/* and root/val/<class>/* (class = wnid or any name)."""
     split = Path(root or ".") / ("train" if train else "val")
     if not root or not split.is_dir():
         raise DataError(f"data.root: {name} expects class folders in {split} "
                         f"(root/train/<class>/*.jpg and root/val/<class>/*.jpg)")
+    not_images = []
+
+    def is_image(path: str) -> bool:
+        if torchvision.datasets.folder.has_file_allowed_extension(path, torchvision.datasets.folder.IMG_EXTENSIONS):
+            return True
+        not_images.append(path)
+        return False
+
     try:
-        ds = torchvision.datasets.ImageFolder(str(split), loader=_open_image)
+        ds = ImageFiles(str(split), loader=_open_image, is_valid_file=is_image, allow_empty=True)
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"data.root: {e}") from None
-    return Split(ds, list(ds.classes))
+    warnings = []
+    if not_images:
+        warnings.append(f"data: {len(not_images)} files in {split} are not images by their names, left out: "
+                        f"{', '.join(not_images[:5])}{', ...' if len(not_images) > 5 else ''}")
+    empty = sorted(set(ds.classes) - {ds.classes[target] for target in ds.targets})
+    if empty and on_bad_image == "error":
+        raise DataError(f"data.root: class folders without images in {split}: {', '.join(empty)}")
+    if empty:
+        warnings.append(f"data: class folders without images in {split}: {', '.join(empty)} (kept as classes)")
+    return Split(ds, list(ds.classes), warnings)
 
 
 def synthetic(name: str, root, train: bool, download, *, size: int, image_size: int, channels: int,
@@ -163,8 +202,15 @@ def load_split(data_cfg, train: bool, transform) -> Split:
         size = (data_cfg.train_size if train else data_cfg.val_size) or (1024 if train else 256)
         split = synthetic(data_cfg.name, root, train, False, size=size, image_size=data_cfg.image_size,
                           channels=data_cfg.channels, num_classes=data_cfg.num_classes or 10)
+    elif SOURCES[data_cfg.name] is image_folder:
+        split = image_folder(data_cfg.name, root, train, data_cfg.download, on_bad_image=data_cfg.on_bad_image)
     else:
         split = SOURCES[data_cfg.name](data_cfg.name, root, train, data_cfg.download)
+    targets = torch.as_tensor(split.dataset.targets)
+    if len(targets) and not 0 <= targets.min() <= targets.max() < len(split.classes):
+        index = int(((targets < 0) | (targets >= len(split.classes))).nonzero()[0])
+        raise DataError(f"data: {data_cfg.name} ({'train' if train else 'val'}) sample {index} has label "
+                        f"{int(targets[index])}, outside [0, {len(split.classes)}) for its {len(split.classes)} classes")
     split.dataset.transform = transform
     limit = data_cfg.train_size if train else data_cfg.val_size
     if limit is not None and limit < len(split.dataset):

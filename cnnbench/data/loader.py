@@ -4,9 +4,17 @@ Training: a seeded permutation of the set is cut into global batches of data.bat
 incomplete one dropped); rank r takes the r-th contiguous share of each. Validation: each rank takes
 a contiguous shard, no padding, so every sample counts exactly once whatever the world size.
 """
+import logging
 import math
 
 import torch
+from torch.utils.data import default_collate
+
+from cnnbench.errors import DataError
+
+from .datasets import BadImage
+
+log = logging.getLogger("cnnbench")
 
 
 def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
@@ -45,3 +53,35 @@ class ValBatches(torch.utils.data.Sampler):
 
     def __iter__(self):
         return iter(self.batches)
+
+
+def collate_readable(samples: list) -> tuple:
+    """(batch, unreadable files): a file that did not decode leaves its batch (a smaller one), the same
+    file every epoch, on every rank and at every resume, so the batch order and sharding stay exact."""
+    bad = [s for s in samples if isinstance(s, BadImage)]
+    readable = [s for s in samples if not isinstance(s, BadImage)]
+    return (default_collate(readable) if readable else None), bad
+
+
+class ReadableBatches:
+    """A DataLoader of `collate_readable` batches, applying data.on_bad_image in the main process (a
+    worker's exception would reach the user as a traceback); `skipped` collects path -> reason."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, on_bad_image: str, skipped: dict):
+        self.loader, self.on_bad_image, self.skipped = loader, on_bad_image, skipped
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch, bad in self.loader:
+            for path, reason in bad:
+                if self.on_bad_image == "error":
+                    raise DataError(f"{path}: not a readable image ({reason}); data.on_bad_image=skip leaves such "
+                                    f"files out")
+                if path not in self.skipped:
+                    log.warning(f"skipped image {path}: {reason}")
+                    self.skipped[path] = reason
+            if batch is None:
+                raise DataError(f"data: no image of a batch is readable ({', '.join(p for p, _ in bad)})")
+            yield batch

@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 
 from cnnbench.errors import CheckpointError
@@ -24,14 +25,28 @@ def save_checkpoint(state: dict, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        # torch.save reports a failed write (ENOSPC, EDQUOT, EIO) as a RuntimeError raised from the OSError.
+        os_error = e if isinstance(e, OSError) else e.__context__
+        if isinstance(os_error, OSError) and os_error.errno:
+            raise CheckpointError(f"{path}: could not be written ({os.strerror(os_error.errno)}); "
+                                  f"the previous {path.name}, if any, is kept whole") from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def export_weights(model: torch.nn.Module, path: Path) -> None:
+    """The bare model's weights as safetensors (what timm and the Hub read), written atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # safetensors wants contiguous, unshared tensors: channels_last weights are neither contiguous.
+    state = {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
+    safetensors.torch.save_file(state, str(tmp))
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path) -> dict:

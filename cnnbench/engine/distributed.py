@@ -145,7 +145,9 @@ def _first_failure(e: ChildFailedError, log_dir: Path) -> Exception:
     """The launcher names the first rank it finds dead; the first to fail wrote the oldest error file
     (the others most likely failed because it left their collectives)."""
     rank, failure = e.get_first_failure()
-    errors = sorted(log_dir.glob("*/attempt_*/*/error.json"), key=lambda f: f.stat().st_mtime_ns)
+    # A user's error on one rank (an unreadable image in its shard) explains the others' lost connections.
+    errors = sorted(log_dir.glob("*/attempt_*/*/error.json"),
+                    key=lambda f: (json.loads(f.read_text())["status"] != EXIT_USER_ERROR, f.stat().st_mtime_ns))
     if failure.exitcode < 0 or not errors:  # killed by a signal: no error file
         return RankFailed(f"rank {rank} died ({failure.signal_name()})", exit_code=1)
     rank, error = int(errors[0].parent.name), json.loads(errors[0].read_text())

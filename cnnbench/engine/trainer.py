@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import timm.utils
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -26,11 +27,11 @@ from tqdm import tqdm
 
 from cnnbench.config import Device, Precision, check_config
 from cnnbench.data import build_data
-from cnnbench.errors import CheckpointError, ConfigError, Interrupted
+from cnnbench.errors import CheckpointError, ConfigError, Interrupted, NonfiniteLoss
 from cnnbench.models import create_model
 from cnnbench.models.registry import compound_image_size
 
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import export_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import all_reduce_sum, any_rank, init_distributed
 from .recorder import Recorder
 
@@ -81,6 +82,31 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
     return Path(cfg.resume)
 
 
+def load_resume_state(path: Path, cfg: DictConfig) -> tuple[dict, Path, str | None]:
+    """The checkpoint to resume from, its path, and what to log; an unreadable last.pt under resume=auto
+    names the newest valid checkpoint beside it, and resumes from that one with resume_fallback=true."""
+    try:
+        return load_checkpoint(path), path, None
+    except CheckpointError as e:
+        if cfg.resume != "auto":
+            raise
+        valid = []
+        for other in sorted(path.parent.glob("*.pt")):
+            with contextlib.suppress(CheckpointError):
+                valid.append((load_checkpoint(other), other))
+        if not valid:
+            raise
+        state, fallback = max(valid, key=lambda found: found[0]["step"])
+        if not cfg.resume_fallback:
+            raise CheckpointError(f"{e}; {fallback.name} beside it is valid (step {state['step']}): "
+                                  f"resume_fallback=true resumes from it") from None
+        return state, fallback, f"{e}; resume_fallback=true: resuming from {fallback} (step {state['step']}) instead"
+
+
+def short_list(names: list[str]) -> str:
+    return f"{len(names)}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+
+
 def check_same_model(state: dict, cfg_model: dict, path: Path) -> None:
     """Resuming takes the architecture from the checkpoint: a different one is an error, not a surprise."""
     saved = state["config"]["model"]
@@ -101,7 +127,7 @@ def train(cfg: DictConfig) -> dict:
     ctx = init_distributed(device.type)
     if ctx.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
-    torch.manual_seed(cfg.seed + ctx.rank)  # each rank its own dropout; data order is seeded apart
+    timm.utils.random_seed(cfg.seed, ctx.rank)  # torch, numpy, random: each rank its own; data order is seeded apart
     torch.use_deterministic_algorithms(cfg.hardware.deterministic)
     torch.backends.cudnn.benchmark = not cfg.hardware.deterministic
     resume_from = resume_path(cfg, run_dir)
@@ -139,14 +165,16 @@ def train(cfg: DictConfig) -> dict:
     # Where to start: a fresh run, or exactly where a checkpoint left off.
     epoch, batch_in_epoch, step, history, best, elapsed = 0, 0, 0, [], {"val_top1": -1.0}, 0.0
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # train loss sum, correct, samples
+    faults = {"skipped_images": data.skipped_images, "nonfinite_skipped_steps": 0, "scaler_skipped_steps": 0}
     if resume_from is not None:
-        state = load_checkpoint(resume_from)
+        state, resume_from, fallback_note = load_resume_state(resume_from, cfg)
         check_same_model(state, model_cfg, resume_from)
         if state["world_size"] != ctx.world_size:
             raise CheckpointError(f"{resume_from}: written by {state['world_size']} ranks, resumed with "
                                   f"{ctx.world_size}; the data order would change, so resume with the same count")
         if state["classes"] != data.classes:
-            raise CheckpointError(f"{resume_from}: trained on other classes than {cfg.data.name}'s")
+            raise CheckpointError(f"{resume_from}: trained on other classes than {cfg.data.name}'s (there "
+                                  f"{short_list(state['classes'])}; here {short_list(data.classes)})")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -155,6 +183,9 @@ def train(cfg: DictConfig) -> dict:
         history, best, elapsed = state["history"], state["best"], state["wall_time_s"]
         sums = state["epoch_sums"][ctx.rank].to(device)
         set_rng_state(state["rng"][ctx.rank])
+        if "faults" in state:  # checkpoints from before the fault counts
+            data.skipped_images.update(state["faults"]["skipped_images"])
+            faults.update(state["faults"], skipped_images=data.skipped_images)
     bare_model = model
     if ctx.world_size > 1:
         model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.type == "cuda" else None,
@@ -163,7 +194,11 @@ def train(cfg: DictConfig) -> dict:
         model = torch.compile(model)
 
     recorder = Recorder(run_dir, history, step) if ctx.is_main else None
+    for warning in data.warnings:
+        log.warning(warning)
     if resume_from is not None:
+        if fallback_note:
+            log.warning(fallback_note)
         log.info(f"resumed from {resume_from}: epoch {epoch}, batch {batch_in_epoch}, step {step}")
     config_record = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
@@ -171,16 +206,20 @@ def train(cfg: DictConfig) -> dict:
         # Each rank's own: its RNGs, and its part of the epoch's train sums.
         ranks = [None] * ctx.world_size
         if ctx.world_size > 1:
-            torch.distributed.all_gather_object(ranks, (rng_state(), sums.cpu()))
+            torch.distributed.all_gather_object(ranks, (rng_state(), sums.cpu(), data.skipped_images))
         else:
-            ranks = [(rng_state(), sums.cpu())]
+            ranks = [(rng_state(), sums.cpu(), {})]
         if not ctx.is_main:
             return
+        for rank, (_, _, skipped) in enumerate(ranks[1:], start=1):
+            for path in skipped.keys() - data.skipped_images.keys():
+                log.warning(f"skipped image {path} (rank {rank}): {skipped[path]}")
+            data.skipped_images.update(skipped)
         save_checkpoint({
             "model": bare_model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "ema": None,
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
-            "epoch_sums": [rank_sums for _, rank_sums in ranks], "rng": [rng for rng, _ in ranks],
+            "epoch_sums": [rank[1] for rank in ranks], "rng": [rank[0] for rank in ranks], "faults": faults,
             "best": best, "history": history, "wall_time_s": elapsed + time.perf_counter() - started,
             "world_size": ctx.world_size, "classes": data.classes, "config": config_record,
         }, run_dir / "checkpoints" / name)
@@ -199,6 +238,7 @@ def train(cfg: DictConfig) -> dict:
             "top5_k": topk, "epochs": len(history), "step": step,
             "train_img_per_s": final.get("train_img_per_s"),
             "wall_time_s": round(elapsed + time.perf_counter() - started, 3), "status": status,
+            "skipped_image_count": len(faults["skipped_images"]), **faults,
         }
 
     log.info(f"model {model_cfg['name']}: {params:,} parameters, {flops / 1e9:.3f} GFLOPs per image; "
@@ -208,6 +248,7 @@ def train(cfg: DictConfig) -> dict:
         log.info(f"{num_classes} classes: val_top5 is top-{topk}")
 
     status = "failed"
+    scale = scaler.get_scale()  # falls when fp16 gradients overflow and the GradScaler skips an update
     try:
         while epoch < cfg.train.epochs:
             # Train one epoch (or what is left of it).
@@ -218,7 +259,10 @@ def train(cfg: DictConfig) -> dict:
             bar = tqdm(total=batches, initial=batch_in_epoch, desc=f"epoch {epoch}", leave=False,
                        disable=not (ctx.is_main and sys.stderr.isatty()), dynamic_ncols=True)
             images_seen = 0
+            nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # any micro-batch of this update
             for i, (images, targets) in enumerate(data.train_loader, start=batch_in_epoch):
+                if cfg.train.on_nonfinite == "skip" and i % cfg.train.grad_accum_steps == 0:
+                    buffers = [b.clone() for b in bare_model.buffers()]  # a skipped update's forward moved BN stats
                 images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
                 targets = targets.to(device, non_blocking=True)
                 last_micro_step = (i + 1) % cfg.train.grad_accum_steps == 0 or i + 1 == batches
@@ -228,18 +272,38 @@ def train(cfg: DictConfig) -> dict:
                         logits, loss = classification_loss(model(images), targets, cfg.augmentation.label_smoothing,
                                                             getattr(bare_model, "aux_weight", 0.0))
                     scaler.scale(loss / cfg.train.grad_accum_steps).backward()
-                sums += torch.stack([loss.detach().double() * len(targets),
-                                     (logits.argmax(1) == targets).sum().double(),
-                                     torch.tensor(len(targets), dtype=torch.float64, device=device)])
+                finite = torch.isfinite(loss.detach())
+                nonfinite |= ~finite
+                sums += torch.where(finite, torch.stack([loss.detach().double() * len(targets),
+                                                         (logits.argmax(1) == targets).sum().double(),
+                                                         torch.tensor(len(targets), dtype=torch.float64,
+                                                                      device=device)]), 0)
                 images_seen += len(targets)
                 bar.update()
                 if not last_micro_step:
                     continue
-                if cfg.train.clip_grad_norm:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
+                # The update's one host-device sync: decided before the poisoned gradients touch the weights.
+                if any_rank(bool(nonfinite), ctx):
+                    where = f"at step {step + 1} (epoch {epoch}, batch {i + 1})"
+                    if cfg.train.on_nonfinite == "error":
+                        log.error(message := f"train: loss {loss.item()} {where}; the weights are kept from "
+                                             f"before it (train.on_nonfinite=skip skips such steps)")
+                        raise NonfiniteLoss(message)
+                    faults["nonfinite_skipped_steps"] += 1
+                    torch._foreach_copy_(list(bare_model.buffers()), buffers)
+                    log.warning(f"train.on_nonfinite=skip: loss {loss.item()} {where}, update skipped")
+                    nonfinite.zero_()
+                else:
+                    if cfg.train.clip_grad_norm:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if scaler.is_enabled() and scaler.get_scale() < scale:
+                        faults["scaler_skipped_steps"] += 1
+                        log.info(f"step {step + 1}: fp16 gradients overflowed; the GradScaler skipped the "
+                                 f"update and lowered its scale to {scaler.get_scale():g}")
+                    scale = scaler.get_scale()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 scheduler.step_update(step)
@@ -276,6 +340,8 @@ def train(cfg: DictConfig) -> dict:
                 best = {"val_top1": row["val_top1"], "val_top5": row["val_top5"], "epoch": row["epoch"]}
                 checkpoint("best.pt", epoch, 0)
             checkpoint("last.pt", epoch, 0)
+        if ctx.is_main:
+            export_weights(bare_model, run_dir / "checkpoints" / "model.safetensors")
         status = "completed"
     except (Interrupted, KeyboardInterrupt) as e:
         status = "interrupted"

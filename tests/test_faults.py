@@ -1,0 +1,255 @@
+"""Fault injection: the checkpoint write killed or out of space, unreadable checkpoints and images, labels
+that do not fit, NaN losses, malicious pickles. Each fault is real: a killed process, a full tmpfs, bytes
+on disk; only the poisoned batch is injected into the loop from outside."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import timm.models
+import torch
+from PIL import Image
+
+from cnnbench.data.datasets import _open_image
+from cnnbench.data.transforms import Normalize
+from cnnbench.engine.checkpoint import load_checkpoint
+from cnnbench.engine.trainer import train
+from cnnbench.errors import CheckpointError, ConfigError, DataError, NonfiniteLoss
+from cnnbench.models import create_model
+
+from .conftest import ROOT, SMOKE, make_config, run_cli
+from .test_resume import RunsCode
+from .test_train import make_image_tree
+
+
+def one_error_line(result):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
+    train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
+    last = tmp_path / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    writer = subprocess.Popen(  # a 200 MB state: long enough to be caught in the middle of torch.save
+        [sys.executable, "-c", "import sys, torch; from pathlib import Path; "
+         "from cnnbench.engine.checkpoint import save_checkpoint; "
+         "save_checkpoint({'model': {'w': torch.ones(50_000_000)}}, Path(sys.argv[1]))", str(last)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 60
+    while not [p for p in last.parent.glob(".last.pt.*.tmp") if p.stat().st_size > 0]:
+        assert writer.poll() is None and time.monotonic() < deadline, "the write ended before the kill"
+        time.sleep(0.001)
+    writer.send_signal(signal.SIGKILL)
+    assert writer.wait() == -signal.SIGKILL
+    (partial,) = last.parent.glob(".last.pt.*.tmp")
+    assert partial.stat().st_size < 200_000_000
+    with pytest.raises(CheckpointError):
+        load_checkpoint(partial)
+    assert last.read_bytes() == before and load_checkpoint(last)["step"] == 8
+
+    summary = train(make_config(tmp_path, *SMOKE, "train.epochs=2", "resume=auto"))
+    assert summary["step"] == 16 and f"resumed from {last}: epoch 1" in (tmp_path / "train.log").read_text()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 2 MiB tmpfs (root only): a disk that really fills up."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_ends_with_one_line_and_the_checkpoint_kept(tiny_disk):
+    run = tiny_disk / "run"
+    train(make_config(run, *SMOKE, "train.epochs=1"))
+    last = run / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
+    (tiny_disk / "filler").write_bytes(b"\0" * (free - 128 * 1024))  # room for logs, none for a checkpoint
+
+    line = one_error_line(run_cli(*SMOKE, "train.epochs=2", "resume=auto", f"hydra.run.dir={run}"))
+    assert line.startswith(f"cnnbench: error: {run / 'checkpoints'}/") and "No space left on device" in line
+    assert last.read_bytes() == before and load_checkpoint(last)["step"] == 8
+    assert not list(last.parent.glob(".*.tmp"))
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+
+    (tiny_disk / "filler").unlink()
+    assert train(make_config(run, *SMOKE, "train.epochs=2", "resume=auto"))["step"] == 16
+
+
+def test_a_corrupt_last_checkpoint_falls_back_only_when_asked(tmp_path):
+    train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:100_000])
+    with pytest.raises(CheckpointError, match=f"{last}: unreadable.*best.pt.*resume_fallback=true"):
+        train(make_config(tmp_path, *SMOKE, "train.epochs=2", "resume=auto"))
+
+    summary = train(make_config(tmp_path, *SMOKE, "train.epochs=2", "resume=auto", "resume_fallback=true"))
+    assert summary["status"] == "completed" and summary["step"] == 16
+    log = (tmp_path / "train.log").read_text()
+    assert f"resume_fallback=true: resuming from {tmp_path / 'checkpoints' / 'best.pt'} (step 8)" in log
+
+    # The end of the run exports its weights as safetensors, as timm reads them.
+    model = create_model(**summary_model(tmp_path), num_classes=10, in_chans=3, image_size=32)
+    timm.models.load_checkpoint(model, str(tmp_path / "checkpoints" / "model.safetensors"))
+    for key, tensor in load_checkpoint(last)["model"].items():
+        assert torch.equal(model.state_dict()[key], tensor), key
+
+
+def summary_model(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]["model"]
+
+
+def bad_image_tree(root):
+    """make_image_tree plus every kind of file an image folder collects in practice."""
+    make_image_tree(root)
+    folder = root / "train" / "n01440764"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(folder / "whole.jpg")
+    (folder / "truncated.jpg").write_bytes((folder / "whole.jpg").read_bytes()[:1500])
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not a JPEG\n")
+    (folder / "README.txt").write_text("stray notes\n")
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint8).reshape(64, 64) % 7).convert("P").save(folder / "palette.png")
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(folder / "deep.png")
+    return [str(folder / name) for name in ("text.jpg", "truncated.jpg", "zero.jpg")]
+
+
+IMAGES = ["data=imagefolder", "data.image_size=32", "data.batch_size=6", "data.workers=1", "model=lenet5",
+          "train.epochs=1", "hardware=cpu"]
+
+
+def test_bad_images_are_skipped_and_named(tmp_path):
+    bad = bad_image_tree(tmp_path / "images")
+    for split in ("train", "val"):
+        (tmp_path / "images" / split / "n09999999").mkdir()  # an empty class folder
+    run = tmp_path / "run"
+    summary = train(make_config(run, *IMAGES, f"data.root={tmp_path / 'images'}"))
+    assert summary["status"] == "completed" and summary["skipped_image_count"] == 3
+    assert sorted(summary["skipped_images"]) == bad
+    assert json.loads((run / "summary.json").read_text())["skipped_images"] == summary["skipped_images"]
+    log = (run / "train.log").read_text()
+    for path in bad:
+        assert f"skipped image {path}: " in log
+    assert "n09999999 (kept as classes)" in log and "README.txt" in log
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["classes"][-1] == "n09999999"
+
+
+def test_sixteen_bit_and_palette_images_decode_to_their_values(tmp_path):
+    bad_image_tree(tmp_path)
+    folder = tmp_path / "train" / "n01440764"
+    deep = np.asarray(_open_image(str(folder / "deep.png")))
+    assert np.array_equal(deep[..., 0], (np.arange(64 * 64).reshape(64, 64) * 16 >> 8).astype(np.uint8))
+    assert np.asarray(_open_image(str(folder / "palette.png"))).max() == 6
+
+
+def test_on_bad_image_error_stops_with_the_path_from_a_worker(tmp_path):
+    make_image_tree(tmp_path / "images")
+    broken = sorted((tmp_path / "images" / "train" / "n01443537").iterdir())[0]
+    broken.write_bytes(broken.read_bytes()[:200])
+    line = one_error_line(run_cli(*IMAGES, f"data.root={tmp_path / 'images'}", "data.on_bad_image=error",
+                                  f"hydra.run.dir={tmp_path / 'run'}"))
+    assert line.startswith(f"cnnbench: error: {broken}: not a readable image")
+
+
+def write_idx(path, array: np.ndarray):
+    """LeCun's IDX format: magic (0, 0, uint8, ndim), big-endian sizes, the bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_labels_outside_the_classes_stop_before_training(tmp_path):
+    for prefix in ("train", "t10k"):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.zeros((64, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(64) % 11)  # 10 is no MNIST digit
+    with pytest.raises(DataError, match=r"^data: mnist \(train\) sample 10 has label 10, outside \[0, 10\) for "
+                                        r"its 10 classes$"):
+        train(make_config(tmp_path / "run", "data=mnist", f"data.root={tmp_path}"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resume_on_other_classes_is_refused(tmp_path):
+    make_image_tree(tmp_path / "a", classes=("cat", "dog", "fox"))
+    make_image_tree(tmp_path / "b", classes=("cat", "dog", "owl"))
+    common = [*IMAGES, "data.workers=0"]
+    train(make_config(tmp_path / "run", *common, f"data.root={tmp_path / 'a'}"))
+    with pytest.raises(CheckpointError, match="other classes.*fox.*owl"):
+        train(make_config(tmp_path / "run", *common, f"data.root={tmp_path / 'b'}", "train.epochs=2", "resume=auto"))
+
+
+@pytest.fixture
+def poisoned_batch(monkeypatch):
+    """The third batch the model sees (a training batch) holds NaN or huge values, as a corrupt sample
+    or a bad augmentation would make it."""
+    def poison(value):
+        forward, calls = Normalize.forward, []
+
+        def poisoned(self, images):
+            calls.append(1)
+            return forward(self, images) * value if len(calls) == 3 else forward(self, images)
+        monkeypatch.setattr(Normalize, "forward", poisoned)
+    return poison
+
+
+def test_a_nan_batch_stops_the_run_at_its_step(tmp_path, poisoned_batch):
+    poisoned_batch(float("nan"))
+    with pytest.raises(NonfiniteLoss, match=r"loss nan at step 3 \(epoch 0, batch 3\)"):
+        train(make_config(tmp_path, *SMOKE, "train.epochs=1", "train.checkpoint_every_steps=1"))
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["step"] == 2 and all(t.isfinite().all() for t in state["model"].values())
+
+
+def test_on_nonfinite_skip_skips_and_counts_the_step(tmp_path, poisoned_batch):
+    poisoned_batch(float("inf"))
+    summary = train(make_config(tmp_path, *SMOKE, "train.epochs=1", "train.on_nonfinite=skip"))
+    assert summary["status"] == "completed" and summary["nonfinite_skipped_steps"] == 1
+    assert re.search(r"train.on_nonfinite=skip: loss (nan|inf) at step 3 \(epoch 0, batch 3\), update skipped",
+                     (tmp_path / "train.log").read_text())
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert all(t.isfinite().all() for t in state["model"].values())
+    assert np.isfinite(state["history"][0]["train_loss"])
+
+
+def test_fp16_overflow_skips_are_counted(tmp_path, poisoned_batch):
+    """Inputs x1000 through a network without batch norm: finite loss, fp16 gradients that overflow."""
+    poisoned_batch(1000.0)
+    summary = train(make_config(tmp_path, *[a for a in SMOKE if "variant" not in a], "model=fmnist_cnn",
+                                "model.width_mult=0.25", "hardware.precision=fp16", "train.epochs=1",
+                                "train.limit_train_batches=4", "train.limit_val_batches=1"))
+    assert summary["scaler_skipped_steps"] >= 1 and summary["nonfinite_skipped_steps"] == 0
+    assert "step 3: fp16 gradients overflowed; the GradScaler skipped the update" in \
+        (tmp_path / "train.log").read_text()
+
+
+def test_an_absurd_learning_rate_stops_with_the_step_and_value(tmp_path):
+    with pytest.raises(NonfiniteLoss, match=r"^train: loss (nan|inf|-inf) at step \d+ ") as error:
+        train(make_config(tmp_path, *SMOKE, "train.epochs=1", "optimizer.lr=1e30", "train.checkpoint_every_steps=1"))
+    bad_step = int(str(error.value).split(" at step ")[1].split()[0])
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+    if bad_step > 1:
+        state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+        assert state["step"] == bad_step - 1
+    else:
+        assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def test_a_pickle_that_runs_code_is_refused_everywhere(tmp_path):
+    payload = RunsCode()
+    payload.marker = tmp_path / "code_ran"
+    malicious = tmp_path / "malicious.pt"
+    torch.save({"model": payload, "optimizer": {}, "scheduler": {}, "epoch": 0, "step": 0, "config": {}}, malicious)
+    with pytest.raises(CheckpointError, match=f"^{malicious}: .*refused: loading them could run code"):
+        train(make_config(tmp_path / "run", *SMOKE, f"resume={malicious}"))
+    with pytest.raises(ConfigError, match=str(malicious)):
+        create_model("lenet5", weights=str(malicious), num_classes=10, in_chans=3, image_size=32)
+    assert not payload.marker.exists()
