@@ -104,6 +104,14 @@ class TrainLoopConfig:
 
 
 @dataclass
+class BenchConfig:
+    warmup_steps: int = 10  # untimed steps first: allocator, cuDNN autotuning, torch.compile
+    windows: int = 5  # timed windows; images/s is their median
+    steps_per_window: int = 10
+    matmul_size: Optional[int] = None  # n of the n x n matmul that measures peak FLOP/s; null: 8192 on GPU, 2048 on CPU
+
+
+@dataclass
 class RunConfig:
     model: Dict[str, Any] = field(default_factory=dict)  # name + the family's knobs (see conf/model/)
     data: DataConfig = field(default_factory=DataConfig)
@@ -112,6 +120,7 @@ class RunConfig:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)  # python -m cnnbench.bench only
     seed: int = 0
     resume: Optional[str] = None  # null | auto (this run dir's last.pt, if any) | a checkpoint path
     run_dir: str = "${hydra:runtime.output_dir}"
