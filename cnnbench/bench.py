@@ -67,9 +67,6 @@ def matmul_flops_per_s(n: int, dtype: torch.dtype, device: torch.device, bench) 
 def bench(cfg: DictConfig) -> dict:
     check_config(cfg)
     bench_cfg = cfg.bench
-    for key in ("windows", "steps_per_window"):
-        if bench_cfg[key] <= 0:
-            raise ConfigError(f"bench.{key}: must be > 0, got {bench_cfg[key]}")
     if cfg.model.get("phi"):
         cfg.data.image_size = compound_image_size(cfg.data.image_size, cfg.model.phi, cfg.model.gamma)
     num_classes = cfg.data.num_classes or CLASS_COUNTS.get(cfg.data.name)

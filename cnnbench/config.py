@@ -139,6 +139,7 @@ def check_config(cfg: DictConfig) -> None:
         "data.image_size": cfg.data.image_size, "data.channels": cfg.data.channels,
         "train.grad_accum_steps": cfg.train.grad_accum_steps, "train.log_every_steps": cfg.train.log_every_steps,
         "optimizer.lr": cfg.optimizer.lr, "hardware.nproc": cfg.hardware.nproc,
+        "bench.windows": cfg.bench.windows, "bench.steps_per_window": cfg.bench.steps_per_window,
     }
     optional_positive = {
         "data.num_classes": cfg.data.num_classes, "data.train_size": cfg.data.train_size,
@@ -146,6 +147,7 @@ def check_config(cfg: DictConfig) -> None:
         "train.limit_train_batches": cfg.train.limit_train_batches,
         "train.limit_val_batches": cfg.train.limit_val_batches,
         "optimizer.lr_reference_batch": cfg.optimizer.lr_reference_batch,
+        "bench.matmul_size": cfg.bench.matmul_size,
     }
     for key, value in {**positive, **{k: v for k, v in optional_positive.items() if v is not None}}.items():
         if value <= 0:
@@ -153,7 +155,8 @@ def check_config(cfg: DictConfig) -> None:
     non_negative = {"data.workers": cfg.data.workers, "optimizer.weight_decay": cfg.optimizer.weight_decay,
                     "train.checkpoint_every_steps": cfg.train.checkpoint_every_steps,
                     "scheduler.warmup_epochs": cfg.scheduler.warmup_epochs,
-                    "augmentation.label_smoothing": cfg.augmentation.label_smoothing}
+                    "augmentation.label_smoothing": cfg.augmentation.label_smoothing,
+                    "bench.warmup_steps": cfg.bench.warmup_steps}
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
