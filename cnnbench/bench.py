@@ -43,25 +43,25 @@ def synchronize(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def images_per_s(step, batch_size: int, device: torch.device, bench) -> float:
+def images_per_s(step, batch_size: int, device: torch.device, bench_cfg) -> float:
     """The median over timed windows of step(), after untimed warm-up steps."""
-    for _ in range(bench.warmup_steps):
+    for _ in range(bench_cfg.warmup_steps):
         step()
     rates = []
-    for _ in range(bench.windows):
+    for _ in range(bench_cfg.windows):
         synchronize(device)
         started = time.perf_counter()
-        for _ in range(bench.steps_per_window):
+        for _ in range(bench_cfg.steps_per_window):
             step()
         synchronize(device)
-        rates.append(batch_size * bench.steps_per_window / (time.perf_counter() - started))
+        rates.append(batch_size * bench_cfg.steps_per_window / (time.perf_counter() - started))
     return statistics.median(rates)
 
 
-def matmul_flops_per_s(n: int, dtype: torch.dtype, device: torch.device, bench) -> float:
+def matmul_flops_per_s(n: int, dtype: torch.dtype, device: torch.device, bench_cfg) -> float:
+    """This machine's practical peak: an n x n matmul in the run's precision, timed like the model."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    # images/s of a "batch" of one matmul is matmuls/s
-    return 2 * n ** 3 * images_per_s(lambda: a @ b, 1, device, bench)
+    return 2 * n ** 3 * images_per_s(lambda: a @ b, 1, device, bench_cfg)  # one "image": one matmul
 
 
 def bench(cfg: DictConfig) -> dict:

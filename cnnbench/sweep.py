@@ -2,7 +2,7 @@
 rerunning the same command in the same sweep directory continues it instead of starting over.
 
     python -m cnnbench.train -m model=resnet18,resnet34 model.width_mult=0.5,1,2 hydra.sweep.dir=outputs/rw
-    python -m cnnbench.train -m +sweep=width        # a preset (conf/sweep/): outputs/sweeps/width/<model>
+    python -m cnnbench.train -m sweep=width        # a preset (conf/sweep/): outputs/sweeps/train/width/<model>
 
 Each point's directory is named by its overrides (conf/train.yaml: hydra.sweep.subdir), so the same point
 of the same command always lands in the same directory, whatever the launcher and the job order.

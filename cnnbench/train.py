@@ -2,7 +2,7 @@
 
     python -m cnnbench.train model=resnet18 data=cifar10
     python -m cnnbench.train -m model=lenet5,fmnist_cnn model.width_mult=0.5,1   # a sweep (cnnbench/sweep.py)
-    python -m cnnbench.train -m +sweep=width                                     # a preset (conf/sweep/)
+    python -m cnnbench.train -m sweep=width                                     # a preset (conf/sweep/)
 
 The entry point only composes the config; the work is `cnnbench.engine.trainer.train(cfg)`, on each of
 hardware.nproc ranks (`hardware=ddp`) or under torchrun.

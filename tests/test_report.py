@@ -14,11 +14,11 @@ from tensorboard.backend.event_processing.plugin_event_multiplexer import EventM
 from tensorboard.plugins.hparams import metadata
 from tensorboard.util import tensor_util
 
+from cnnbench import report
+from cnnbench.bench import bench
 from cnnbench.engine.trainer import count_flops
 from cnnbench.errors import ConfigError
 from cnnbench.models import create_model
-from cnnbench import report
-from cnnbench.bench import bench
 from cnnbench.report import BENCH_COLUMNS, COLUMNS
 
 from .conftest import CONF, ROOT, SMOKE, make_config, run_cli
@@ -51,9 +51,10 @@ def test_a_sweep_runs_every_point_in_a_directory_named_by_its_overrides(grid):
     for point in points:
         summary = json.loads((point / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["epochs"] == 1 and summary["data"] == "fashion_mnist"
-        for key in ("model.width_mult=", "model.depth_mult="):
-            assert key in point.name
-    assert {p.name.split("model.width_mult=")[1].split(",")[0] for p in points} == {"0.25", "0.5"}
+    named = [dict(item.split("=") for item in p.name.split(",")) for p in points]
+    assert {(n["model.width_mult"], n["model.depth_mult"]) for n in named} == {
+        ("0.25", "0.5"), ("0.25", "1"), ("0.5", "0.5"), ("0.5", "1")}
+    assert all(n["data.train_size"] == "512" and n["model"] == "fmnist_cnn" for n in named)
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +147,11 @@ def test_an_interrupted_sweep_resumes_its_point(tmp_path):
     ("grid", {"model.depth_mult": "0.5,1,2,3", "model.width_mult": "0.25,0.5,1,2"}),
     ("compound", {"model.phi": "0,1,2,3"})])
 def test_presets_sweep_into_a_stable_directory(preset, params):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[f"+sweep={preset}", "model=resnet18"], return_hydra_config=True)
-    assert dict(cfg.hydra.sweeper.params) == params
-    assert cfg.hydra.sweep.dir == f"outputs/sweeps/{preset}/resnet18"  # rerunning the command resumes it
+    for app in ("train", "bench"):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(app, overrides=[f"sweep={preset}", "model=resnet18"], return_hydra_config=True)
+        assert dict(cfg.hydra.sweeper.params) == params
+        assert cfg.hydra.sweep.dir == f"outputs/sweeps/{app}/{preset}/resnet18"  # rerunning the command resumes it
 
 
 def test_bench_sweep_and_its_table(tmp_path, capsys):
