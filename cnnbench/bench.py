@@ -6,15 +6,14 @@ one model trains and infers on this machine, without training it to convergence.
     python -m cnnbench.report outputs/multirun/<date>/<time>        # the sweep's table
 
 Measures params, forward GFLOPs per image (torch's FLOP counter), training and inference images/s (the
-median of bench.windows timed windows after bench.warmup_steps), peak memory (CUDA's max allocated, or
-the process's peak RSS on CPU), and the achieved FLOP/s as a fraction of an n x n matmul's, timed in the
-same run and precision: this machine's practical peak. The images are random tensors of the data's shape:
-no files are read. Writes bench.json to the run directory (hydra.run.dir). One process: hardware.nproc
-is not used.
+median of bench.windows timed windows after bench.warmup_steps), peak memory while the model is timed
+(CUDA's max allocated; on CPU the process's peak resident memory, libraries included: Linux only), and
+the achieved FLOP/s as a fraction of an n x n matmul's, timed in the same run and precision: this
+machine's practical peak. The images are random tensors of the data's shape: no files are read. Writes
+bench.json to the run directory (hydra.run.dir). One process: hardware.nproc is not used.
 """
 import contextlib
 import logging
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -56,6 +55,21 @@ def images_per_s(step, batch_size: int, device: torch.device, bench_cfg) -> floa
         synchronize(device)
         rates.append(batch_size * bench_cfg.steps_per_window / (time.perf_counter() - started))
     return statistics.median(rates)
+
+
+def reset_peak_memory(device: torch.device):
+    """Start counting the peak afresh, so that each bench of a sweep (one process) gets its own."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the process's peak RSS (VmHWM)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024  # kB
 
 
 def matmul_flops_per_s(n: int, dtype: torch.dtype, device: torch.device, bench_cfg) -> float:
@@ -118,15 +132,11 @@ def bench(cfg: DictConfig) -> dict:
         loss.backward()
     optimizer.zero_grad(set_to_none=True)
     train_flops = counter.get_total_flops() / batch
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     train_rate = images_per_s(train_step, batch, device, bench_cfg)
     model.eval()
     infer_rate = images_per_s(infer_step, batch, device, bench_cfg)
-    if device.type == "cuda":
-        peak_memory, memory_kind = torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
-    else:  # before the matmul's buffers; ru_maxrss is in KiB on Linux
-        peak_memory, memory_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss"
+    peak_memory = peak_memory_bytes(device)  # before the matmul's buffers
     n = bench_cfg.matmul_size or (8192 if device.type == "cuda" else 2048)
     peak = matmul_flops_per_s(n, amp_dtype, device, bench_cfg)
 
@@ -136,8 +146,9 @@ def bench(cfg: DictConfig) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": str(amp_dtype).removeprefix("torch."),
         "train_img_per_s": round(train_rate, 1), "infer_img_per_s": round(infer_rate, 1),
-        "peak_memory_mb": round(peak_memory / 2 ** 20, 1), "memory_kind": memory_kind,
-        "matmul_tflops": round(peak / 1e12, 4),
+        "peak_memory_mb": round(peak_memory / 2 ** 20, 1),
+        "memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
+        "matmul_tflops": float(f"{peak / 1e12:.4g}"),
         "train_peak_fraction": round(train_flops * train_rate / peak, 4),
         "infer_peak_fraction": round(flops * infer_rate / peak, 4),
         "status": "completed",

@@ -169,7 +169,11 @@ def test_bench_sweep_and_its_table(tmp_path, capsys):
         assert record["gflops"] == count_flops(model, (3, 32, 32), "cpu") / 1e9
         assert 2 * record["gflops"] < record["train_gflops"] < 4 * record["gflops"]  # backward ~ 2 x forward
         assert record["train_img_per_s"] > 0 and record["infer_img_per_s"] > 0 and record["peak_memory_mb"] > 100
-        assert 0 < record["train_peak_fraction"] < 1 and record["memory_kind"] == "cpu_max_rss"
+        assert record["memory_kind"] == "cpu_peak_rss" and record["matmul_tflops"] > 0
+        # the fractions are the measured rates over the measured matmul peak (a shared CPU is too noisy to bound)
+        for kind, gflops in (("train", record["train_gflops"]), ("infer", record["gflops"])):
+            achieved = gflops * 1e9 * record[f"{kind}_img_per_s"] / (record["matmul_tflops"] * 1e12)
+            assert record[f"{kind}_peak_fraction"] == pytest.approx(achieved, rel=0.02)
 
     report.main([str(tmp_path)])
     rows = read_csv(tmp_path / "bench.csv")
