@@ -119,6 +119,14 @@ class TrainLoopConfig:
 
 
 @dataclass
+class BenchConfig:
+    warmup_steps: int = 10  # untimed steps first: allocator, cuDNN autotuning, torch.compile
+    windows: int = 5  # timed windows; images/s is their median
+    steps_per_window: int = 10
+    matmul_size: Optional[int] = None  # n of the n x n matmul that measures peak FLOP/s; null: 8192 on GPU, 2048 on CPU
+
+
+@dataclass
 class RunConfig:
     model: Dict[str, Any] = field(default_factory=dict)  # name + the family's knobs (see conf/model/)
     data: DataConfig = field(default_factory=DataConfig)
@@ -127,6 +135,7 @@ class RunConfig:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)  # python -m cnnbench.bench only
     seed: int = 0
     resume: Optional[str] = None  # null | auto (this run dir's last.pt, if any) | a checkpoint path
     resume_fallback: bool = False  # resume=auto with an unreadable last.pt: use the newest valid checkpoint beside it
@@ -180,6 +189,7 @@ def check_config(cfg: DictConfig) -> None:
         "data.image_size": cfg.data.image_size, "data.channels": cfg.data.channels,
         "train.grad_accum_steps": cfg.train.grad_accum_steps, "train.log_every_steps": cfg.train.log_every_steps,
         "optimizer.lr": cfg.optimizer.lr, "hardware.nproc": cfg.hardware.nproc,
+        "bench.windows": cfg.bench.windows, "bench.steps_per_window": cfg.bench.steps_per_window,
     }
     optional_positive = {
         "data.num_classes": cfg.data.num_classes, "data.train_size": cfg.data.train_size,
@@ -187,6 +197,7 @@ def check_config(cfg: DictConfig) -> None:
         "train.limit_train_batches": cfg.train.limit_train_batches,
         "train.limit_val_batches": cfg.train.limit_val_batches,
         "optimizer.lr_reference_batch": cfg.optimizer.lr_reference_batch,
+        "bench.matmul_size": cfg.bench.matmul_size,
     }
     for key, value in {**positive, **{k: v for k, v in optional_positive.items() if v is not None}}.items():
         if value <= 0:
@@ -194,7 +205,8 @@ def check_config(cfg: DictConfig) -> None:
     non_negative = {"data.workers": cfg.data.workers, "optimizer.weight_decay": cfg.optimizer.weight_decay,
                     "train.checkpoint_every_steps": cfg.train.checkpoint_every_steps,
                     "scheduler.warmup_epochs": cfg.scheduler.warmup_epochs,
-                    "augmentation.label_smoothing": cfg.augmentation.label_smoothing}
+                    "augmentation.label_smoothing": cfg.augmentation.label_smoothing,
+                    "bench.warmup_steps": cfg.bench.warmup_steps}
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")

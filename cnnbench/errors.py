@@ -33,6 +33,7 @@ class RankFailed(Exception):
         self.exit_code = exit_code
 
 
+EXIT_POINTS_FAILED = 1  # a sweep ran every point, and some did not complete
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 143  # as if killed by SIGTERM: schedulers read it as preempted, not failed
 EXIT_CTRL_C = 130

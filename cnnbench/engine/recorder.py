@@ -14,6 +14,13 @@ METRICS = ["epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_t
 log = logging.getLogger("cnnbench")
 
 
+def write_json(path: Path, record: dict):
+    """Atomically: a reader (cnnbench.report, a resumed sweep) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 class Recorder:
     def __init__(self, run_dir: Path, history: list[dict], first_step: int):
         self.run_dir = run_dir
@@ -47,9 +54,7 @@ class Recorder:
         self.tb.flush()
 
     def finish(self, summary: dict, hparam_values: dict):
-        tmp = self.run_dir / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, self.run_dir / "summary.json")
+        write_json(self.run_dir / "summary.json", summary)
         if summary.get("best_val_top1") is not None:
             metrics = {f"hparam/{k}": summary[k] for k in ("best_val_top1", "best_val_top5", "final_val_top1")}
             for event in hparams(hparam_values, metrics):

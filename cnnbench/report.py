@@ -1,0 +1,167 @@
+"""`python -m cnnbench.report DIR`: one table and a few plots for a run or a sweep.
+
+    python -m cnnbench.train -m model.width_mult=0.25,0.5,1 hydra.sweep.dir=outputs/widths
+    python -m cnnbench.report outputs/widths
+
+DIR is any directory holding run directories (those with a summary.json), e.g. a multirun's
+`outputs/multirun/<date>/<time>/`. Writes DIR/results.csv, DIR/results.md and DIR/plots/*.png, and
+prints the table. Every number is the run's own summary.json (or metrics.csv for the curves). Bench
+runs (`cnnbench.bench`, a bench.json each) get their own table: DIR/bench.csv and DIR/bench.md.
+"""
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import matplotlib
+from omegaconf import OmegaConf
+
+from cnnbench.cli import run_reporting_errors
+from cnnbench.errors import CnnbenchError
+from cnnbench.sweep import read_record
+
+matplotlib.use("Agg")  # headless: files, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLUMNS = ["model", "params", "gflops", "best_val_top1", "best_val_top5", "final_val_top1", "final_val_top5",
+           "best_epoch", "epochs", "wall_time_s", "train_img_per_s", "status"]
+BENCH_COLUMNS = ["model", "params", "gflops", "image_size", "batch_size", "device", "precision", "train_img_per_s",
+                 "infer_img_per_s", "peak_memory_mb", "matmul_tflops", "train_peak_fraction", "infer_peak_fraction",
+                 "status"]
+
+
+def read_run(run_dir: Path, record: str) -> dict:
+    hydra_dir = run_dir / ".hydra"
+    overrides = OmegaConf.load(hydra_dir / "overrides.yaml") if (hydra_dir / "overrides.yaml").exists() else []
+    model = OmegaConf.load(hydra_dir / "config.yaml").get("model", {}) if (hydra_dir / "config.yaml").exists() else {}
+    curve = []
+    if (run_dir / "metrics.csv").exists():
+        with open(run_dir / "metrics.csv") as f:
+            curve = [(int(r["epoch"]), float(r["val_top1"])) for r in csv.DictReader(f)]
+    return {"dir": run_dir, "summary": read_record(run_dir / record), "curve": curve,
+            "overrides": dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("hydra.", "run_dir"))),
+            "width_mult": model.get("width_mult"), "depth_mult": model.get("depth_mult")}
+
+
+def varying_overrides(runs: list[dict]) -> list[str]:
+    """The override keys whose value is not the same in every run: what tells the runs apart."""
+    keys = sorted({k for r in runs for k in r["overrides"]})
+    return [k for k in keys if len({r["overrides"].get(k) for r in runs}) > 1]
+
+
+def table(runs: list[dict], varying: list[str], columns: list[str]) -> tuple[list[str], list[list]]:
+    varying = [k for k in varying if k not in columns]  # model=a,b: the model column says it already
+    header = [*varying, *columns]
+    rows = [[*(r["overrides"].get(k, "") for k in varying), *(r["summary"].get(c) for c in columns)] for r in runs]
+    return header, rows
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 100 else f"{value:.1f}"
+    if isinstance(value, int) and value >= 10_000:
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def markdown(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]) + "\n"
+
+
+def label(run: dict, varying: list[str]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={run['overrides'][k]}" for k in varying if k in run["overrides"]) \
+        or run["summary"]["model"]
+
+
+def save(fig, ax, path: Path, legend: bool = True, **labels):
+    ax.set(**labels)
+    if legend:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_flops(runs, varying, path: Path):
+    """Seed 000's chart: top-1 against GFLOPs, marker area proportional to parameters."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    biggest = max(r["summary"]["params"] for r in runs)
+    for r in runs:
+        s = r["summary"]
+        ax.scatter(s["gflops"], s["best_val_top1"], s=40 + 960 * s["params"] / biggest, alpha=0.5)
+        ax.annotate(label(r, varying), (s["gflops"], s["best_val_top1"]), xytext=(0, 9), textcoords="offset points",
+                    fontsize=7, ha="center", va="bottom")
+    ax.margins(x=0.15, y=0.15)  # room for the labels of the outermost points
+    save(fig, ax, path, legend=False, xlabel="GFLOPs per image (forward)", ylabel="best val top-1 (%)",
+         title="Accuracy vs compute (marker area = parameters)")
+
+
+def plot_against_multiplier(runs, key: str, other: str, path: Path) -> bool:
+    """Top-1 against width_mult or depth_mult, one line per model and value of the other multiplier (a
+    depth x width grid draws one line per depth); False when the sweep does not vary `key`."""
+    if len({r[key] for r in runs}) < 2:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 5))
+    several = len({r[other] for r in runs}) > 1
+    for model, other_value in sorted({(r["summary"]["model"], r[other]) for r in runs}, key=str):
+        points = sorted((r[key], r["summary"]["best_val_top1"]) for r in runs
+                        if (r["summary"]["model"], r[other]) == (model, other_value) and r[key] is not None)
+        ax.plot(*zip(*points), marker="o", label=f"{model}, {other}={other_value}" if several else model)
+    save(fig, ax, path, xlabel=key, ylabel="best val top-1 (%)", title=f"Accuracy vs {key}")
+    return True
+
+
+def plot_learning_curves(runs, varying, path: Path):
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in runs:
+        if r["curve"]:
+            ax.plot(*zip(*r["curve"]), marker=".", label=label(r, varying))
+    save(fig, ax, path, xlabel="epoch", ylabel="val top-1 (%)", title="Validation top-1 per epoch")
+
+
+def write_tables(root: Path, name: str, runs: list[dict], varying: list[str], columns: list[str]) -> str:
+    """DIR/<name>.csv (with each run's directory, for scripts) and DIR/<name>.md; returns the markdown."""
+    header, rows = table(runs, varying, columns)
+    with open(root / f"{name}.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["run", *header], *([str(r["dir"].relative_to(root)), *row]
+                                                      for r, row in zip(runs, rows))])
+    text = markdown(header, rows)
+    (root / f"{name}.md").write_text(text)
+    return text
+
+
+def report(root: Path) -> None:
+    runs = [read_run(p.parent, "summary.json") for p in sorted(root.rglob("summary.json"))]
+    benches = [read_run(p.parent, "bench.json") for p in sorted(root.rglob("bench.json"))]
+    if not runs and not benches:
+        raise CnnbenchError(f"{root}: no run directories (with a summary.json or bench.json) under it")
+    if runs:
+        varying = varying_overrides(runs)
+        print(write_tables(root, "results", runs, varying, COLUMNS), end="")
+        plots = root / "plots"
+        plots.mkdir(exist_ok=True)
+        finished = [r for r in runs if r["summary"].get("best_val_top1") is not None]
+        if finished:
+            plot_accuracy_vs_flops(finished, varying, plots / "top1_vs_gflops.png")
+            plot_against_multiplier(finished, "width_mult", "depth_mult", plots / "top1_vs_width.png")
+            plot_against_multiplier(finished, "depth_mult", "width_mult", plots / "top1_vs_depth.png")
+            plot_learning_curves(finished, varying, plots / "learning_curves.png")
+        print(f"{len(runs)} runs; results.csv, results.md and plots/ written to {root}")
+    if benches:
+        print(write_tables(root, "bench", benches, varying_overrides(benches), BENCH_COLUMNS), end="")
+        print(f"{len(benches)} benches; bench.csv and bench.md written to {root}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m cnnbench.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dir", type=Path, help="a run directory or a directory of runs (a sweep)")
+    args = parser.parse_args(argv)
+    if not args.dir.is_dir():
+        parser.exit(2, f"cnnbench: error: {args.dir} is not a directory\n")
+    run_reporting_errors(report, args.dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

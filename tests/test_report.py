@@ -1,0 +1,194 @@
+"""Sweeps as a user runs them (`-m`, in a subprocess), the report on them, and the bench."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+from tensorboard.plugins.hparams import metadata
+from tensorboard.util import tensor_util
+
+from cnnbench import report
+from cnnbench.bench import bench
+from cnnbench.engine.trainer import count_flops
+from cnnbench.errors import ConfigError
+from cnnbench.models import create_model
+from cnnbench.report import BENCH_COLUMNS, COLUMNS
+
+from .conftest import CONF, ROOT, SMOKE, make_config, run_cli
+
+# A 2 x 2 depth x width grid on a Fashion-MNIST subset: one epoch of 8 batches per point.
+GRID = ["model=fmnist_cnn", "model.width_mult=0.25,0.5", "model.depth_mult=0.5,1", "data.train_size=512",
+        "data.val_size=256", "data.batch_size=64", "train.epochs=1", "hardware=cpu"]
+
+
+def point_dirs(sweep_dir, record="summary.json"):
+    return sorted(p.parent for p in sweep_dir.rglob(record))
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    sweep_dir = tmp_path_factory.mktemp("grid")
+    result = run_cli("-m", *GRID, f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr
+    return sweep_dir
+
+
+def test_a_sweep_runs_every_point_in_a_directory_named_by_its_overrides(grid):
+    points = point_dirs(grid)
+    assert len(points) == 4
+    for point in points:
+        summary = json.loads((point / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["epochs"] == 1 and summary["data"] == "fashion_mnist"
+    named = [dict(item.split("=") for item in p.name.split(",")) for p in points]
+    assert {(n["model.width_mult"], n["model.depth_mult"]) for n in named} == {
+        ("0.25", "0.5"), ("0.25", "1"), ("0.5", "0.5"), ("0.5", "1")}
+    assert all(n["data.train_size"] == "512" and n["model"] == "fmnist_cnn" for n in named)
+
+
+@pytest.fixture(scope="module")
+def reported(grid):
+    result = run_cli(str(grid), module="cnnbench.report")
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_report_rows_are_the_summaries(grid, reported):
+    rows = read_csv(grid / "results.csv")
+    assert len(rows) == 4
+    for row in rows:
+        summary = json.loads((grid / row["run"] / "summary.json").read_text())
+        assert {c: row[c] for c in COLUMNS} == {c: "" if summary[c] is None else str(summary[c]) for c in COLUMNS}
+        assert row["run"].endswith(f"model.width_mult={row['model.width_mult']},model=fmnist_cnn,train.epochs=1")
+    table = (grid / "results.md").read_text()
+    assert table.count("\n") == 2 + 4 and "| model.depth_mult | model.width_mult | model |" in table
+    assert table in reported.stdout  # the terminal shows the same table
+
+
+def test_report_plots_are_images(grid, reported):
+    for name in ("top1_vs_gflops", "top1_vs_width", "top1_vs_depth", "learning_curves"):
+        with Image.open(grid / "plots" / f"{name}.png") as image:
+            image.verify()
+            assert image.format == "PNG" and 600 <= image.width <= 2000 and 400 <= image.height <= 1500, name
+
+
+def test_tensorboard_hparams_dashboard_sees_every_point(grid):
+    runs = EventMultiplexer().AddRunsFromDirectory(str(grid))
+    runs.Reload()
+    sessions = runs.PluginRunToTagToContent(metadata.PLUGIN_NAME)
+    assert len(sessions) == 4
+    seen = set()
+    for run, tags in sessions.items():
+        start = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
+        width, depth = (start.hparams[k].number_value for k in ("model.width_mult", "model.depth_mult"))
+        seen.add((width, depth))
+        summary = json.loads((grid / run / ".." / "summary.json").read_text())
+        [final] = runs.Tensors(run, "hparam/best_val_top1")
+        assert tensor_util.make_ndarray(final.tensor_proto).item() == pytest.approx(summary["best_val_top1"])
+    assert seen == {(0.25, 0.5), (0.25, 1.0), (0.5, 0.5), (0.5, 1.0)}
+
+
+def test_rerunning_a_finished_sweep_trains_nothing(grid):
+    files = [p for point in point_dirs(grid) for p in point.rglob("*") if p.is_file() and ".hydra" not in p.parts]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+    result = run_cli("-m", *GRID, f"hydra.sweep.dir={grid}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("completed by an earlier run of this sweep; skipped") == 4
+    assert "epoch 0:" not in result.stdout
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == before
+
+
+def test_a_failing_point_is_named_and_the_others_complete(tmp_path):
+    result = run_cli("-m", *SMOKE, "train.epochs=-1,1", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 1
+    assert "cnnbench: error: train.epochs: must be > 0, got -1" in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("cnnbench: error: 1 of 2 sweep points did not complete: ")
+    assert "train.epochs=-1" in last_line and "train.epochs=1," not in last_line
+    [completed] = point_dirs(tmp_path)  # the point after the failure ran
+    assert json.loads((completed / "summary.json").read_text())["status"] == "completed"
+    assert completed.name.endswith("train.epochs=1")
+
+
+def test_an_interrupted_sweep_resumes_its_point(tmp_path):
+    args = ["-m", *SMOKE, "data.train_size=512", "train.epochs=1", "train.checkpoint_every_steps=2",
+            f"hydra.sweep.dir={tmp_path}"]
+    sweep = subprocess.Popen([sys.executable, "-m", "cnnbench.train", *args], cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while not list(tmp_path.rglob("last.pt")):
+        assert sweep.poll() is None, sweep.stderr.read().decode()
+        time.sleep(0.01)
+    sweep.send_signal(signal.SIGTERM)  # what SLURM sends before preemption
+    assert sweep.wait(timeout=120) == 143
+    [point] = point_dirs(tmp_path)
+    assert json.loads((point / "summary.json").read_text())["status"] == "interrupted"
+
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((point / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 1 and summary["step"] == 512 // 32
+    assert f"resumed from {point / 'checkpoints' / 'last.pt'}" in (point / "train.log").read_text()
+
+
+@pytest.mark.parametrize("preset, params", [
+    ("width", {"model.width_mult": "0.25,0.5,1,2"}), ("depth", {"model.depth_mult": "0.5,1,2,3"}),
+    ("grid", {"model.depth_mult": "0.5,1,2,3", "model.width_mult": "0.25,0.5,1,2"}),
+    ("compound", {"model.phi": "0,1,2,3"})])
+def test_presets_sweep_into_a_stable_directory(preset, params):
+    for app in ("train", "bench"):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(app, overrides=[f"sweep={preset}", "model=resnet18"], return_hydra_config=True)
+        assert dict(cfg.hydra.sweeper.params) == params
+        assert cfg.hydra.sweep.dir == f"outputs/sweeps/{app}/{preset}/resnet18"  # rerunning the command resumes it
+
+
+def test_bench_sweep_and_its_table(tmp_path, capsys):
+    bench = ["-m", "model=lenet5,fmnist_cnn", "data=synthetic", "data.image_size=32", "data.batch_size=16",
+             "hardware=cpu", "bench.warmup_steps=1", "bench.windows=3", "bench.steps_per_window=2",
+             "bench.matmul_size=256", f"hydra.sweep.dir={tmp_path}"]
+    result = run_cli(*bench, module="cnnbench.bench")
+    assert result.returncode == 0, result.stderr
+    benches = {json.loads((p / "bench.json").read_text())["model"]: p for p in point_dirs(tmp_path, "bench.json")}
+    assert set(benches) == {"lenet5", "fmnist_cnn"}
+    for name, point in benches.items():
+        record = json.loads((point / "bench.json").read_text())
+        model = create_model(name, num_classes=10, in_chans=3, image_size=32)
+        assert record["params"] == sum(p.numel() for p in model.parameters())
+        assert record["gflops"] == count_flops(model, (3, 32, 32), "cpu") / 1e9
+        assert 2 * record["gflops"] < record["train_gflops"] < 4 * record["gflops"]  # backward ~ 2 x forward
+        assert record["train_img_per_s"] > 0 and record["infer_img_per_s"] > 0 and record["peak_memory_mb"] > 100
+        assert record["memory_kind"] == "cpu_peak_rss" and record["matmul_tflops"] > 0
+        # the fractions are the measured rates over the measured matmul peak (a shared CPU is too noisy to bound)
+        for kind, gflops in (("train", record["train_gflops"]), ("infer", record["gflops"])):
+            achieved = gflops * 1e9 * record[f"{kind}_img_per_s"] / (record["matmul_tflops"] * 1e12)
+            assert record[f"{kind}_peak_fraction"] == pytest.approx(achieved, rel=0.02)
+
+    report.main([str(tmp_path)])
+    rows = read_csv(tmp_path / "bench.csv")
+    assert {row["model"] for row in rows} == set(benches)
+    for row in rows:
+        record = json.loads((tmp_path / row["run"] / "bench.json").read_text())
+        assert {c: row[c] for c in BENCH_COLUMNS} == {c: str(record[c]) for c in BENCH_COLUMNS}
+    assert (tmp_path / "bench.md").read_text() in capsys.readouterr().out
+    assert not (tmp_path / "results.csv").exists()  # no training runs: no training table
+
+
+@pytest.mark.parametrize("override, message", [
+    ("bench.windows=0", "bench.windows: must be > 0, got 0"),
+    ("data=imagefolder", "data.num_classes: bench reads no files, so give imagefolder's class count")])
+def test_bench_refuses_what_it_cannot_measure(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        bench(make_config(tmp_path, "model=lenet5", "hardware=cpu", override))
+    assert not (tmp_path / "bench.json").exists()
