@@ -39,18 +39,29 @@ class DataConfig:
     train_size: Optional[int] = None  # null: the whole training set; N: a fixed random subset
     val_size: Optional[int] = None  # likewise for validation
     download: bool = False  # fetch through torchvision when the files are missing
+    pseudo_labels: Optional[str] = None  # a file from cnnbench.pseudolabel: its soft-labelled pool joins training
     mean: List[float] = MISSING  # per-channel normalization
     std: List[float] = MISSING
 
 
 @dataclass
 class AugmentationConfig:
-    name: str = MISSING  # none | basic | imagenet
+    name: str = MISSING  # the crop: none | basic | imagenet | alexnet
     hflip: float = 0.5  # probability of a horizontal flip
     crop_padding: int = 4  # basic: pad then random-crop back to size
     scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # imagenet: RandomResizedCrop area range
-    eval_crop_ratio: float = 0.875  # imagenet: resize to size / ratio, center-crop size
+    eval_crop_ratio: float = 0.875  # imagenet, alexnet: resize to size / ratio (224 -> 256), crop size
+    policy: Optional[str] = None  # after the crop: null | randaugment | trivialaugment | autoaugment
+    randaugment_ops: int = 2  # RandAugment's N: ops per image
+    randaugment_magnitude: int = 9  # RandAugment's M, of 31 bins
+    autoaugment_policy: str = "imagenet"  # imagenet | cifar10 | svhn
+    lighting: float = 0.0  # AlexNet's PCA colour noise: std of the eigen-component weights (0.1 in the paper)
+    random_erasing: float = 0.0  # probability of erasing a random rectangle (Zhong et al.)
     label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # > 0: mixup with lambda ~ Beta(alpha, alpha), on the batch (timm.data.Mixup)
+    cutmix_alpha: float = 0.0  # > 0: cutmix; with both, each batch picks one
+    mixup_prob: float = 1.0  # probability a batch is mixed at all
+    mixup_switch_prob: float = 0.5  # with both: probability of cutmix rather than mixup
 
 
 @dataclass
@@ -101,6 +112,14 @@ class TrainLoopConfig:
     clip_grad_norm: Optional[float] = None
     log_every_steps: int = 50  # log lines (and TensorBoard points) every N optimizer steps
     checkpoint_every_steps: int = 0  # also write last.pt every N optimizer steps; 0: at epoch ends only
+    ema_decay: Optional[float] = None  # an exponential moving average of the weights (timm ModelEmaV3); null: off
+
+
+@dataclass
+class DistillConfig:
+    teacher: Optional[str] = None  # a cnnbench checkpoint (.pt); null: no distillation
+    temperature: float = 4.0  # softens both distributions (Hinton et al.)
+    alpha: float = 0.9  # weight of the teacher's soft targets; 1 - alpha on the labels
 
 
 @dataclass
@@ -112,6 +131,7 @@ class RunConfig:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
     resume: Optional[str] = None  # null | auto (this run dir's last.pt, if any) | a checkpoint path
     run_dir: str = "${hydra:runtime.output_dir}"
@@ -130,6 +150,7 @@ def check_config(cfg: DictConfig) -> None:
         "data.image_size": cfg.data.image_size, "data.channels": cfg.data.channels,
         "train.grad_accum_steps": cfg.train.grad_accum_steps, "train.log_every_steps": cfg.train.log_every_steps,
         "optimizer.lr": cfg.optimizer.lr, "hardware.nproc": cfg.hardware.nproc,
+        "distill.temperature": cfg.distill.temperature,
     }
     optional_positive = {
         "data.num_classes": cfg.data.num_classes, "data.train_size": cfg.data.train_size,
@@ -144,14 +165,26 @@ def check_config(cfg: DictConfig) -> None:
     non_negative = {"data.workers": cfg.data.workers, "optimizer.weight_decay": cfg.optimizer.weight_decay,
                     "train.checkpoint_every_steps": cfg.train.checkpoint_every_steps,
                     "scheduler.warmup_epochs": cfg.scheduler.warmup_epochs,
-                    "augmentation.label_smoothing": cfg.augmentation.label_smoothing}
+                    "augmentation.label_smoothing": cfg.augmentation.label_smoothing,
+                    "augmentation.lighting": cfg.augmentation.lighting,
+                    "augmentation.mixup_alpha": cfg.augmentation.mixup_alpha,
+                    "augmentation.cutmix_alpha": cfg.augmentation.cutmix_alpha,
+                    "augmentation.randaugment_ops": cfg.augmentation.randaugment_ops}
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"data.channels: 1 or 3, got {cfg.data.channels}")
-    if not 0 <= cfg.augmentation.hflip <= 1:
-        raise ConfigError(f"augmentation.hflip: a probability in [0, 1], got {cfg.augmentation.hflip}")
+    probabilities = {"augmentation.hflip": cfg.augmentation.hflip,
+                     "augmentation.random_erasing": cfg.augmentation.random_erasing,
+                     "augmentation.mixup_prob": cfg.augmentation.mixup_prob,
+                     "augmentation.mixup_switch_prob": cfg.augmentation.mixup_switch_prob,
+                     "distill.alpha": cfg.distill.alpha}
+    for key, value in probabilities.items():
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{key}: in [0, 1], got {value}")
+    if cfg.train.ema_decay is not None and not 0 < cfg.train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay: null (off) or in (0, 1), got {cfg.train.ema_decay}")
     if cfg.augmentation.label_smoothing >= 1:
         raise ConfigError(f"augmentation.label_smoothing: must be < 1, got {cfg.augmentation.label_smoothing}")
     if cfg.resume not in (None, "auto") and not str(cfg.resume).endswith((".pt", ".pth")):
