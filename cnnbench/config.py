@@ -46,12 +46,12 @@ class DataConfig:
 
 @dataclass
 class AugmentationConfig:
-    name: str = MISSING  # the crop: none | basic | imagenet | alexnet
+    name: str = MISSING  # none | basic | imagenet | alexnet | randaugment | trivialaugment | autoaugment
     hflip: float = 0.5  # probability of a horizontal flip
     crop_padding: int = 4  # basic: pad then random-crop back to size
     scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # imagenet: RandomResizedCrop area range
     eval_crop_ratio: float = 0.875  # imagenet, alexnet: resize to size / ratio (224 -> 256), crop size
-    policy: Optional[str] = None  # after the crop: null | randaugment | trivialaugment | autoaugment
+    crop: str = "basic"  # randaugment, trivialaugment, autoaugment: the crop before the policy (basic | imagenet | alexnet)
     randaugment_ops: int = 2  # RandAugment's N: ops per image
     randaugment_magnitude: int = 9  # RandAugment's M, of 31 bins
     autoaugment_policy: str = "imagenet"  # imagenet | cifar10 | svhn
@@ -137,8 +137,20 @@ class RunConfig:
     run_dir: str = "${hydra:runtime.output_dir}"
 
 
+@dataclass
+class PseudolabelConfig:
+    """`python -m cnnbench.pseudolabel`: a teacher's soft labels for the unlabeled pool (Noisy Student)."""
+    checkpoint: str = MISSING  # the teacher: a cnnbench checkpoint
+    data: DataConfig = field(default_factory=DataConfig)  # data.train_size marks the labeled part; the rest is the pool
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    pool_size: Optional[int] = None  # null: the whole pool; N: a fixed random N of it
+    threshold: float = 0.0  # keep only images the teacher gives at least this top probability
+    output: str = "${hydra:runtime.output_dir}/pseudo_labels.pt"
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    ConfigStore.instance().store(name="pseudolabel_schema", node=PseudolabelConfig)
     # ${gpus_or:N}: the CUDA devices on this machine, or N where there are none (conf/hardware/ddp.yaml).
     OmegaConf.register_new_resolver("gpus_or", lambda n: torch.cuda.device_count() or int(n), replace=True)
 

@@ -1,6 +1,6 @@
-"""Train and eval transforms (torchvision.transforms.v2): a crop (`augmentation.name`: none, basic,
-imagenet, alexnet), then in training an optional policy (RandAugment, TrivialAugment, AutoAugment),
-AlexNet's PCA lighting noise and random erasing.
+"""Train and eval transforms (torchvision.transforms.v2) for `augmentation=none|basic|imagenet|alexnet`
+(crops) and `randaugment|trivialaugment|autoaugment` (augmentation.crop, then the policy); in training
+also AlexNet's PCA lighting noise and random erasing where their keys are set.
 
 Images arrive as uint8 tensors (in-memory sets) or PIL images (files) and leave as uint8 tensors of
 data.channels x data.image_size x data.image_size: a quarter of float32's bytes to move, and
@@ -11,40 +11,43 @@ from torchvision.transforms import v2
 
 from cnnbench.errors import ConfigError
 
-AUGMENTATIONS = ("none", "basic", "imagenet", "alexnet")
+CROPS = ("none", "basic", "imagenet", "alexnet")
 POLICIES = ("randaugment", "trivialaugment", "autoaugment")
 
 
 def build_transforms(aug, data, train: bool) -> v2.Compose:
-    if aug.name not in AUGMENTATIONS:
-        raise ConfigError(f"augmentation.name: one of {', '.join(AUGMENTATIONS)}, got '{aug.name}'")
-    if aug.policy is not None and aug.policy not in POLICIES:
-        raise ConfigError(f"augmentation.policy: null or one of {', '.join(POLICIES)}, got '{aug.policy}'")
+    if aug.name not in CROPS + POLICIES:
+        raise ConfigError(f"augmentation.name: one of {', '.join(CROPS + POLICIES)}, got '{aug.name}'")
+    crop = aug.crop if aug.name in POLICIES else aug.name
+    if crop not in CROPS:
+        raise ConfigError(f"augmentation.crop: one of {', '.join(CROPS)}, got '{crop}'")
     size = data.image_size
     to_channels = v2.Grayscale(1) if data.channels == 1 else v2.RGB()
-    if aug.name in ("imagenet", "alexnet") and not train:
+    if crop in ("imagenet", "alexnet") and not train:
         geometry = [v2.Resize(round(size / aug.eval_crop_ratio), antialias=True), v2.CenterCrop(size)]
-    elif aug.name == "imagenet":
+    elif crop == "imagenet":
         geometry = [v2.RandomResizedCrop(size, scale=tuple(aug.scale), antialias=True),
                     v2.RandomHorizontalFlip(aug.hflip)]
-    elif aug.name == "alexnet":
+    elif crop == "alexnet":
         # AlexNet: random 224 crops of the 256 image, and their mirror images.
         geometry = [v2.Resize(round(size / aug.eval_crop_ratio), antialias=True), v2.RandomCrop(size),
                     v2.RandomHorizontalFlip(aug.hflip)]
     else:
         # Resize is a no-op for in-memory sets already at image_size.
         geometry = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
-        if aug.name == "basic" and train:
+        if crop == "basic" and train:
             geometry += [v2.RandomCrop(size, padding=aug.crop_padding), v2.RandomHorizontalFlip(aug.hflip)]
     noise = []
-    if train:
-        noise += {None: [], "randaugment": [v2.RandAugment(aug.randaugment_ops, aug.randaugment_magnitude)],
-                  "trivialaugment": [v2.TrivialAugmentWide()],
-                  "autoaugment": [v2.AutoAugment(autoaugment_policy(aug.autoaugment_policy))]}[aug.policy]
-        if aug.lighting:
-            noise.append(Lighting(aug.lighting))
-        if aug.random_erasing:
-            noise.append(v2.RandomErasing(aug.random_erasing))
+    if train and aug.name == "randaugment":
+        noise.append(v2.RandAugment(aug.randaugment_ops, aug.randaugment_magnitude))
+    elif train and aug.name == "trivialaugment":
+        noise.append(v2.TrivialAugmentWide())
+    elif train and aug.name == "autoaugment":
+        noise.append(v2.AutoAugment(autoaugment_policy(aug.autoaugment_policy)))
+    if train and aug.lighting:
+        noise.append(Lighting(aug.lighting))
+    if train and aug.random_erasing:
+        noise.append(v2.RandomErasing(aug.random_erasing))
     return v2.Compose([v2.ToImage(), to_channels, *geometry, *noise])
 
 

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -95,6 +96,7 @@ def train(cfg: DictConfig) -> dict:
     if ctx.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     torch.manual_seed(cfg.seed + ctx.rank)  # each rank its own dropout; data order is seeded apart
+    np.random.seed(cfg.seed + ctx.rank)  # mixup's and cutmix's draws (timm)
     torch.use_deterministic_algorithms(cfg.hardware.deterministic)
     torch.backends.cudnn.benchmark = not cfg.hardware.deterministic
     resume_from = resume_path(cfg, run_dir)
@@ -118,7 +120,7 @@ def train(cfg: DictConfig) -> dict:
     memory_format = torch.channels_last if cfg.hardware.channels_last else torch.contiguous_format
     # The EMA of the weights is validated beside the raw model every epoch (and checkpointed with it).
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
-    teacher = (load_teacher(cfg.distill.teacher, data.classes, cfg.data.channels, device)
+    teacher = (load_teacher(cfg.distill.teacher, data.classes, cfg.data.channels, device)[0]
                if cfg.distill.teacher else None)
     objective = Objective(cfg.augmentation, num_classes, cfg.data.batch_size // ctx.world_size,
                           getattr(model, "aux_weight", 0.0), teacher, cfg.distill)
