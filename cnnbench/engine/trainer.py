@@ -312,7 +312,7 @@ def train(cfg: DictConfig) -> dict:
 def hparam_record(cfg: DictConfig) -> dict:
     """The run's scalar settings, for TensorBoard's HParams dashboard."""
     flat = {}
-    for group in ("model", "data", "optimizer", "scheduler", "augmentation", "train"):
+    for group in ("model", "data", "optimizer", "scheduler", "augmentation", "train", "distill"):
         for key, value in OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True).items():
             if isinstance(value, (int, float, str, bool)) and not key.startswith("_"):
                 flat[f"{group}.{key}"] = value
