@@ -51,7 +51,7 @@ class AugmentationConfig:
     crop_padding: int = 4  # basic: pad then random-crop back to size
     scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # imagenet: RandomResizedCrop area range
     eval_crop_ratio: float = 0.875  # imagenet, alexnet: resize to size / ratio (224 -> 256), crop size
-    crop: str = "basic"  # randaugment, trivialaugment, autoaugment: the crop before the policy (basic | imagenet | alexnet)
+    crop: str = "basic"  # randaugment, trivialaugment, autoaugment: the crop first (basic | imagenet | alexnet)
     randaugment_ops: int = 2  # RandAugment's N: ops per image
     randaugment_magnitude: int = 9  # RandAugment's M, of 31 bins
     autoaugment_policy: str = "imagenet"  # imagenet | cifar10 | svhn

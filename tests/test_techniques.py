@@ -41,8 +41,8 @@ def test_ema_is_validated_beside_the_raw_model_and_checkpointed(tmp_path):
 def test_resume_with_ema_mixup_and_randaugment_is_bit_identical(tmp_path):
     # The EMA, mixup's numpy draws and RandAugment's torch draws all continue exactly across a resume
     # (a constant learning rate, so that stopping after epoch 1 of 1 equals stopping after 1 of 2).
-    recipe = [*SMOKE, "hardware.deterministic=true", "scheduler=constant", "train.ema_decay=0.8", "augmentation=randaugment",
-              "augmentation.mixup_alpha=0.4", "augmentation.cutmix_alpha=1.0"]
+    recipe = [*SMOKE, "hardware.deterministic=true", "scheduler=constant", "train.ema_decay=0.8",
+              "augmentation=randaugment", "augmentation.mixup_alpha=0.4", "augmentation.cutmix_alpha=1.0"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(make_config(straight, *recipe, "train.epochs=2"))
     train(make_config(resumed, *recipe, "train.epochs=1"))

@@ -7,7 +7,8 @@ cardinality; Wide ResNet doubles width_per_group), `width_mult` and `depth_mult`
 003's table 3 option: A zero-pads the identity where dimensions grow, B projects there (torchvision),
 C projects every shortcut. `se` adds squeeze-and-excitation (SENet, seed 004) after each block's last
 norm, as timm's seresnet does. `drop_path_rate` is stochastic depth (Huang et al.): each block's
-residual branch is dropped per sample with a probability rising linearly to this value in the last block. Module names follow torchvision (and timm) so their state dicts load.
+residual branch is dropped per sample with a probability rising linearly to this value in the last
+block. Module names follow torchvision (and timm) so their state dicts load.
 `stem=cifar` (a 3x3 stride-1 conv, no max pool) keeps 28x28 and 32x32 images from collapsing;
 `auto` picks it for images up to 64 pixels.
 """
