@@ -24,9 +24,11 @@ teacher=$OUT/teacher/checkpoints/best.pt
 for round in $(seq 1 "$ROUNDS"); do
   $PYTHON -m cnnbench.pseudolabel checkpoint=$teacher $DATA pool_size=$POOL \
     output=$OUT/pseudo_labels_$round.pt hydra.run.dir=$OUT/pseudolabel_$round $EXTRA
-  # The student: the same network, noised.
+  # The student: the same network, from scratch, noised: RandAugment (one op of magnitude 5, milder
+  # than the default two of 9 for a network this small) and dropout.
   $PYTHON -m cnnbench.train $DATA $MODEL model.drop_rate=0.3 augmentation=randaugment \
-    data.pseudo_labels=$OUT/pseudo_labels_$round.pt train.epochs=3 hydra.run.dir=$OUT/student_$round $EXTRA
+    augmentation.randaugment_ops=1 augmentation.randaugment_magnitude=5 \
+    data.pseudo_labels=$OUT/pseudo_labels_$round.pt train.epochs=15 hydra.run.dir=$OUT/student_$round $EXTRA
   teacher=$OUT/student_$round/checkpoints/best.pt
 done
 for run in teacher $(seq -f "student_%g" 1 "$ROUNDS"); do
