@@ -28,7 +28,7 @@ for round in $(seq 1 "$ROUNDS"); do
   # than the default two of 9 for a network this small) and dropout.
   $PYTHON -m cnnbench.train $DATA $MODEL model.drop_rate=0.3 augmentation=randaugment \
     augmentation.randaugment_ops=1 augmentation.randaugment_magnitude=5 \
-    data.pseudo_labels=$OUT/pseudo_labels_$round.pt train.epochs=6 hydra.run.dir=$OUT/student_$round $EXTRA
+    data.pseudo_labels=$OUT/pseudo_labels_$round.pt train.epochs=15 hydra.run.dir=$OUT/student_$round $EXTRA
   teacher=$OUT/student_$round/checkpoints/best.pt
 done
 for run in teacher $(seq -f "student_%g" 1 "$ROUNDS"); do
