@@ -50,18 +50,29 @@ class DataConfig:
     val_size: Optional[int] = None  # likewise for validation
     download: bool = False  # fetch through torchvision when the files are missing
     on_bad_image: OnBadImage = OnBadImage.skip  # an image file that does not decode (image folders)
+    pseudo_labels: Optional[str] = None  # a file from cnnbench.pseudolabel: its soft-labelled pool joins training
     mean: List[float] = MISSING  # per-channel normalization
     std: List[float] = MISSING
 
 
 @dataclass
 class AugmentationConfig:
-    name: str = MISSING  # none | basic | imagenet
+    name: str = MISSING  # none | basic | imagenet | alexnet | randaugment | trivialaugment | autoaugment
     hflip: float = 0.5  # probability of a horizontal flip
     crop_padding: int = 4  # basic: pad then random-crop back to size
     scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # imagenet: RandomResizedCrop area range
-    eval_crop_ratio: float = 0.875  # imagenet: resize to size / ratio, center-crop size
+    eval_crop_ratio: float = 0.875  # imagenet, alexnet: resize to size / ratio (224 -> 256), crop size
+    crop: str = "basic"  # randaugment, trivialaugment, autoaugment: the crop first (basic | imagenet | alexnet)
+    randaugment_ops: int = 2  # RandAugment's N: ops per image
+    randaugment_magnitude: int = 9  # RandAugment's M, of 31 bins
+    autoaugment_policy: str = "imagenet"  # imagenet | cifar10 | svhn
+    lighting: float = 0.0  # AlexNet's PCA colour noise: std of the eigen-component weights (0.1 in the paper)
+    random_erasing: float = 0.0  # probability of erasing a random rectangle (Zhong et al.)
     label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # > 0: mixup with lambda ~ Beta(alpha, alpha), on the batch (timm.data.Mixup)
+    cutmix_alpha: float = 0.0  # > 0: cutmix; with both, each batch picks one
+    mixup_prob: float = 1.0  # probability a batch is mixed at all
+    mixup_switch_prob: float = 0.5  # with both: probability of cutmix rather than mixup
 
 
 @dataclass
@@ -116,6 +127,7 @@ class TrainLoopConfig:
     log_every_steps: int = 50  # log lines (and TensorBoard points) every N optimizer steps
     checkpoint_every_steps: int = 0  # also write last.pt every N optimizer steps; 0: at epoch ends only
     on_nonfinite: OnNonfinite = OnNonfinite.error  # a NaN or Inf training loss
+    ema_decay: Optional[float] = None  # an exponential moving average of the weights (timm ModelEmaV3); null: off
 
 
 @dataclass
@@ -124,6 +136,13 @@ class BenchConfig:
     windows: int = 5  # timed windows; images/s is their median
     steps_per_window: int = 10
     matmul_size: Optional[int] = None  # n of the n x n matmul that measures peak FLOP/s; null: 8192 on GPU, 2048 on CPU
+
+
+@dataclass
+class DistillConfig:
+    teacher: Optional[str] = None  # a cnnbench checkpoint (.pt); null: no distillation
+    temperature: float = 4.0  # softens both distributions (Hinton et al.)
+    alpha: float = 0.9  # weight of the teacher's soft targets; 1 - alpha on the labels
 
 
 @dataclass
@@ -136,6 +155,7 @@ class RunConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)  # python -m cnnbench.bench only
+    distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
     resume: Optional[str] = None  # null | auto (this run dir's last.pt, if any) | a checkpoint path
     resume_fallback: bool = False  # resume=auto with an unreadable last.pt: use the newest valid checkpoint beside it
@@ -174,10 +194,22 @@ class PredictConfig:
     run_dir: str = "${hydra:runtime.output_dir}"
 
 
+@dataclass
+class PseudolabelConfig:
+    """`python -m cnnbench.pseudolabel`: a teacher's soft labels for the unlabeled pool (Noisy Student)."""
+    checkpoint: str = MISSING  # the teacher: a cnnbench checkpoint
+    data: DataConfig = field(default_factory=DataConfig)  # data.train_size marks the labeled part; the rest is the pool
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    pool_size: Optional[int] = None  # null: the whole pool; N: a fixed random N of it
+    threshold: float = 0.0  # keep only images the teacher gives at least this top probability
+    output: str = "${hydra:runtime.output_dir}/pseudo_labels.pt"
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
     ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
+    ConfigStore.instance().store(name="pseudolabel_schema", node=PseudolabelConfig)
     # ${gpus_or:N}: the CUDA devices on this machine, or N where there are none (conf/hardware/ddp.yaml).
     OmegaConf.register_new_resolver("gpus_or", lambda n: torch.cuda.device_count() or int(n), replace=True)
 
@@ -190,6 +222,7 @@ def check_config(cfg: DictConfig) -> None:
         "train.grad_accum_steps": cfg.train.grad_accum_steps, "train.log_every_steps": cfg.train.log_every_steps,
         "optimizer.lr": cfg.optimizer.lr, "hardware.nproc": cfg.hardware.nproc,
         "bench.windows": cfg.bench.windows, "bench.steps_per_window": cfg.bench.steps_per_window,
+        "distill.temperature": cfg.distill.temperature,
     }
     optional_positive = {
         "data.num_classes": cfg.data.num_classes, "data.train_size": cfg.data.train_size,
@@ -206,7 +239,11 @@ def check_config(cfg: DictConfig) -> None:
                     "train.checkpoint_every_steps": cfg.train.checkpoint_every_steps,
                     "scheduler.warmup_epochs": cfg.scheduler.warmup_epochs,
                     "augmentation.label_smoothing": cfg.augmentation.label_smoothing,
-                    "bench.warmup_steps": cfg.bench.warmup_steps}
+                    "bench.warmup_steps": cfg.bench.warmup_steps,
+                    "augmentation.lighting": cfg.augmentation.lighting,
+                    "augmentation.mixup_alpha": cfg.augmentation.mixup_alpha,
+                    "augmentation.cutmix_alpha": cfg.augmentation.cutmix_alpha,
+                    "augmentation.randaugment_ops": cfg.augmentation.randaugment_ops}
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
@@ -214,8 +251,16 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.channels: 1 or 3, got {cfg.data.channels}")
     if cfg.optimizer.layer_decay is not None and not 0 < cfg.optimizer.layer_decay <= 1:
         raise ConfigError(f"optimizer.layer_decay: in (0, 1], got {cfg.optimizer.layer_decay}")
-    if not 0 <= cfg.augmentation.hflip <= 1:
-        raise ConfigError(f"augmentation.hflip: a probability in [0, 1], got {cfg.augmentation.hflip}")
+    probabilities = {"augmentation.hflip": cfg.augmentation.hflip,
+                     "augmentation.random_erasing": cfg.augmentation.random_erasing,
+                     "augmentation.mixup_prob": cfg.augmentation.mixup_prob,
+                     "augmentation.mixup_switch_prob": cfg.augmentation.mixup_switch_prob,
+                     "distill.alpha": cfg.distill.alpha}
+    for key, value in probabilities.items():
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{key}: in [0, 1], got {value}")
+    if cfg.train.ema_decay is not None and not 0 < cfg.train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay: null (off) or in (0, 1), got {cfg.train.ema_decay}")
     if cfg.augmentation.label_smoothing >= 1:
         raise ConfigError(f"augmentation.label_smoothing: must be < 1, got {cfg.augmentation.label_smoothing}")
     if cfg.resume not in (None, "auto") and not str(cfg.resume).endswith((".pt", ".pth")):

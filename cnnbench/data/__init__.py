@@ -7,6 +7,7 @@ from cnnbench.errors import DataError
 
 from .datasets import SeededBatches, load_split
 from .loader import ReadableBatches, TrainBatches, ValBatches, collate_readable
+from .pseudo_labels import with_pseudo_labels
 from .transforms import Normalize, build_transforms
 
 
@@ -25,6 +26,8 @@ def build_data(cfg, rank: int = 0, world_size: int = 1) -> Data:
     data = cfg.data
     train = load_split(data, True, build_transforms(cfg.augmentation, data, train=True))
     val = load_split(data, False, build_transforms(cfg.augmentation, data, train=False))
+    if data.pseudo_labels:
+        train = with_pseudo_labels(train, data)
     if data.num_classes is not None and data.num_classes != len(train.classes):
         raise DataError(f"data.num_classes: {data.num_classes}, but {data.name} has {len(train.classes)} "
                         f"classes; leave it null to use the data set's own")

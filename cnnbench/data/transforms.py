@@ -1,4 +1,6 @@
-"""Train and eval transforms (torchvision.transforms.v2) for `augmentation=none|basic|imagenet`.
+"""Train and eval transforms (torchvision.transforms.v2) for `augmentation=none|basic|imagenet|alexnet`
+(crops) and `randaugment|trivialaugment|autoaugment` (augmentation.crop, then the policy); in training
+also AlexNet's PCA lighting noise and random erasing where their keys are set.
 
 Images arrive as uint8 tensors (in-memory sets) or PIL images (files) and leave as uint8 tensors of
 data.channels x data.image_size x data.image_size: a quarter of float32's bytes to move, and
@@ -9,24 +11,74 @@ from torchvision.transforms import v2
 
 from cnnbench.errors import ConfigError
 
-AUGMENTATIONS = ("none", "basic", "imagenet")
+CROPS = ("none", "basic", "imagenet", "alexnet")
+POLICIES = ("randaugment", "trivialaugment", "autoaugment")
 
 
 def build_transforms(aug, data, train: bool) -> v2.Compose:
-    if aug.name not in AUGMENTATIONS:
-        raise ConfigError(f"augmentation.name: one of {', '.join(AUGMENTATIONS)}, got '{aug.name}'")
+    if aug.name not in CROPS + POLICIES:
+        raise ConfigError(f"augmentation.name: one of {', '.join(CROPS + POLICIES)}, got '{aug.name}'")
+    crop = aug.crop if aug.name in POLICIES else aug.name
+    if crop not in CROPS:
+        raise ConfigError(f"augmentation.crop: one of {', '.join(CROPS)}, got '{crop}'")
     size = data.image_size
     to_channels = v2.Grayscale(1) if data.channels == 1 else v2.RGB()
-    if aug.name == "imagenet":
-        geometry = ([v2.RandomResizedCrop(size, scale=tuple(aug.scale), antialias=True),
-                     v2.RandomHorizontalFlip(aug.hflip)] if train else
-                    [v2.Resize(round(size / aug.eval_crop_ratio), antialias=True), v2.CenterCrop(size)])
+    if crop in ("imagenet", "alexnet") and not train:
+        geometry = [v2.Resize(round(size / aug.eval_crop_ratio), antialias=True), v2.CenterCrop(size)]
+    elif crop == "imagenet":
+        geometry = [v2.RandomResizedCrop(size, scale=tuple(aug.scale), antialias=True),
+                    v2.RandomHorizontalFlip(aug.hflip)]
+    elif crop == "alexnet":
+        # AlexNet: random 224 crops of the 256 image, and their mirror images.
+        geometry = [v2.Resize(round(size / aug.eval_crop_ratio), antialias=True), v2.RandomCrop(size),
+                    v2.RandomHorizontalFlip(aug.hflip)]
     else:
         # Resize is a no-op for in-memory sets already at image_size.
         geometry = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
-        if aug.name == "basic" and train:
+        if crop == "basic" and train:
             geometry += [v2.RandomCrop(size, padding=aug.crop_padding), v2.RandomHorizontalFlip(aug.hflip)]
-    return v2.Compose([v2.ToImage(), to_channels, *geometry])
+    noise = []
+    if train and aug.name == "randaugment":
+        noise.append(v2.RandAugment(aug.randaugment_ops, aug.randaugment_magnitude))
+    elif train and aug.name == "trivialaugment":
+        noise.append(v2.TrivialAugmentWide())
+    elif train and aug.name == "autoaugment":
+        noise.append(v2.AutoAugment(autoaugment_policy(aug.autoaugment_policy)))
+    if train and aug.lighting:
+        noise.append(Lighting(aug.lighting))
+    if train and aug.random_erasing:
+        noise.append(v2.RandomErasing(aug.random_erasing))
+    return v2.Compose([v2.ToImage(), to_channels, *geometry, *noise])
+
+
+def autoaugment_policy(name: str) -> v2.AutoAugmentPolicy:
+    try:
+        return v2.AutoAugmentPolicy(name)
+    except ValueError:
+        raise ConfigError(f"augmentation.autoaugment_policy: one of "
+                          f"{', '.join(p.value for p in v2.AutoAugmentPolicy)}, got '{name}'") from None
+
+
+class Lighting(torch.nn.Module):
+    """AlexNet's PCA colour augmentation: add eigvec @ (alpha * eigval), alpha ~ N(0, std) per image,
+    with the eigen decomposition of ImageNet's RGB pixel covariance (pixels in [0, 1]). Neither
+    torchvision nor timm has it. A grayscale image gets the mean of the three channels' shifts."""
+
+    EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+    EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
+                           [-0.5808, -0.0045, -0.8140],
+                           [-0.5836, -0.6948, 0.4203]])
+
+    def __init__(self, std: float):
+        super().__init__()
+        self.std = std
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        alpha = torch.randn(3) * self.std
+        shift = 255 * self.EIGVEC @ (alpha * self.EIGVAL)
+        if image.shape[-3] == 1:
+            shift = shift.mean(0, keepdim=True)
+        return (image.float() + shift.view(-1, 1, 1)).round_().clamp_(0, 255).to(torch.uint8)
 
 
 class Normalize(torch.nn.Module):

@@ -10,6 +10,7 @@ import safetensors.torch
 import torch
 
 from cnnbench.errors import CheckpointError
+from cnnbench.models import create_model
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config")
 
@@ -88,3 +89,14 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
+    """The network a checkpoint holds, rebuilt through the registry from its own config, in eval mode."""
+    state = load_checkpoint(path)
+    config = state["config"]
+    model_cfg = {k: v for k, v in config["model"].items() if k not in ("weights", "pretrained")}
+    model = create_model(**model_cfg, num_classes=len(state["classes"]), in_chans=config["data"]["channels"],
+                         image_size=config["data"]["image_size"])
+    model.load_state_dict(state["model"])
+    return model.eval(), state

@@ -10,6 +10,7 @@ from torch.utils.tensorboard.summary import hparams
 
 METRICS = ["epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
            "epoch_time_s", "train_img_per_s"]
+EMA_METRICS = ["ema_val_loss", "ema_val_top1", "ema_val_top5"]  # with train.ema_decay: the EMA weights' validation
 
 log = logging.getLogger("cnnbench")
 
@@ -22,8 +23,8 @@ def write_json(path: Path, record: dict):
 
 
 class Recorder:
-    def __init__(self, run_dir: Path, history: list[dict], first_step: int):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, history: list[dict], first_step: int, metrics: list[str] = METRICS):
+        self.run_dir, self.metrics = run_dir, metrics
         run_dir.mkdir(parents=True, exist_ok=True)
         self.history = history
         # A resumed run drops any rows and events written after its checkpoint.
@@ -37,7 +38,7 @@ class Recorder:
     def _write_csv(self):
         tmp = self.run_dir / ".metrics.csv.tmp"
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, METRICS)
+            writer = csv.DictWriter(f, self.metrics)
             writer.writeheader()
             writer.writerows(self.history)
         os.replace(tmp, self.run_dir / "metrics.csv")
@@ -49,8 +50,9 @@ class Recorder:
     def epoch(self, row: dict):
         self.history.append(row)
         self._write_csv()
-        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "train_img_per_s"):
-            self.tb.add_scalar(key.replace("_", "/", 1), row[key], row["step"])
+        for key in self.metrics:
+            if key not in ("epoch", "step", "lr", "epoch_time_s"):
+                self.tb.add_scalar(key.replace("_", "/", 1), row[key], row["step"])
         self.tb.flush()
 
     def finish(self, summary: dict, hparam_values: dict):

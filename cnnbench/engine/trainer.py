@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
@@ -32,8 +33,10 @@ from cnnbench.models import create_model
 from cnnbench.models.registry import compound_image_size
 
 from .checkpoint import export_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distill import load_teacher
 from .distributed import all_reduce_sum, any_rank, init_distributed
-from .recorder import Recorder
+from .losses import Objective
+from .recorder import EMA_METRICS, METRICS, Recorder
 
 log = logging.getLogger("cnnbench")
 DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
@@ -58,16 +61,6 @@ def count_flops(model: torch.nn.Module, shape: tuple, device) -> int:
         model(torch.zeros(1, *shape, device=device))
     model.train(was_training)
     return counter.get_total_flops()
-
-
-def classification_loss(output, target, label_smoothing: float, aux_weight: float):
-    """Cross-entropy; a model with auxiliary classifiers returns (logits, [aux, ...]) in training."""
-    if isinstance(output, tuple):
-        logits, aux = output
-        loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-        loss = loss + aux_weight * sum(F.cross_entropy(a, target, label_smoothing=label_smoothing) for a in aux)
-        return logits, loss
-    return output, F.cross_entropy(output, target, label_smoothing=label_smoothing)
 
 
 def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -127,7 +120,7 @@ def train(cfg: DictConfig) -> dict:
     ctx = init_distributed(device.type)
     if ctx.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
-    timm.utils.random_seed(cfg.seed, ctx.rank)  # torch, numpy, random: each rank its own; data order is seeded apart
+    timm.utils.random_seed(cfg.seed, ctx.rank)  # torch, numpy (mixup, cutmix), random: each rank its own; data order is seeded apart
     torch.use_deterministic_algorithms(cfg.hardware.deterministic)
     torch.backends.cudnn.benchmark = not cfg.hardware.deterministic
     resume_from = resume_path(cfg, run_dir)
@@ -149,6 +142,12 @@ def train(cfg: DictConfig) -> dict:
     if cfg.hardware.channels_last:
         model = model.to(memory_format=torch.channels_last)
     memory_format = torch.channels_last if cfg.hardware.channels_last else torch.contiguous_format
+    # The EMA of the weights is validated beside the raw model every epoch (and checkpointed with it).
+    ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
+    teacher = (load_teacher(cfg.distill.teacher, data.classes, cfg.data.channels, device)[0]
+               if cfg.distill.teacher else None)
+    objective = Objective(cfg.augmentation, num_classes, cfg.data.batch_size // ctx.world_size,
+                          getattr(model, "aux_weight", 0.0), teacher, cfg.distill)
 
     # Optimizer and per-update schedule, built by timm's factories from their configs.
     updates_per_epoch = math.ceil(len(data.train_batches) / cfg.train.grad_accum_steps)
@@ -179,6 +178,11 @@ def train(cfg: DictConfig) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if (ema is None) != (state["ema"] is None):
+            raise CheckpointError(f"{resume_from}: written with train.ema_decay="
+                                  f"{state['config']['train'].get('ema_decay')}, resumed with {cfg.train.ema_decay}")
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
         epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
         history, best, elapsed = state["history"], state["best"], state["wall_time_s"]
         sums = state["epoch_sums"][ctx.rank].to(device)
@@ -193,7 +197,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.hardware.compile:
         model = torch.compile(model)
 
-    recorder = Recorder(run_dir, history, step) if ctx.is_main else None
+    recorder = Recorder(run_dir, history, step, METRICS + EMA_METRICS if ema else METRICS) if ctx.is_main else None
     for warning in data.warnings:
         log.warning(warning)
     if resume_from is not None:
@@ -217,7 +221,8 @@ def train(cfg: DictConfig) -> dict:
             data.skipped_images.update(skipped)
         save_checkpoint({
             "model": bare_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "ema": None,
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "ema": ema.module.state_dict() if ema else None,
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
             "epoch_sums": [rank[1] for rank in ranks], "rng": [rank[0] for rank in ranks], "faults": faults,
             "best": best, "history": history, "wall_time_s": elapsed + time.perf_counter() - started,
@@ -237,6 +242,8 @@ def train(cfg: DictConfig) -> dict:
             "final_val_top1": final.get("val_top1"), "final_val_top5": final.get("val_top5"),
             "top5_k": topk, "epochs": len(history), "step": step,
             "train_img_per_s": final.get("train_img_per_s"),
+            **({"best_ema_val_top1": max((r["ema_val_top1"] for r in history), default=None),
+                "final_ema_val_top1": final.get("ema_val_top1")} if ema else {}),
             "wall_time_s": round(elapsed + time.perf_counter() - started, 3), "status": status,
             "skipped_image_count": len(faults["skipped_images"]), **faults,
         }
@@ -264,18 +271,17 @@ def train(cfg: DictConfig) -> dict:
                 if cfg.train.on_nonfinite == "skip" and i % cfg.train.grad_accum_steps == 0:
                     buffers = [b.clone() for b in bare_model.buffers()]  # a skipped update's forward moved BN stats
                 images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
-                targets = targets.to(device, non_blocking=True)
+                images, targets, labels = objective.mix(images, targets.to(device, non_blocking=True))
                 last_micro_step = (i + 1) % cfg.train.grad_accum_steps == 0 or i + 1 == batches
                 sync = contextlib.nullcontext() if last_micro_step or ctx.world_size == 1 else model.no_sync()
                 with sync:
                     with autocast:
-                        logits, loss = classification_loss(model(images), targets, cfg.augmentation.label_smoothing,
-                                                            getattr(bare_model, "aux_weight", 0.0))
+                        logits, loss = objective(model(images), targets, images)
                     scaler.scale(loss / cfg.train.grad_accum_steps).backward()
                 finite = torch.isfinite(loss.detach())
                 nonfinite |= ~finite
                 sums += torch.where(finite, torch.stack([loss.detach().double() * len(targets),
-                                                         (logits.argmax(1) == targets).sum().double(),
+                                                         (logits.argmax(1) == labels).sum().double(),
                                                          torch.tensor(len(targets), dtype=torch.float64,
                                                                       device=device)]), 0)
                 images_seen += len(targets)
@@ -306,6 +312,8 @@ def train(cfg: DictConfig) -> dict:
                     scale = scaler.get_scale()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                if ema is not None:
+                    ema.update(bare_model, step)
                 scheduler.step_update(step)
                 if step % cfg.train.log_every_steps == 0 and ctx.is_main:
                     loss_value, lr = loss.item(), optimizer.param_groups[0]["lr"]
@@ -323,6 +331,9 @@ def train(cfg: DictConfig) -> dict:
             train_loss, train_correct, train_count = all_reduce_sum(sums.clone(), ctx).tolist()
 
             val = validate(model, data.val_loader, normalize, device, memory_format, autocast, topk, ctx)
+            if ema is not None:
+                ema_val = validate(ema.module, data.val_loader, normalize, device, memory_format, autocast, topk, ctx)
+                val.update({f"ema_{key}": value for key, value in ema_val.items()})
             row = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
                    "train_loss": train_loss / train_count, "train_top1": 100 * train_correct / train_count, **val,
                    "epoch_time_s": round(time.perf_counter() - epoch_started, 3),
@@ -335,7 +346,8 @@ def train(cfg: DictConfig) -> dict:
                 history.append(row)
             log.info(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f} | "
                      f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f} top{topk} {row['val_top5']:.2f} | "
-                     f"{row['train_img_per_s']:.0f} img/s, {row['epoch_time_s']:.1f}s")
+                     + (f"ema val top1 {row['ema_val_top1']:.2f} | " if ema else "")
+                     + f"{row['train_img_per_s']:.0f} img/s, {row['epoch_time_s']:.1f}s")
             if row["val_top1"] > best["val_top1"]:
                 best = {"val_top1": row["val_top1"], "val_top5": row["val_top5"], "epoch": row["epoch"]}
                 checkpoint("best.pt", epoch, 0)
@@ -364,7 +376,7 @@ def train(cfg: DictConfig) -> dict:
 def hparam_record(cfg: DictConfig) -> dict:
     """The run's scalar settings, for TensorBoard's HParams dashboard."""
     flat = {}
-    for group in ("model", "data", "optimizer", "scheduler", "augmentation", "train"):
+    for group in ("model", "data", "optimizer", "scheduler", "augmentation", "train", "distill"):
         for key, value in OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True).items():
             if isinstance(value, (int, float, str, bool)) and not key.startswith("_"):
                 flat[f"{group}.{key}"] = value

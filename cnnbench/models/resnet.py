@@ -6,13 +6,15 @@ convs; bottleneck: 1x1-3x3-1x1 with 4x expansion), `groups` x `width_per_group` 
 cardinality; Wide ResNet doubles width_per_group), `width_mult` and `depth_mult`. `shortcut` is seed
 003's table 3 option: A zero-pads the identity where dimensions grow, B projects there (torchvision),
 C projects every shortcut. `se` adds squeeze-and-excitation (SENet, seed 004) after each block's last
-norm, as timm's seresnet does. Module names follow torchvision (and timm) so their state dicts load.
+norm, as timm's seresnet does. `drop_path_rate` is stochastic depth (Huang et al.): each block's
+residual branch is dropped per sample with a probability rising linearly to this value in the last
+block. Module names follow torchvision (and timm) so their state dicts load.
 `stem=cifar` (a 3x3 stride-1 conv, no max pool) keeps 28x28 and 32x32 images from collapsing;
 `auto` picks it for images up to 64 pixels.
 """
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import SEModule
+from timm.layers import DropPath, SEModule
 
 from cnnbench.errors import ConfigError
 
@@ -38,24 +40,25 @@ class ZeroPadShortcut(nn.Module):
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin, planes, stride, downsample, groups=1, width_per_group=64, se=False):
+    def __init__(self, cin, planes, stride, downsample, groups=1, width_per_group=64, se=False, drop_path=0.0):
         super().__init__()
         self.conv1, self.bn1 = conv_bn(cin, planes, 3, stride)
         self.conv2, self.bn2 = conv_bn(planes, planes, 3)
         self.se = SEModule(planes) if se else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+        self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
 
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.se(self.bn2(self.conv2(out))) + shortcut)
+        return self.relu(self.drop_path(self.se(self.bn2(self.conv2(out)))) + shortcut)
 
 
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, cin, planes, stride, downsample, groups=1, width_per_group=64, se=False):
+    def __init__(self, cin, planes, stride, downsample, groups=1, width_per_group=64, se=False, drop_path=0.0):
         super().__init__()
         width = int(planes * width_per_group / 64) * groups
         self.conv1, self.bn1 = conv_bn(cin, width, 1)
@@ -64,12 +67,13 @@ class Bottleneck(nn.Module):
         self.se = SEModule(planes * self.expansion) if se else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+        self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
 
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self.relu(self.se(self.bn3(self.conv3(out))) + shortcut)
+        return self.relu(self.drop_path(self.se(self.bn3(self.conv3(out)))) + shortcut)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -84,7 +88,7 @@ def make_shortcut(option, cin, cout, stride):
 
 class ResNet(nn.Module):
     def __init__(self, layers, block, num_classes, in_chans, stem, width_mult, groups, width_per_group,
-                 shortcut, se):
+                 shortcut, se, drop_path_rate):
         super().__init__()
         stem_width = scale_width(64, width_mult)
         if stem == "imagenet":
@@ -94,14 +98,16 @@ class ResNet(nn.Module):
             self.conv1, self.bn1 = conv_bn(in_chans, stem_width, 3)
             self.maxpool = nn.Identity()
         self.relu = nn.ReLU(inplace=True)
-        cin = stem_width
+        cin, done = stem_width, 0
         for i, depth in enumerate(layers):
             planes, stride = scale_width(64 * 2 ** i, width_mult), 1 if i == 0 else 2
             blocks = []
             for j in range(depth):
                 cout, block_stride = planes * block.expansion, stride if j == 0 else 1
                 downsample = make_shortcut(shortcut, cin, cout, block_stride)
-                blocks.append(block(cin, planes, block_stride, downsample, groups, width_per_group, se))
+                done += 1
+                blocks.append(block(cin, planes, block_stride, downsample, groups, width_per_group, se,
+                                    drop_path_rate * done / sum(layers)))
                 cin = cout
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -118,14 +124,14 @@ class ResNet(nn.Module):
 
 def resnet(num_classes=1000, in_chans=3, image_size=224, layers=(2, 2, 2, 2), block: str = "basic",
            groups: int = 1, width_per_group: int = 64, width_mult: float = 1.0, depth_mult: float = 1.0,
-           stem: str = "auto", shortcut: str = "B", se: bool = False):
+           stem: str = "auto", shortcut: str = "B", se: bool = False, drop_path_rate: float = 0.0):
     check_choice("block", block, sorted(BLOCKS))
     check_choice("shortcut", shortcut, ("A", "B", "C"))
     if len(layers) != 4:
         raise ConfigError(f"model.layers: four stage depths, got {list(layers)}")
     layers = [scale_depth(d, depth_mult) for d in layers]
     return ResNet(layers, BLOCKS[block], num_classes, in_chans, resolve_stem(stem, image_size), width_mult,
-                  groups, width_per_group, shortcut, se)
+                  groups, width_per_group, shortcut, se, drop_path_rate)
 
 
 def variant(name, reference, **defaults):
