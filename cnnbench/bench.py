@@ -26,7 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cnnbench.config import check_config, register_configs
 from cnnbench.engine.recorder import write_json
-from cnnbench.engine.trainer import classification_loss, count_flops, resolve_device
+from cnnbench.engine.losses import Objective
+from cnnbench.engine.trainer import count_flops, resolve_device
 from cnnbench.errors import ConfigError
 from cnnbench.models import create_model
 from cnnbench.models.registry import compound_image_size
@@ -109,11 +110,12 @@ def bench(cfg: DictConfig) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype != torch.float32
                 else contextlib.nullcontext())
-    aux_weight = getattr(bare_model, "aux_weight", 0.0)
+    # The trainer's loss: label smoothing, mixup and auxiliary heads as configured (no teacher).
+    objective = Objective(cfg.augmentation, num_classes, batch, getattr(bare_model, "aux_weight", 0.0))
 
     def train_step():
         with autocast:
-            _, loss = classification_loss(model(images), targets, 0.0, aux_weight)
+            _, loss = objective(model(images), targets, images)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -128,7 +130,7 @@ def bench(cfg: DictConfig) -> dict:
     model.train()
     with FlopCounterMode(display=False) as counter:
         with autocast:
-            _, loss = classification_loss(bare_model(images), targets, 0.0, aux_weight)
+            _, loss = objective(bare_model(images), targets, images)
         loss.backward()
     optimizer.zero_grad(set_to_none=True)
     train_flops = counter.get_total_flops() / batch

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from cnnbench.config import register_configs
@@ -35,3 +36,12 @@ SMOKE = ["data=synthetic", "data.image_size=32", "data.train_size=256", "data.va
 @pytest.fixture
 def smoke():
     return list(SMOKE)
+
+
+def assert_same_weights_and_optimizer(a: dict, b: dict) -> None:
+    """Two checkpoints hold bit-identical model weights and optimizer state."""
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    for param, state in a["optimizer"]["state"].items():
+        for key, tensor in state.items():
+            assert torch.equal(tensor, b["optimizer"]["state"][param][key]), (param, key)

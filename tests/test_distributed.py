@@ -20,7 +20,7 @@ from cnnbench.engine.distributed import Dist
 from cnnbench.engine.trainer import validate
 from cnnbench.models import create_model
 
-from .conftest import ROOT, make_config, run_cli
+from .conftest import ROOT, assert_same_weights_and_optimizer, make_config, run_cli
 from .test_train import make_image_tree
 
 # BN-free (LeNet-5 classic: tanh, average pooling), no augmentation, deterministic kernels: 2 ranks of
@@ -125,11 +125,7 @@ def test_stopped_mid_epoch_then_resumed_on_two_ranks_is_bit_identical(straight, 
     assert returncode == 0, stderr
     a, b = load_checkpoint(straight["two_ranks"] / "checkpoints" / "last.pt"), load_checkpoint(last)
     assert a["step"] == b["step"] == 32
-    for key, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][key]), key
-    for param, state in a["optimizer"]["state"].items():
-        for key, tensor in state.items():
-            assert torch.equal(tensor, b["optimizer"]["state"][param][key]), (param, key)
+    assert_same_weights_and_optimizer(a, b)
     for rank in (0, 1):
         assert torch.equal(a["rng"][rank]["torch"], b["rng"][rank]["torch"])
     timing = ("epoch_time_s", "train_img_per_s")

@@ -15,7 +15,7 @@ from cnnbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from cnnbench.engine.trainer import train
 from cnnbench.errors import CheckpointError, ConfigError
 
-from .conftest import ROOT, SMOKE, make_config
+from .conftest import ROOT, SMOKE, assert_same_weights_and_optimizer, make_config
 
 # Long enough to be killed mid-epoch: 32 steps an epoch, a checkpoint every 3.
 EXACT = [*SMOKE, "data.train_size=1024", "train.epochs=2", "train.checkpoint_every_steps=3",
@@ -66,11 +66,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
 
     a, b = load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(last)
     assert a["step"] == b["step"] == 64
-    for key, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][key]), key
-    for param, state in a["optimizer"]["state"].items():
-        for key, tensor in state.items():
-            assert torch.equal(tensor, b["optimizer"]["state"][param][key]), (param, key)
+    assert_same_weights_and_optimizer(a, b)
     assert a["scheduler"] == b["scheduler"]
     assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"]) and a["rng"][0]["python"] == b["rng"][0]["python"]
     assert torch.equal(a["rng"][0]["numpy"]["state"]["key"], b["rng"][0]["numpy"]["state"]["key"])

@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from cnnbench.engine.checkpoint import load_checkpoint
 
-from .conftest import ROOT
+from .conftest import ROOT, assert_same_weights_and_optimizer
 from .test_distributed import metrics
 
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL")
@@ -189,11 +188,7 @@ def test_preempted_job_requeues_itself_and_ends_bit_identical(slurm, jobs):
     assert exit_code(slurm, job) == "0:0", output
     a, b = (load_checkpoint(slurm.run_dir(jobs[k]) / "checkpoints" / "last.pt") for k in ("straight", "preempted"))
     assert a["step"] == b["step"] == 64
-    for key, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][key]), key
-    for param, state in a["optimizer"]["state"].items():
-        for key, tensor in state.items():
-            assert torch.equal(tensor, b["optimizer"]["state"][param][key]), (param, key)
+    assert_same_weights_and_optimizer(a, b)
     timing = ("epoch_time_s", "train_img_per_s")
     assert ([{k: v for k, v in row.items() if k not in timing} for row in metrics(slurm.run_dir(jobs["straight"]))]
             == [{k: v for k, v in row.items() if k not in timing} for row in metrics(slurm.run_dir(job))])

@@ -94,6 +94,8 @@ def set_rng_state(state: dict) -> None:
 def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
     """The network a checkpoint holds, rebuilt through the registry from its own config, in eval mode."""
     state = load_checkpoint(path)
+    if "classes" not in state:
+        raise CheckpointError(f"{path}: holds no class names (not written by cnnbench.train)")
     config = state["config"]
     model_cfg = {k: v for k, v in config["model"].items() if k not in ("weights", "pretrained")}
     model = create_model(**model_cfg, num_classes=len(state["classes"]), in_chans=config["data"]["channels"],

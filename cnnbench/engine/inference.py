@@ -20,9 +20,9 @@ from cnnbench.data.datasets import load_split
 from cnnbench.data.loader import ValBatches
 from cnnbench.data.transforms import Normalize, build_transforms
 from cnnbench.errors import CheckpointError, ConfigError, DataError
-from cnnbench.models import convolutionize, create_model
+from cnnbench.models import convolutionize
 
-from .checkpoint import load_checkpoint
+from .checkpoint import model_from_checkpoint
 from .trainer import resolve_device
 
 log = logging.getLogger("cnnbench")
@@ -35,17 +35,9 @@ def check_given(cfg: DictConfig) -> None:
 
 
 def load_trained(path: str, device: torch.device) -> tuple[torch.nn.Module, list[str], DictConfig]:
-    """The checkpoint's model in eval mode, its class names and its run's config. The model is built from
-    the stored config alone: its `weights` and `pretrained` started the training and are not needed now."""
-    state = load_checkpoint(Path(path))
-    config = OmegaConf.create(state["config"])
-    if "classes" not in state:
-        raise CheckpointError(f"{path}: holds no class names (not written by cnnbench.train)")
-    model_cfg = {**state["config"]["model"], "weights": None, "pretrained": False}
-    model = create_model(**model_cfg, num_classes=len(state["classes"]), in_chans=config.data.channels,
-                         image_size=config.data.image_size)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), state["classes"], config
+    """The checkpoint's model in eval mode, its class names and its run's config."""
+    model, state = model_from_checkpoint(Path(path))
+    return model.to(device), state["classes"], OmegaConf.create(state["config"])
 
 
 def tta_transform(augmentation: DictConfig, data: DictConfig, tta: TTA) -> v2.Compose:

@@ -9,7 +9,6 @@ that first kernel, so the outputs at the training size are unchanged, whatever t
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from cnnbench.errors import ConfigError
 
