@@ -12,7 +12,6 @@ the achieved FLOP/s as a fraction of an n x n matmul's, timed in the same run an
 machine's practical peak. The images are random tensors of the data's shape: no files are read. Writes
 bench.json to the run directory (hydra.run.dir). One process: hardware.nproc is not used.
 """
-import contextlib
 import logging
 import statistics
 import time
@@ -27,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cnnbench.config import check_config, register_configs
 from cnnbench.engine.recorder import write_json
 from cnnbench.engine.losses import Objective
-from cnnbench.engine.trainer import count_flops, resolve_device
+from cnnbench.engine.trainer import count_flops, mixed_precision, resolve_device
 from cnnbench.errors import ConfigError
 from cnnbench.models import create_model
 from cnnbench.models.registry import compound_image_size
@@ -108,8 +107,7 @@ def bench(cfg: DictConfig) -> dict:
     optimizer_cfg.pop("lr_reference_batch")  # the learning rate does not change the speed
     optimizer = instantiate(optimizer_cfg)(bare_model)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype != torch.float32
-                else contextlib.nullcontext())
+    autocast = mixed_precision(device, amp_dtype)
     # The trainer's loss: label smoothing, mixup and auxiliary heads as configured (no teacher).
     objective = Objective(cfg.augmentation, num_classes, batch, getattr(bare_model, "aux_weight", 0.0))
 

@@ -17,7 +17,7 @@ from cnnbench.data.datasets import load_split
 from cnnbench.data.pseudo_labels import save_pseudo_labels, unlabeled_pool
 from cnnbench.data.transforms import Normalize, build_transforms
 from cnnbench.engine.distill import load_teacher
-from cnnbench.engine.trainer import resolve_device
+from cnnbench.engine.trainer import mixed_precision, resolve_device
 from cnnbench.errors import ConfigError
 
 log = logging.getLogger("cnnbench")
@@ -45,7 +45,7 @@ def pseudolabel(cfg: DictConfig) -> dict:
     normalize = Normalize(cfg.data).to(device)
     probabilities, labels = [], []
     for images, targets in loader:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+        with mixed_precision(device, amp_dtype):
             logits = teacher(normalize(images.to(device)))
         probabilities.append(logits.float().softmax(1).cpu())
         labels.append(targets)

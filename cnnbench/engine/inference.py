@@ -23,7 +23,7 @@ from cnnbench.errors import CheckpointError, ConfigError, DataError
 from cnnbench.models import convolutionize
 
 from .checkpoint import model_from_checkpoint
-from .trainer import resolve_device
+from .trainer import mixed_precision, resolve_device
 
 log = logging.getLogger("cnnbench")
 
@@ -91,7 +91,7 @@ def evaluate(cfg: DictConfig) -> dict:
     # per class: samples, top-1 hits, top-k hits; and the loss sum
     counts = torch.zeros(3, len(classes), dtype=torch.float64, device=device)
     loss = torch.zeros((), dtype=torch.float64, device=device)
-    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+    with mixed_precision(device, amp_dtype):
         for images, targets in loader:
             images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
             targets = targets.to(device, non_blocking=True)

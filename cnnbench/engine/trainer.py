@@ -53,6 +53,11 @@ def resolve_device(hw) -> tuple[torch.device, torch.dtype]:
     return device, DTYPES[precision]
 
 
+def mixed_precision(device: torch.device, amp_dtype: torch.dtype) -> torch.autocast:
+    """Autocast to the run's precision; a no-op in fp32. Reusable as a context manager."""
+    return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
+
+
 def count_flops(model: torch.nn.Module, shape: tuple, device) -> int:
     """Forward FLOPs of one image (torch's counter: 2 per multiply-add)."""
     was_training = model.training
@@ -158,8 +163,7 @@ def train(cfg: DictConfig) -> dict:
     scheduler, _ = instantiate(cfg.scheduler)(optimizer, num_epochs=cfg.train.epochs, step_on_epochs=False,
                                               updates_per_epoch=updates_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype != torch.float32
-                else contextlib.nullcontext())
+    autocast = mixed_precision(device, amp_dtype)
 
     # Where to start: a fresh run, or exactly where a checkpoint left off.
     epoch, batch_in_epoch, step, history, best, elapsed = 0, 0, 0, [], {"val_top1": -1.0}, 0.0
