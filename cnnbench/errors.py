@@ -33,6 +33,11 @@ class RankFailed(Exception):
         self.exit_code = exit_code
 
 
+def short_list(names: list[str]) -> str:
+    """A list of class names for a one-line message: its length and the first few."""
+    return f"{len(names)}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+
+
 EXIT_POINTS_FAILED = 1  # a sweep ran every point, and some did not complete
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 143  # as if killed by SIGTERM: schedulers read it as preempted, not failed

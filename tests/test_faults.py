@@ -186,6 +186,29 @@ def test_resume_on_other_classes_is_refused(tmp_path):
         train(make_config(tmp_path / "run", *common, f"data.root={tmp_path / 'b'}", "train.epochs=2", "resume=auto"))
 
 
+def test_fine_tuning_onto_as_many_other_classes_needs_a_new_head(tmp_path):
+    """A checkpoint's classifier on other classes of the same count would name them wrongly: refused before
+    training, unless model.new_head=true, which starts that classifier afresh and keeps the rest."""
+    make_image_tree(tmp_path / "a", classes=("cat", "dog", "fox"))
+    make_image_tree(tmp_path / "b", classes=("cat", "dog", "owl"))
+    common = [*IMAGES, "data.workers=0"]
+    train(make_config(tmp_path / "run", *common, f"data.root={tmp_path / 'a'}"))
+    weights = f"model.weights={tmp_path / 'run' / 'checkpoints' / 'last.pt'}"
+    with pytest.raises(ConfigError, match=r"^model.weights: .*last.pt was trained on other classes \(3: cat, dog, "
+                                          r"fox; here 3: cat, dog, owl\); model.new_head=true trains a new"):
+        train(make_config(tmp_path / "tuned", *common, f"data.root={tmp_path / 'b'}", weights))
+    assert not (tmp_path / "tuned").exists()
+
+    trained = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    kwargs = dict(num_classes=3, in_chans=3, image_size=32, weights=weights.partition("=")[2])
+    kept = create_model("lenet5", classes=["cat", "dog", "fox"], **kwargs).state_dict()
+    fresh = create_model("lenet5", classes=["cat", "dog", "owl"], new_head=True, **kwargs).state_dict()
+    head = create_model("lenet5", **kwargs).pretrained_cfg["classifier"] + "."
+    assert all(torch.equal(kept[k], v) for k, v in trained.items())
+    assert all(torch.equal(fresh[k], v) != k.startswith(head) for k, v in trained.items() if "num_batches" not in k)
+    train(make_config(tmp_path / "tuned", *common, f"data.root={tmp_path / 'b'}", weights, "model.new_head=true"))
+
+
 @pytest.fixture
 def poisoned_batch(monkeypatch):
     """The third batch the model sees (a training batch) holds NaN or huge values, as a corrupt sample

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from cnnbench.config import Device, Precision, check_config
 from cnnbench.data import build_data
-from cnnbench.errors import CheckpointError, ConfigError, Interrupted, NonfiniteLoss
+from cnnbench.errors import CheckpointError, ConfigError, Interrupted, NonfiniteLoss, short_list
 from cnnbench.models import create_model
 from cnnbench.models.registry import compound_image_size
 
@@ -101,14 +101,10 @@ def load_resume_state(path: Path, cfg: DictConfig) -> tuple[dict, Path, str | No
         return state, fallback, f"{e}; resume_fallback=true: resuming from {fallback} (step {state['step']}) instead"
 
 
-def short_list(names: list[str]) -> str:
-    return f"{len(names)}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
-
-
 def check_same_model(state: dict, cfg_model: dict, path: Path) -> None:
     """Resuming takes the architecture from the checkpoint: a different one is an error, not a surprise."""
     saved = state["config"]["model"]
-    diff = sorted(k for k in set(saved) | set(cfg_model) if k != "weights" and saved.get(k) != cfg_model.get(k))
+    diff = sorted(k for k in set(saved) | set(cfg_model) if k not in ("weights", "new_head") and saved.get(k) != cfg_model.get(k))
     if diff:
         raise CheckpointError(f"{path}: trained with a different model ("
                               + ", ".join(f"model.{k}={saved.get(k)!r}, not {cfg_model.get(k)!r}" for k in diff) + ")")
@@ -136,7 +132,7 @@ def train(cfg: DictConfig) -> dict:
     num_classes, topk = len(data.classes), min(5, len(data.classes))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model = create_model(**model_cfg, num_classes=num_classes, in_chans=cfg.data.channels,
-                         image_size=cfg.data.image_size).to(device)
+                         image_size=cfg.data.image_size, classes=data.classes).to(device)
     if cfg.hardware.sync_batchnorm and ctx.world_size > 1:
         if device.type != "cuda":
             raise ConfigError("hardware.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only")

@@ -2,8 +2,8 @@
 
 `create_model(name, num_classes, in_chans, image_size, **knobs)` is the one way cnnbench builds a
 network; the knobs a constructor accepts are its design space, read from its signature. Every model
-also takes the generic knobs `pretrained` (its reference library's weights), `freeze` (fine-tuning)
-and `phi`, `alpha`, `beta`, `gamma` (compound scaling, seed 000).
+also takes the generic knobs `pretrained` (its reference library's weights), `freeze` and `new_head`
+(fine-tuning) and `phi`, `alpha`, `beta`, `gamma` (compound scaling, seed 000).
 Every model names its classifier as timm's do, in `model.pretrained_cfg["classifier"]`: `freeze=backbone`
 and timm's layer-wise learning rates (`optimizer.layer_decay`) read it.
 A model with auxiliary classifiers (googlenet, inception_v3) has an `aux_weight` attribute and, in
@@ -25,7 +25,7 @@ import torchvision
 from timm.models import adapt_input_conv
 from timm.utils.model import freeze
 
-from cnnbench.errors import ConfigError
+from cnnbench.errors import ConfigError, short_list
 
 # Arguments every constructor receives from the data, not from model.* keys.
 DATA_ARGS = ("num_classes", "in_chans", "image_size")
@@ -35,7 +35,7 @@ DATA_ARGS = ("num_classes", "in_chans", "image_size")
 AUX_HEADS = ("aux1.", "aux2.", "AuxLogits.")
 
 # Knobs of every model, handled here rather than by the constructor.
-GENERIC_KNOBS = {"pretrained": False, "freeze": "none", "phi": 0, "alpha": 1.2, "beta": 1.1, "gamma": 1.15}
+GENERIC_KNOBS = {"pretrained": False, "freeze": "none", "new_head": False, "phi": 0, "alpha": 1.2, "beta": 1.1, "gamma": 1.15}
 
 
 @dataclass(frozen=True)
@@ -109,10 +109,11 @@ def compound_image_size(image_size: int, phi: int, gamma: float = 1.15) -> int:
 
 
 def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_size: int = 224,
-                 weights: str | None = None, source: str = "cnnbench", **knobs) -> nn.Module:
+                 weights: str | None = None, source: str = "cnnbench", classes: list[str] | None = None,
+                 **knobs) -> nn.Module:
     """Build model `name` for the data's class count, channels and image size. `source=timm` (or
     `torchvision`) takes `name` from that library instead of cnnbench's zoo; `weights` is a state dict
-    file to start from; `phi` > 0 multiplies depth_mult by alpha**phi and width_mult by beta**phi (the
+    file to start from (`classes`, the data's class names, are checked against a checkpoint's); `phi` > 0 multiplies depth_mult by alpha**phi and width_mult by beta**phi (the
     trainer scales the image by `compound_image_size`)."""
     if source != "cnnbench":
         name, knobs = source, {"arch": name, **knobs}
@@ -133,7 +134,7 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
                               f"pass model.weights=PATH")
         fit_state_dict(model, reference_state_dict(entry.reference), entry.reference, "pretrained")
     if weights:
-        load_weights(model, weights)
+        load_weights(model, weights, num_classes, classes, generic["new_head"])
     library_cfg = getattr(model, "pretrained_cfg", None) or {}
     if not library_cfg.get("classifier") and (head := classifier_name(model, num_classes)):  # timm's name theirs
         model.pretrained_cfg = {**library_cfg, "classifier": head}
@@ -174,8 +175,10 @@ def reference_state_dict(reference: str) -> dict:
                           f"offline, save them once and pass model.weights=PATH") from None
 
 
-def load_weights(model: nn.Module, path: str) -> None:
-    """Load a state dict file as data (never code); a mismatch names the file and the keys."""
+def load_weights(model: nn.Module, path: str, num_classes: int, classes: list[str] | None = None,
+                 new_head: bool = False) -> None:
+    """Load a state dict file as data (never code); a mismatch names the file and the keys. A checkpoint's
+    classifier is kept only for the same classes: as many other ones would be silently misnamed."""
     if not os.path.isfile(path):
         raise ConfigError(f"model.weights: no such file {path}")
     try:
@@ -183,9 +186,15 @@ def load_weights(model: nn.Module, path: str) -> None:
             state = safetensors.torch.load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("model", state)  # a cnnbench checkpoint or a bare state dict
     except (RuntimeError, pickle.UnpicklingError, EOFError, AttributeError) as e:
         raise ConfigError(f"model.weights: {path} is not a state dict: {str(e).splitlines()[0]}") from None
+    trained_on = state.get("classes")  # a cnnbench checkpoint's; a bare state dict names none
+    state = state.get("model", state)
+    if trained_on and classes and len(trained_on) == len(classes) and trained_on != classes and not new_head:
+        raise ConfigError(f"model.weights: {path} was trained on other classes ({short_list(trained_on)}; here "
+                          f"{short_list(classes)}); model.new_head=true trains a new classifier for these")
+    if new_head and (head := classifier_name(model, num_classes)):
+        state |= {k: v for k, v in model.state_dict().items() if k.startswith(head + ".")}
     fit_state_dict(model, state, path, "weights")
 
 
