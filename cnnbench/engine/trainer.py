@@ -4,7 +4,7 @@
     python -m cnnbench.train model=resnet18 data=cifar10 data.root=~/data
     torchrun --standalone --nproc_per_node=4 -m cnnbench.train hardware=ddp
 
-Exact resume: the batches depend only on (seed, epoch), each sample's augmentation only on its own
+Exact resume: the batches depend only on (seed, epoch), each batch's augmentation only on its own
 seed, and a checkpoint holds every RNG state and the position inside the epoch, so a run resumed
 from any checkpoint continues bit for bit as if never stopped.
 """
@@ -131,7 +131,7 @@ def train(cfg: DictConfig) -> dict:
     resume_from = resume_path(cfg, run_dir)
 
     # Data, and what it tells the model: classes, channels, image size.
-    data = build_data(cfg, ctx.rank, ctx.world_size)
+    data = build_data(cfg, ctx.rank, ctx.world_size, device)
     normalize = data.normalize.to(device)
     num_classes, topk = len(data.classes), min(5, len(data.classes))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -254,7 +254,7 @@ def train(cfg: DictConfig) -> dict:
 
     log.info(f"model {model_cfg['name']}: {params:,} parameters, {flops / 1e9:.3f} GFLOPs per image; "
              f"data {cfg.data.name}: {len(data.classes)} classes, {len(data.train_batches)} batches of "
-             f"{cfg.data.batch_size} an epoch; device {device}, {str(amp_dtype).removeprefix('torch.')}")
+             f"{cfg.data.batch_size} an epoch ({data.path}); device {device}, {str(amp_dtype).removeprefix('torch.')}")
     if topk < 5:
         log.info(f"{num_classes} classes: val_top5 is top-{topk}")
 
