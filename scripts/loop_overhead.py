@@ -1,8 +1,8 @@
 """The trainer's images/s over a bare training step's, for the same model, batch, precision and optimizer,
-measured in one process, alternating, so that load on the machine hits both alike.
+measured in one process: each round a bare stretch, the trainer, a bare stretch.
 
-    python scripts/loop_overhead.py [rounds] [hydra overrides ...]
-    python scripts/loop_overhead.py 3 model=fmnist_cnn data.batch_size=128 hardware=cpu
+    PYTHONPATH=. python scripts/loop_overhead.py [rounds] [hydra overrides ...]
+    PYTHONPATH=. python scripts/loop_overhead.py 3 hardware.deterministic=true
 
 Bare step: forward, cross-entropy, backward, optimizer step and zero_grad on one normalized batch already
 on the device. Trainer: train(cfg) on Fashion-MNIST (device-resident, augmentation=none) for two epochs;
@@ -26,7 +26,7 @@ from cnnbench.engine.trainer import resolve_device, train
 from cnnbench.models import create_model
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-STEPS = 40  # an epoch of the trainer, and the bare step's timed stretch
+STEPS = 20  # an epoch of the trainer, and each timed bare stretch
 
 
 def config(run_dir: str, overrides: list[str]):
@@ -70,8 +70,9 @@ def main():
     for r in range(rounds):
         with tempfile.TemporaryDirectory() as run_dir:
             cfg = config(run_dir, sys.argv[2:])
-            bare = bare_step_images_per_s(cfg)
+            before = bare_step_images_per_s(cfg)
             trainer = train(cfg)["train_img_per_s"]  # the last (second) epoch's
+            bare = (before + bare_step_images_per_s(cfg)) / 2  # around it: load that drifts hits both alike
         ratios.append(trainer / bare)
         print(f"round {r}: bare step {bare:.0f} img/s, trainer {trainer:.0f} img/s, ratio {trainer / bare:.3f}",
               flush=True)
