@@ -46,6 +46,10 @@ class DataConfig:
     num_classes: Optional[int] = None  # null: the data set's own count
     batch_size: int = 128  # global: split across DDP ranks
     workers: int = 0  # DataLoader worker processes
+    # auto | true | false: the whole set as one uint8 tensor on the training device, batches gathered and
+    # augmented there (no DataLoader). auto: where the set is in memory (not files), augmentation is none or
+    # basic, and it fits (a quarter of GPU memory; on CPU always); true: that, or a ConfigError saying why not.
+    device_resident: Any = "auto"  # Any: Hydra reads true/false as booleans, auto as a string
     train_size: Optional[int] = None  # null: the whole training set; N: a fixed random subset
     val_size: Optional[int] = None  # likewise for validation
     download: bool = False  # fetch through torchvision when the files are missing
@@ -248,6 +252,8 @@ def check_config(cfg: DictConfig) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
+    if not (isinstance(cfg.data.device_resident, bool) or cfg.data.device_resident == "auto"):
+        raise ConfigError(f"data.device_resident: auto, true or false, got {cfg.data.device_resident!r}")
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"data.channels: 1 or 3, got {cfg.data.channels}")
     if cfg.optimizer.layer_decay is not None and not 0 < cfg.optimizer.layer_decay <= 1:
