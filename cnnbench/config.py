@@ -106,7 +106,7 @@ class SchedulerConfig:
     min_lr: float = 0.0
     decay_epochs: float = 30.0  # step
     decay_milestones: List[int] = field(default_factory=lambda: [30, 60, 90])  # multistep
-    decay_rate: float = 0.1  # step, multistep
+    decay_rate: float = 0.1  # step, multistep; poly (scheduler=linear): the power
 
 
 @dataclass
@@ -149,6 +149,17 @@ class DistillConfig:
     alpha: float = 0.9  # weight of the teacher's soft targets; 1 - alpha on the labels
 
 
+class TTA(str, Enum):
+    none = "none"  # the val transform's one view
+    flip = "flip"  # it and its mirror image
+    tencrop = "tencrop"  # AlexNet's: four corners and the centre of a larger image, and their mirrors
+
+
+@dataclass
+class EvalConfig:
+    tta: TTA = TTA.none  # test-time augmentation: the logits of the views are averaged
+
+
 @dataclass
 class RunConfig:
     model: Dict[str, Any] = field(default_factory=dict)  # name + the family's knobs (see conf/model/)
@@ -160,21 +171,11 @@ class RunConfig:
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)  # python -m cnnbench.bench only
     distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # validation each epoch: eval.tta=flip averages in the mirror images
     seed: int = 0
     resume: Optional[str] = None  # null | auto (this run dir's last.pt, if any) | a checkpoint path
     resume_fallback: bool = False  # resume=auto with an unreadable last.pt: use the newest valid checkpoint beside it
     run_dir: str = "${hydra:runtime.output_dir}"
-
-
-class TTA(str, Enum):
-    none = "none"  # the val transform's one view
-    flip = "flip"  # it and its mirror image
-    tencrop = "tencrop"  # AlexNet's: four corners and the centre of a larger image, and their mirrors
-
-
-@dataclass
-class EvalConfig:
-    tta: TTA = TTA.none  # test-time augmentation: the logits of the views are averaged
 
 
 @dataclass
@@ -269,6 +270,9 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"train.ema_decay: null (off) or in (0, 1), got {cfg.train.ema_decay}")
     if cfg.augmentation.label_smoothing >= 1:
         raise ConfigError(f"augmentation.label_smoothing: must be < 1, got {cfg.augmentation.label_smoothing}")
+    if cfg.eval.tta == TTA.tencrop:
+        raise ConfigError("eval.tta: training validates with none or flip; tencrop needs the larger images "
+                          "that python -m cnnbench.evaluate makes")
     if cfg.resume not in (None, "auto") and not str(cfg.resume).endswith((".pt", ".pth")):
         raise ConfigError(f"resume: null, auto or a checkpoint .pt path, got {cfg.resume!r}")
     if "name" not in cfg.model:

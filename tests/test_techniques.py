@@ -191,6 +191,7 @@ def test_pseudo_labels_are_the_teachers_probabilities_for_the_pool(tmp_path):
     ("train.ema_decay=1.0", "train.ema_decay"), ("augmentation.mixup_alpha=-1", "augmentation.mixup_alpha"),
     ("augmentation.random_erasing=2", "augmentation.random_erasing"), ("distill.alpha=1.5", "distill.alpha"),
     ("distill.temperature=0", "distill.temperature"), ("augmentation.lighting=-0.1", "augmentation.lighting"),
+    ("eval.tta=tencrop", "eval.tta"),
 ])
 def test_bad_technique_values_name_their_key(override, key, tmp_path):
     with pytest.raises(ConfigError, match=key):

@@ -75,6 +75,7 @@ def test_parameters_and_state_dict_match_the_reference(name):
     ("nin", dict(num_classes=1000), 7_439_608),
     ("fmnist_cnn", dict(num_classes=10, in_chans=1, image_size=28), 1_413_834),
     ("lenet5", dict(num_classes=10, in_chans=1, image_size=32), 61_706),
+    ("compact_cnn", dict(num_classes=10, in_chans=1, image_size=28), 401_978),
 ])
 def test_exact_parameter_counts(name, kwargs, params):
     assert count(on_meta(lambda: create_model(name, **kwargs))) == params
@@ -238,6 +239,8 @@ def test_resnet_shortcut_options_and_se():
     ("regnet_x_400mf", dict(w0=20), "w0"),
     ("mobilenet_v3_large", dict(size="medium"), "size"),
     ("vgg11", dict(depths=[1, 1]), "depths"),
+    ("compact_cnn", dict(depths=[1, 1]), "depths"),
+    ("compact_cnn", dict(widths=[8] * 8, depths=[1] * 8), "widths"),
 ])
 def test_bad_knobs_name_their_key(name, knobs, key):
     with pytest.raises(ConfigError, match=rf"^model\.{key}: "):

@@ -23,6 +23,7 @@ from cnnbench.errors import CheckpointError, ConfigError, DataError
 from cnnbench.models import convolutionize
 
 from .checkpoint import model_from_checkpoint
+from .tta import tta_logits
 from .trainer import mixed_precision, resolve_device
 
 log = logging.getLogger("cnnbench")
@@ -48,18 +49,6 @@ def tta_transform(augmentation: DictConfig, data: DictConfig, tta: TTA) -> v2.Co
     larger = round(data.image_size / augmentation.eval_crop_ratio)
     return build_transforms(OmegaConf.merge(augmentation, {"name": "none"}),
                             OmegaConf.merge(data, {"image_size": larger}), train=False)
-
-
-def tta_logits(model: torch.nn.Module, images: torch.Tensor, tta: TTA, image_size: int) -> torch.Tensor:
-    """The mean of the model's logits over the views of a normalized batch (for tencrop, the larger images
-    of `tta_transform`): one forward pass over all views at once."""
-    if tta == TTA.flip:
-        views = [images, images.flip(-1)]
-    elif tta == TTA.tencrop:
-        views = list(v2.functional.ten_crop(images, image_size))
-    else:
-        views = [images]
-    return model(torch.cat(views)).float().view(len(views), len(images), -1).mean(0)
 
 
 def evaluation_data(cfg: DictConfig, config: DictConfig) -> DictConfig:

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from cnnbench.config import Device, Precision, check_config
+from cnnbench.config import TTA, Device, Precision, check_config
 from cnnbench.data import build_data
 from cnnbench.errors import CheckpointError, ConfigError, Interrupted, NonfiniteLoss, short_list
 from cnnbench.models import create_model
@@ -37,6 +37,7 @@ from .distill import load_teacher
 from .distributed import all_reduce_sum, any_rank, init_distributed
 from .losses import Objective
 from .recorder import EMA_METRICS, METRICS, Recorder
+from .tta import tta_logits
 
 log = logging.getLogger("cnnbench")
 DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
@@ -334,9 +335,9 @@ def train(cfg: DictConfig) -> dict:
             train_time = time.perf_counter() - epoch_started
             train_loss, train_correct, train_count = all_reduce_sum(sums.clone(), ctx).tolist()
 
-            val = validate(model, data.val_loader, normalize, device, memory_format, autocast, topk, ctx)
+            val = validate(model, data.val_loader, normalize, device, memory_format, autocast, topk, ctx, cfg.eval.tta)
             if ema is not None:
-                ema_val = validate(ema.module, data.val_loader, normalize, device, memory_format, autocast, topk, ctx)
+                ema_val = validate(ema.module, data.val_loader, normalize, device, memory_format, autocast, topk, ctx, cfg.eval.tta)
                 val.update({f"ema_{key}": value for key, value in ema_val.items()})
             row = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
                    "train_loss": train_loss / train_count, "train_top1": 100 * train_correct / train_count, **val,
@@ -388,14 +389,14 @@ def hparam_record(cfg: DictConfig) -> dict:
 
 
 @torch.no_grad()
-def validate(model, loader, normalize, device, memory_format, autocast, topk: int, ctx) -> dict:
+def validate(model, loader, normalize, device, memory_format, autocast, topk: int, ctx, tta: TTA = TTA.none) -> dict:
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-k, samples
     for images, targets in loader:
         images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
         targets = targets.to(device, non_blocking=True)
         with autocast:
-            logits = model(images)
+            logits = tta_logits(model, images, tta, images.shape[-1])
         hits = logits.topk(topk, 1).indices == targets[:, None]
         sums += torch.stack([F.cross_entropy(logits.float(), targets, reduction="sum").double(),
                              hits[:, 0].sum().double(), hits.any(1).sum().double(),
