@@ -11,10 +11,17 @@ median of bench.windows timed windows after bench.warmup_steps), peak memory whi
 the achieved FLOP/s as a fraction of an n x n matmul's, timed in the same run and precision: this
 machine's practical peak. The images are random tensors of the data's shape: no files are read. Writes
 bench.json to the run directory (hydra.run.dir). One process: hardware.nproc is not used.
+
+bench.trainer=true also times cnnbench's own loop, train(cfg) on synthetic images of the same shape,
+batch, precision and memory format (two epochs; the second is timed), against the bare step above:
+trainer_ratio is trainer / bare. bench.input=true also times the train loader alone over data.root's
+files (imagenet, imagefolder) and names the bottleneck: input pipeline or training step.
+scripts/benchmark.sh runs both for the models of docs/performance.md.
 """
 import itertools
 import logging
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,10 +92,11 @@ def bench(cfg: DictConfig) -> dict:
     bench_cfg = cfg.bench
     if cfg.model.get("phi"):
         cfg.data.image_size = compound_image_size(cfg.data.image_size, cfg.model.phi, cfg.model.gamma)
-    num_classes = cfg.data.num_classes or CLASS_COUNTS.get(cfg.data.name)
+    device, amp_dtype = resolve_device(cfg.hardware)
+    data = input_data(cfg, device) if bench_cfg.input else None
+    num_classes = len(data.classes) if data else cfg.data.num_classes or CLASS_COUNTS.get(cfg.data.name)
     if num_classes is None:
         raise ConfigError(f"data.num_classes: bench reads no files, so give {cfg.data.name}'s class count")
-    device, amp_dtype = resolve_device(cfg.hardware)
     torch.manual_seed(cfg.seed)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model = create_model(**model_cfg, num_classes=num_classes, in_chans=cfg.data.channels,
@@ -152,7 +160,7 @@ def bench(cfg: DictConfig) -> dict:
                   "trainer_tflops": float(f"{train_flops * trainer_rate / 1e12:.4g}"),
                   "trainer_peak_fraction": round(train_flops * trainer_rate / peak, 4)}
     if bench_cfg.input:
-        result.update(input_images_per_s(cfg, train_rate, bench_cfg))
+        result.update(input_images_per_s(data, cfg.data.batch_size, train_rate, device, bench_cfg))
     result = {
         "model": model_cfg["name"], "params": params, "gflops": flops / 1e9, "train_gflops": train_flops / 1e9,
         "data": cfg.data.name, "image_size": cfg.data.image_size, "batch_size": batch,
@@ -190,25 +198,27 @@ def trainer_images_per_s(cfg: DictConfig, num_classes: int, batches: int) -> flo
     data.name, data.root, data.num_classes, data.decode_device = "synthetic", None, num_classes, None
     data.train_size, data.val_size = data.batch_size * batches, data.batch_size
     run.train.epochs, run.train.limit_train_batches, run.train.limit_val_batches = 2, None, 1
-    run.resume, run.run_dir = None, str(Path(cfg.run_dir) / "trainer")
-    return train(run)["train_img_per_s"]
+    with tempfile.TemporaryDirectory() as run_dir:  # a means, not a run: bench.json holds what it measured
+        run.resume, run.run_dir = None, run_dir
+        return train(run)["train_img_per_s"]
 
 
-def input_images_per_s(cfg: DictConfig, step_rate: float, bench_cfg) -> dict:
-    """The train loader alone over data.root's files, timed like the step (batches: warm-up, then windows),
-    and which of the two is the bottleneck."""
+def input_data(cfg: DictConfig, device: torch.device):
     if cfg.data.name not in ("imagenet", "imagefolder"):
         raise ConfigError(f"bench.input: times the loader of a file data set (imagenet, imagefolder), not {cfg.data.name}")
-    device, _ = resolve_device(cfg.hardware)
-    data = build_data(cfg, device=device)
+    return build_data(cfg, device=device)
 
+
+def input_images_per_s(data, batch_size: int, step_rate: float, device: torch.device, bench_cfg) -> dict:
+    """The train loader alone, timed like the step (batches: warm-up, then windows), and which of the two
+    is the bottleneck."""
     def epochs():
         for epoch in itertools.count():
             data.train_batches.set_epoch(epoch)
             yield from data.train_loader
 
     batches = epochs()
-    input_rate = images_per_s(lambda: next(batches), cfg.data.batch_size, device, bench_cfg)
+    input_rate = images_per_s(lambda: next(batches), batch_size, device, bench_cfg)
     slower, faster = sorted([("input pipeline", input_rate), ("training step", step_rate)], key=lambda r: r[1])
     return {"input_img_per_s": round(input_rate, 1), "input_workers": data.workers,
             "bottleneck": slower[0], "bottleneck_factor": round(faster[1] / slower[1], 2)}
