@@ -15,7 +15,7 @@ from cnnbench.report import main as report
 from .conftest import make_config, run_cli
 from .test_faults import bad_image_tree
 
-TINY_BENCH = ["model=lenet5", "data=synthetic", "data.image_size=16", "data.batch_size=16", "hardware=cpu",
+TINY_BENCH = ["model=lenet5", "data=synthetic", "data.image_size=28", "data.channels=1", "data.batch_size=16", "hardware=cpu",
               "bench.warmup_steps=1", "bench.windows=2", "bench.steps_per_window=2", "bench.matmul_size=256"]
 
 
