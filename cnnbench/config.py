@@ -50,6 +50,10 @@ class DataConfig:
     # File data sets: null decodes with PIL in the workers; cpu, cuda or auto (the training device): the files'
     # bytes travel and torchvision.io.decode_jpeg decodes, crops and flips each batch on that device.
     decode_device: Optional[Device] = None
+    # auto | true | false: the whole set as one uint8 tensor on the training device, batches gathered and
+    # augmented there (no DataLoader). auto: where the set is in memory (not files), augmentation is none or
+    # basic, and it fits (a quarter of GPU memory; on CPU always); true: that, or a ConfigError saying why not.
+    device_resident: Any = "auto"  # Any: Hydra reads true/false as booleans, auto as a string
     train_size: Optional[int] = None  # null: the whole training set; N: a fixed random subset
     val_size: Optional[int] = None  # likewise for validation
     download: bool = False  # fetch through torchvision when the files are missing
@@ -257,6 +261,8 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"hardware.compile: true, false or auto, got {cfg.hardware.compile!r}")
     if cfg.data.prefetch_factor is not None and cfg.data.workers == 0:
         raise ConfigError("data.prefetch_factor: workers load ahead, and data.workers=0 has none")
+    if not (isinstance(cfg.data.device_resident, bool) or cfg.data.device_resident == "auto"):
+        raise ConfigError(f"data.device_resident: auto, true or false, got {cfg.data.device_resident!r}")
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"data.channels: 1 or 3, got {cfg.data.channels}")
     if cfg.optimizer.layer_decay is not None and not 0 < cfg.optimizer.layer_decay <= 1:

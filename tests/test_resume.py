@@ -19,7 +19,7 @@ from .conftest import ROOT, SMOKE, assert_same_weights_and_optimizer, make_confi
 
 # Long enough to be killed mid-epoch: 32 steps an epoch, a checkpoint every 3.
 EXACT = [*SMOKE, "data.train_size=1024", "train.epochs=2", "train.checkpoint_every_steps=3",
-         "hardware.deterministic=true", "augmentation=basic", "model.variant=modern"]
+         "hardware.deterministic=true", "augmentation=basic", "model.variant=modern", "data.device_resident=true"]
 
 
 def launch(run_dir, *extra):
@@ -143,7 +143,8 @@ def test_resume_from_a_bad_file_is_a_one_line_error(tmp_path):
 
 
 def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
-    victim = launch(tmp_path)
+    """On the DataLoader path: the SIGKILL test above runs device-resident."""
+    victim = launch(tmp_path, "data.device_resident=false")
     last = tmp_path / "checkpoints" / "last.pt"
     while not last.exists():
         assert victim.poll() is None, victim.stderr.read().decode()
@@ -154,5 +155,5 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
     assert summary["status"] == "interrupted"
     at_stop = load_checkpoint(last)
     assert at_stop["step"] == summary["step"] < 64
-    assert launch(tmp_path, "resume=auto").wait(timeout=300) == 0
+    assert launch(tmp_path, "data.device_resident=false", "resume=auto").wait(timeout=300) == 0
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"

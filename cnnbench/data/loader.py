@@ -37,11 +37,19 @@ class TrainBatches(torch.utils.data.Sampler):
     def __len__(self):
         return self.batches - self.start
 
-    def __iter__(self):
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+    def order(self) -> torch.Tensor:
+        """The epoch's permutation of the set, which its batches cut up."""
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+
+    def starts(self):
+        """(seed, first) of each batch left: this rank's share is order()[first:first + local_batch]."""
         for b in range(self.start, self.batches):
-            first = b * self.global_batch + self.rank * self.local_batch
-            yield batch_seed(self.seed, self.epoch, b, self.rank), order[first:first + self.local_batch].tolist()
+            yield batch_seed(self.seed, self.epoch, b, self.rank), b * self.global_batch + self.rank * self.local_batch
+
+    def __iter__(self):
+        order = self.order()
+        for seed, first in self.starts():
+            yield seed, order[first:first + self.local_batch].tolist()
 
 
 class ValBatches(torch.utils.data.Sampler):

@@ -67,14 +67,14 @@ def all_reduce_sum(t: torch.Tensor, ctx: Dist) -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool, ctx: Dist) -> bool:
-    """True on every rank if true on any: ranks that see a signal at different steps still stop at the
-    same one (on the CPU, so that a GPU run does not wait for its device)."""
+def any_rank(flags: tuple[bool, ...], ctx: Dist) -> tuple[bool, ...]:
+    """Each flag true on every rank if true on any, all in one all-reduce: ranks that see a signal at
+    different steps still stop at the same one (on the CPU, so that a GPU run does not wait for its device)."""
     if ctx.world_size == 1:
-        return flag
-    flag = torch.tensor([flag], dtype=torch.uint8)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=ctx.cpu_group)
-    return bool(flag)
+        return flags
+    reduced = torch.tensor(flags, dtype=torch.uint8)
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX, group=ctx.cpu_group)
+    return tuple(map(bool, reduced.tolist()))
 
 
 def run_ranks(fn, cfg: DictConfig):

@@ -4,7 +4,7 @@
     python -m cnnbench.train model=resnet18 data=cifar10 data.root=~/data
     torchrun --standalone --nproc_per_node=4 -m cnnbench.train hardware=ddp
 
-Exact resume: the batches depend only on (seed, epoch), each sample's augmentation only on its own
+Exact resume: the batches depend only on (seed, epoch), each batch's augmentation only on its own
 seed, and a checkpoint holds every RNG state and the position inside the epoch, so a run resumed
 from any checkpoint continues bit for bit as if never stopped.
 """
@@ -259,7 +259,7 @@ def train(cfg: DictConfig) -> dict:
 
     log.info(f"model {model_cfg['name']}: {params:,} parameters, {flops / 1e9:.3f} GFLOPs per image; "
              f"data {cfg.data.name}: {len(data.classes)} classes, {len(data.train_batches)} batches of "
-             f"{cfg.data.batch_size} an epoch; device {device}, {str(amp_dtype).removeprefix('torch.')}"
+             f"{cfg.data.batch_size} an epoch ({data.path}); device {device}, {str(amp_dtype).removeprefix('torch.')}"
              f"{', compiled' if compiles(cfg.hardware, device) else ''}")
     if topk < 5:
         log.info(f"{num_classes} classes: val_top5 is top-{topk}")
@@ -288,18 +288,22 @@ def train(cfg: DictConfig) -> dict:
                     with autocast:
                         logits, loss = objective(model(images), targets, images)
                     scaler.scale(loss / cfg.train.grad_accum_steps).backward()
-                finite = torch.isfinite(loss.detach())
+                # Train metrics add up on the device (a non-finite loss leaves them), read at the epoch's end.
+                loss = loss.detach().double()
+                finite = torch.isfinite(loss)
                 nonfinite |= ~finite
-                sums += torch.where(finite, torch.stack([loss.detach().double() * len(targets),
-                                                         (logits.argmax(1) == labels).sum().double(),
-                                                         torch.tensor(len(targets), dtype=torch.float64,
-                                                                      device=device)]), 0)
+                sums += torch.where(finite, torch.stack([loss * len(targets), (logits.argmax(1) == labels).sum(),
+                                                         loss.new_full((), len(targets))]), 0)
                 images_seen += len(targets)
                 bar.update()
                 if not last_micro_step:
                     continue
-                # The update's one host-device sync: decided before the poisoned gradients touch the weights.
-                if any_rank(bool(nonfinite), ctx):
+                # What an update reads on the host: the non-finite flag, decided before the poisoned gradients
+                # touch the weights (free on the CPU, the one device sync of a step on a GPU; fp16 adds the
+                # GradScaler's own), and with DDP one all-reduce on the CPU carrying it and the stop signal.
+                # Everything else (loss, metrics, lr) is read at log intervals and epoch ends.
+                nonfinite_anywhere, stop = any_rank((bool(nonfinite), bool(stop_signal)), ctx)
+                if nonfinite_anywhere:
                     where = f"at step {step + 1} (epoch {epoch}, batch {i + 1})"
                     if cfg.train.on_nonfinite == "error":
                         log.error(message := f"train: loss {loss.item()} {where}; the weights are kept from "
@@ -315,11 +319,12 @@ def train(cfg: DictConfig) -> dict:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
                     scaler.step(optimizer)
                     scaler.update()
-                    if scaler.is_enabled() and scaler.get_scale() < scale:
-                        faults["scaler_skipped_steps"] += 1
-                        log.info(f"step {step + 1}: fp16 gradients overflowed; the GradScaler skipped the "
-                                 f"update and lowered its scale to {scaler.get_scale():g}")
-                    scale = scaler.get_scale()
+                    if scaler.is_enabled():  # one read, after the GradScaler's own sync in step()
+                        scale, previous_scale = scaler.get_scale(), scale
+                        if scale < previous_scale:
+                            faults["scaler_skipped_steps"] += 1
+                            log.info(f"step {step + 1}: fp16 gradients overflowed; the GradScaler skipped the "
+                                     f"update and lowered its scale to {scale:g}")
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 if ema is not None:
@@ -331,7 +336,6 @@ def train(cfg: DictConfig) -> dict:
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
                     if bar.disable:
                         log.info(f"epoch {epoch} batch {i + 1}/{batches} step {step}: loss {loss_value:.4f}, lr {lr:.4g}")
-                stop = any_rank(bool(stop_signal), ctx)
                 if stop or cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
                     checkpoint("last.pt", epoch, i + 1)
                 if stop:
