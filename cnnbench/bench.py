@@ -11,9 +11,17 @@ median of bench.windows timed windows after bench.warmup_steps), peak memory whi
 the achieved FLOP/s as a fraction of an n x n matmul's, timed in the same run and precision: this
 machine's practical peak. The images are random tensors of the data's shape: no files are read. Writes
 bench.json to the run directory (hydra.run.dir). One process: hardware.nproc is not used.
+
+bench.trainer=true also times cnnbench's own loop, train(cfg) on synthetic images of the same shape,
+batch, precision and memory format (two epochs; the second is timed), against the bare step above:
+trainer_ratio is trainer / bare. bench.input=true also times the train loader alone over data.root's
+files (imagenet, imagefolder) and names the bottleneck: input pipeline or training step.
+scripts/benchmark.sh runs both for the models of docs/performance.md.
 """
+import itertools
 import logging
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,9 +32,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnbench.config import check_config, register_configs
+from cnnbench.data import build_data
 from cnnbench.engine.recorder import write_json
 from cnnbench.engine.losses import Objective
-from cnnbench.engine.trainer import count_flops, mixed_precision, resolve_device
+from cnnbench.engine.trainer import compiles, count_flops, mixed_precision, resolve_device, train
 from cnnbench.errors import ConfigError
 from cnnbench.models import create_model
 from cnnbench.models.registry import compound_image_size
@@ -83,10 +92,11 @@ def bench(cfg: DictConfig) -> dict:
     bench_cfg = cfg.bench
     if cfg.model.get("phi"):
         cfg.data.image_size = compound_image_size(cfg.data.image_size, cfg.model.phi, cfg.model.gamma)
-    num_classes = cfg.data.num_classes or CLASS_COUNTS.get(cfg.data.name)
+    device, amp_dtype = resolve_device(cfg.hardware)
+    data = input_data(cfg, device) if bench_cfg.input else None
+    num_classes = len(data.classes) if data else cfg.data.num_classes or CLASS_COUNTS.get(cfg.data.name)
     if num_classes is None:
         raise ConfigError(f"data.num_classes: bench reads no files, so give {cfg.data.name}'s class count")
-    device, amp_dtype = resolve_device(cfg.hardware)
     torch.manual_seed(cfg.seed)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model = create_model(**model_cfg, num_classes=num_classes, in_chans=cfg.data.channels,
@@ -97,7 +107,7 @@ def bench(cfg: DictConfig) -> dict:
     memory_format = torch.channels_last if cfg.hardware.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     bare_model = model
-    if cfg.hardware.compile:
+    if compiles(cfg.hardware, device):
         model = torch.compile(model)
 
     batch = cfg.data.batch_size
@@ -140,6 +150,17 @@ def bench(cfg: DictConfig) -> dict:
     n = bench_cfg.matmul_size or (8192 if device.type == "cuda" else 2048)
     peak = matmul_flops_per_s(n, amp_dtype, device, bench_cfg)
 
+    result = {}
+    if bench_cfg.trainer:
+        # The real loop on synthetic images of this shape: epoch 1 warms up, epoch 2 is timed.
+        trainer_rate = trainer_images_per_s(cfg, num_classes, bench_cfg.warmup_steps + bench_cfg.windows
+                                            * bench_cfg.steps_per_window)
+        result = {"trainer_img_per_s": round(trainer_rate, 1),
+                  "trainer_ratio": round(round(trainer_rate, 1) / round(train_rate, 1), 4),
+                  "trainer_tflops": float(f"{train_flops * trainer_rate / 1e12:.4g}"),
+                  "trainer_peak_fraction": round(train_flops * trainer_rate / peak, 4)}
+    if bench_cfg.input:
+        result.update(input_images_per_s(data, cfg.data.batch_size, train_rate, device, bench_cfg))
     result = {
         "model": model_cfg["name"], "params": params, "gflops": flops / 1e9, "train_gflops": train_flops / 1e9,
         "data": cfg.data.name, "image_size": cfg.data.image_size, "batch_size": batch,
@@ -151,7 +172,7 @@ def bench(cfg: DictConfig) -> dict:
         "matmul_tflops": float(f"{peak / 1e12:.4g}"),
         "train_peak_fraction": round(train_flops * train_rate / peak, 4),
         "infer_peak_fraction": round(flops * infer_rate / peak, 4),
-        "status": "completed",
+        **result, "status": "completed",
     }
     write_json(Path(cfg.run_dir) / "bench.json", result)
     log.info(f"{result['model']} at {cfg.data.image_size}px, batch {batch}, {result['device']} "
@@ -159,7 +180,48 @@ def bench(cfg: DictConfig) -> dict:
              f"{train_rate:.0f} img/s ({result['train_peak_fraction']:.1%} of the {result['matmul_tflops']:.3g} "
              f"TFLOP/s matmul peak), inference {infer_rate:.0f} img/s ({result['infer_peak_fraction']:.1%}), "
              f"peak memory {result['peak_memory_mb']:.0f} MiB; {cfg.run_dir}/bench.json")
+    if bench_cfg.trainer:
+        log.info(f"trainer {result['trainer_img_per_s']:.0f} img/s: {result['trainer_ratio']:.3f} of the bare "
+                 f"step, {result['trainer_peak_fraction']:.1%} of the matmul peak")
+    if bench_cfg.input:
+        log.info(f"input pipeline {result['input_img_per_s']:.0f} img/s ({result['input_workers']} workers), training "
+                 f"step {train_rate:.0f} img/s: the {result['bottleneck']} is the bottleneck, "
+                 f"{result['bottleneck_factor']:.1f}x slower than the other")
     return result
+
+
+def trainer_images_per_s(cfg: DictConfig, num_classes: int, batches: int) -> float:
+    """train_img_per_s of the second of two epochs of `batches` batches: train(cfg) itself, on synthetic
+    images of the bench's shape, batch, precision, memory format and compile setting."""
+    run = cfg.copy()
+    data = run.data
+    data.name, data.root, data.num_classes, data.decode_device = "synthetic", None, num_classes, None
+    data.train_size, data.val_size = data.batch_size * batches, data.batch_size
+    run.train.epochs, run.train.limit_train_batches, run.train.limit_val_batches = 2, None, 1
+    with tempfile.TemporaryDirectory() as run_dir:  # a means, not a run: bench.json holds what it measured
+        run.resume, run.run_dir = None, run_dir
+        return train(run)["train_img_per_s"]
+
+
+def input_data(cfg: DictConfig, device: torch.device):
+    if cfg.data.name not in ("imagenet", "imagefolder"):
+        raise ConfigError(f"bench.input: times the loader of a file data set (imagenet, imagefolder), not {cfg.data.name}")
+    return build_data(cfg, device=device)
+
+
+def input_images_per_s(data, batch_size: int, step_rate: float, device: torch.device, bench_cfg) -> dict:
+    """The train loader alone, timed like the step (batches: warm-up, then windows), and which of the two
+    is the bottleneck."""
+    def epochs():
+        for epoch in itertools.count():
+            data.train_batches.set_epoch(epoch)
+            yield from data.train_loader
+
+    batches = epochs()
+    input_rate = images_per_s(lambda: next(batches), batch_size, device, bench_cfg)
+    slower, faster = sorted([("input pipeline", input_rate), ("training step", step_rate)], key=lambda r: r[1])
+    return {"input_img_per_s": round(input_rate, 1), "input_workers": data.workers,
+            "bottleneck": slower[0], "bottleneck_factor": round(faster[1] / slower[1], 2)}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")

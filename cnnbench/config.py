@@ -45,7 +45,11 @@ class DataConfig:
     channels: int = MISSING  # 1 (grayscale) or 3 (RGB): images are converted to it
     num_classes: Optional[int] = None  # null: the data set's own count
     batch_size: int = 128  # global: split across DDP ranks
-    workers: int = 0  # DataLoader worker processes
+    workers: Optional[int] = 0  # DataLoader worker processes; null: this rank's share of the CPU cores (at most 8)
+    prefetch_factor: Optional[int] = None  # batches each worker loads ahead; null: torch's (2)
+    # File data sets: null decodes with PIL in the workers; cpu, cuda or auto (the training device): the files'
+    # bytes travel and torchvision.io.decode_jpeg decodes, crops and flips each batch on that device.
+    decode_device: Optional[Device] = None
     # auto | true | false: the whole set as one uint8 tensor on the training device, batches gathered and
     # augmented there (no DataLoader). auto: where the set is in memory (not files), augmentation is none or
     # basic, and it fits (a quarter of GPU memory; on CPU always); true: that, or a ConfigError saying why not.
@@ -114,7 +118,7 @@ class HardwareConfig:
     device: Device = Device.auto
     precision: Precision = Precision.auto
     channels_last: bool = True  # NHWC convolutions: faster on CPU and GPU alike
-    compile: bool = False  # torch.compile the model
+    compile: Any = "auto"  # torch.compile the model: true | false | auto (on a GPU; off on CPU, where it costs more than it gains)
     deterministic: bool = False  # bitwise-reproducible kernels (slower on GPU)
     nproc: int = 1  # DDP processes on this node, started by cnnbench (ignored under torchrun, which sets it)
     sync_batchnorm: bool = False  # DDP: batch norm statistics over the global batch, not each rank's share
@@ -138,6 +142,8 @@ class TrainLoopConfig:
 class BenchConfig:
     warmup_steps: int = 10  # untimed steps first: allocator, cuDNN autotuning, torch.compile
     windows: int = 5  # timed windows; images/s is their median
+    trainer: bool = False  # also time cnnbench's own loop: train() on synthetic data of the same shape, 2 epochs
+    input: bool = False  # also time the train loader alone on data.root's files (imagenet, imagefolder)
     steps_per_window: int = 10
     matmul_size: Optional[int] = None  # n of the n x n matmul that measures peak FLOP/s; null: 8192 on GPU, 2048 on CPU
 
@@ -235,12 +241,12 @@ def check_config(cfg: DictConfig) -> None:
         "train.limit_train_batches": cfg.train.limit_train_batches,
         "train.limit_val_batches": cfg.train.limit_val_batches,
         "optimizer.lr_reference_batch": cfg.optimizer.lr_reference_batch,
-        "bench.matmul_size": cfg.bench.matmul_size,
+        "bench.matmul_size": cfg.bench.matmul_size, "data.prefetch_factor": cfg.data.prefetch_factor,
     }
     for key, value in {**positive, **{k: v for k, v in optional_positive.items() if v is not None}}.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
-    non_negative = {"data.workers": cfg.data.workers, "optimizer.weight_decay": cfg.optimizer.weight_decay,
+    non_negative = {"data.workers": cfg.data.workers or 0, "optimizer.weight_decay": cfg.optimizer.weight_decay,
                     "train.checkpoint_every_steps": cfg.train.checkpoint_every_steps,
                     "scheduler.warmup_epochs": cfg.scheduler.warmup_epochs,
                     "augmentation.label_smoothing": cfg.augmentation.label_smoothing,
@@ -252,6 +258,10 @@ def check_config(cfg: DictConfig) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
+    if cfg.hardware.compile not in (True, False, "auto"):
+        raise ConfigError(f"hardware.compile: true, false or auto, got {cfg.hardware.compile!r}")
+    if cfg.data.prefetch_factor is not None and cfg.data.workers == 0:
+        raise ConfigError("data.prefetch_factor: workers load ahead, and data.workers=0 has none")
     if not (isinstance(cfg.data.device_resident, bool) or cfg.data.device_resident == "auto"):
         raise ConfigError(f"data.device_resident: auto, true or false, got {cfg.data.device_resident!r}")
     if cfg.data.channels not in (1, 3):

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnbench.cli import run_reporting_errors
 from cnnbench.config import AugmentationConfig, register_configs
 from cnnbench.data.datasets import load_split
+from cnnbench.data.loader import loader_workers
 from cnnbench.data.pseudo_labels import save_pseudo_labels, unlabeled_pool
 from cnnbench.data.transforms import Normalize, build_transforms
 from cnnbench.engine.distill import load_teacher
@@ -41,7 +42,7 @@ def pseudolabel(cfg: DictConfig) -> dict:
         keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:cfg.pool_size]
         pool = sorted(pool[i] for i in keep.tolist())
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(whole, pool), batch_size=cfg.data.batch_size,
-                                         num_workers=cfg.data.workers)
+                                         num_workers=loader_workers(cfg.data))
     normalize = Normalize(cfg.data).to(device)
     probabilities, labels = [], []
     for images, targets in loader:

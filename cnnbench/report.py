@@ -26,8 +26,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 COLUMNS = ["model", "params", "gflops", "best_val_top1", "best_val_top5", "final_val_top1", "final_val_top5",
            "best_epoch", "epochs", "wall_time_s", "train_img_per_s", "status"]
 BENCH_COLUMNS = ["model", "params", "gflops", "image_size", "batch_size", "device", "precision", "train_img_per_s",
-                 "infer_img_per_s", "peak_memory_mb", "matmul_tflops", "train_peak_fraction", "infer_peak_fraction",
-                 "status"]
+                 "trainer_img_per_s", "trainer_ratio", "trainer_tflops", "trainer_peak_fraction", "input_img_per_s",
+                 "input_workers", "bottleneck", "bottleneck_factor", "infer_img_per_s", "peak_memory_mb",
+                 "matmul_tflops", "train_peak_fraction", "infer_peak_fraction", "status"]
 
 
 def read_run(run_dir: Path, record: str) -> dict:
@@ -150,7 +151,8 @@ def report(root: Path) -> None:
             plot_learning_curves(finished, varying, plots / "learning_curves.png")
         print(f"{len(runs)} runs; results.csv, results.md and plots/ written to {root}")
     if benches:
-        print(write_tables(root, "bench", benches, varying_overrides(benches), BENCH_COLUMNS), end="")
+        measured = [c for c in BENCH_COLUMNS if any(c in b["summary"] for b in benches)]  # bench.trainer, bench.input
+        print(write_tables(root, "bench", benches, varying_overrides(benches), measured), end="")
         print(f"{len(benches)} benches; bench.csv and bench.md written to {root}")
 
 

@@ -3,10 +3,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cnnbench.errors import DataError
+from cnnbench.errors import ConfigError, DataError
 
-from .datasets import SeededBatches, load_split
-from .loader import ReadableBatches, TrainBatches, ValBatches, collate_readable
+from .datasets import EncodedFiles, SeededBatches, load_split
+from .decode import DecodedBatches, encoded_batch
+from .loader import CudaPrefetcher, ReadableBatches, TrainBatches, ValBatches, collate_readable, loader_workers
 from .pseudo_labels import with_pseudo_labels
 from .resident import CropFlip, ResidentBatches, check_device_resident, resident, why_not_resident
 from .transforms import Normalize, build_transforms
@@ -20,15 +21,17 @@ class Data:
     classes: list[str]
     normalize: Normalize
     path: str = ""  # device-resident or DataLoader, and why: for train.log
+    workers: int = 0  # each DataLoader's worker processes
     warnings: list[str] = field(default_factory=list)  # about the files, for train.log
     skipped_images: dict[str, str] = field(default_factory=dict)  # path -> why it did not decode, this rank's
 
 
 def build_data(cfg, rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu")) -> Data:
+    """`device`: the training device; on CUDA the loaders' batches are prefetched to it (or decoded there)."""
     data = cfg.data
+    train_transform = build_transforms(cfg.augmentation, data, train=True)
     eval_transform = build_transforms(cfg.augmentation, data, train=False)
-    train = load_split(data, True, build_transforms(cfg.augmentation, data, train=True))
-    val = load_split(data, False, eval_transform)
+    train, val = load_split(data, True, train_transform), load_split(data, False, eval_transform)
     if data.pseudo_labels:
         train = with_pseudo_labels(train, data)
     if data.num_classes is not None and data.num_classes != len(train.classes):
@@ -46,6 +49,7 @@ def build_data(cfg, rank: int = 0, world_size: int = 1, device: torch.device = t
                              cfg.train.limit_val_batches)
     common = dict(train_batches=train_batches, classes=train.classes, normalize=Normalize(data),
                   warnings=train.warnings + val.warnings)
+    decode_device = data.decode_device and resolve_decode_device(data, device)
     reason = why_not_resident(cfg, train, val, device)
     if check_device_resident(data.device_resident, reason):
         # The eval transform is the train one without its random crop and flip, which CropFlip does.
@@ -57,17 +61,39 @@ def build_data(cfg, rank: int = 0, world_size: int = 1, device: torch.device = t
                     val_loader=ResidentBatches(val_images, val_targets, val_batches),
                     path=f"device-resident on {device}: {(train_images.numel() + val_images.numel()) / 2**20:.1f} "
                          f"MiB of uint8 images, no DataLoader", **common)
+    workers = loader_workers(data, world_size)
     # The loaders' own generator: drawing worker seeds from the global RNG would shift dropout's
     # random numbers on resume, when an epoch's loader iterator is created a second time.
-    loading = dict(num_workers=data.workers, pin_memory=torch.cuda.is_available(), collate_fn=collate_readable,
-                   persistent_workers=data.workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
+    loading = dict(num_workers=workers, prefetch_factor=data.prefetch_factor, persistent_workers=workers > 0,
+                   generator=torch.Generator().manual_seed(cfg.seed))
     skipped = {}
+
+    def loader(split, batch_sampler, transform, seeded: bool):
+        if decode_device:
+            files = torch.utils.data.DataLoader(EncodedFiles(split.dataset), batch_sampler=batch_sampler,
+                                                collate_fn=encoded_batch, **loading)
+            batches = DecodedBatches(files, transform, decode_device)
+        else:
+            batches = torch.utils.data.DataLoader(SeededBatches(split.dataset) if seeded else split.dataset,
+                                                  batch_sampler=batch_sampler, collate_fn=collate_readable,
+                                                  pin_memory=device.type == "cuda", **loading)
+        readable = ReadableBatches(batches, data.on_bad_image, skipped)
+        return CudaPrefetcher(readable, device) if device.type == "cuda" else readable
+
     return Data(
-        train_loader=ReadableBatches(torch.utils.data.DataLoader(SeededBatches(train.dataset),
-                                                                 batch_sampler=train_batches, **loading),
-                                     data.on_bad_image, skipped),
-        val_loader=ReadableBatches(torch.utils.data.DataLoader(val.dataset, batch_sampler=val_batches, **loading),
-                                   data.on_bad_image, skipped),
-        path=f"DataLoader, data.workers={data.workers}" + (f" ({why})" if (why := "data.device_resident=false"
-                                                                          if data.device_resident is False else reason) else ""),
-        skipped_images=skipped, **common)
+        train_loader=loader(train, train_batches, train_transform, seeded=True),
+        val_loader=loader(val, val_batches, eval_transform, seeded=False),
+        path=(f"DataLoader, {workers} workers" + (f", decoded on {decode_device}" if decode_device else "")
+              + (f" ({why})" if (why := "data.device_resident=false" if data.device_resident is False else reason)
+                 else "")),
+        workers=workers, skipped_images=skipped, **common)
+
+
+def resolve_decode_device(data, device: torch.device) -> torch.device:
+    """data.decode_device: cpu, cuda, or auto (the training device)."""
+    if data.name not in ("imagenet", "imagefolder") or data.pseudo_labels:
+        raise ConfigError(f"data.decode_device: decodes the files of imagenet or imagefolder (without "
+                          f"pseudo_labels), not {data.name}; leave it null")
+    if data.decode_device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("data.decode_device: cuda asked for, but torch sees no CUDA device")
+    return device if data.decode_device == "auto" else torch.device(data.decode_device.value)

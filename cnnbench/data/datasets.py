@@ -4,6 +4,7 @@ Small sets (Fashion-MNIST, MNIST, CIFAR) live in memory as one uint8 tensor; Ima
 are read from disk. Every source works offline from local files; `data.download=true` lets
 torchvision fetch what is missing.
 """
+import contextlib
 import gzip
 import os
 import random
@@ -43,6 +44,17 @@ class TensorImages(torch.utils.data.Dataset):
         return (self.transform(image) if self.transform else image), self.targets[index]
 
 
+@contextlib.contextmanager
+def seeded(seed: int):
+    """torch's CPU and Python's RNGs seeded for a block, and restored after it."""
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        yield
+    random.setstate(python_state)
+
+
 class SeededBatches(torch.utils.data.Dataset):
     """Fetched a batch at a time as (seed, indices): the batch's random augmentation depends on its
     seed alone, so batches are the same whatever the worker count or resume point."""
@@ -55,13 +67,30 @@ class SeededBatches(torch.utils.data.Dataset):
 
     def __getitems__(self, batch):
         seed, indices = batch
-        python_state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            samples = [self.dataset[i] for i in indices]
-        random.setstate(python_state)
-        return samples
+        with seeded(seed):
+            return [self.dataset[i] for i in indices]
+
+
+class EncodedFiles(torch.utils.data.Dataset):
+    """An image folder's files as their bytes, a batch at a time: (seed or None, [(path, bytes, label)]).
+    The workers only read; the batch is decoded and transformed where data.decode_device says (decode.py)."""
+
+    def __init__(self, dataset):
+        self.samples = self.file_samples(dataset)
+
+    @classmethod
+    def file_samples(cls, dataset) -> list[tuple[str, int]]:
+        if isinstance(dataset, torch.utils.data.Subset):
+            samples = cls.file_samples(dataset.dataset)
+            return [samples[i] for i in dataset.indices]
+        return dataset.samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitems__(self, batch):
+        seed, indices = batch if isinstance(batch, tuple) else (None, batch)
+        return seed, [(path, Path(path).read_bytes(), label) for path, label in (self.samples[i] for i in indices)]
 
 
 def _read_idx(path: Path) -> torch.Tensor:

@@ -6,6 +6,7 @@ a contiguous shard, no padding, so every sample counts exactly once whatever the
 """
 import logging
 import math
+import os
 
 import torch
 from torch.utils.data import default_collate
@@ -93,3 +94,37 @@ class ReadableBatches:
             if batch is None:
                 raise DataError(f"data: no image of a batch is readable ({', '.join(p for p, _ in bad)})")
             yield batch
+
+
+def loader_workers(data_cfg, world_size: int = 1) -> int:
+    """data.workers, or for null this rank's share of the CPU cores, at most 8 (beyond that, rarely faster)."""
+    if data_cfg.workers is not None:
+        return data_cfg.workers
+    return max(1, min(8, len(os.sched_getaffinity(0)) // world_size))
+
+
+class CudaPrefetcher:
+    """Copies the next batch to the GPU on a side stream while the current one trains (timm's
+    PrefetchLoader, less its float normalization: the batch stays uint8 and Normalize runs in the loop)."""
+
+    def __init__(self, batches, device: torch.device):
+        self.batches, self.device, self.stream = batches, device, None
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        self.stream = self.stream or torch.cuda.Stream(self.device)  # one for good: the allocator pools per stream
+        ready = None
+        for batch in self.batches:
+            with torch.cuda.stream(self.stream):
+                moved = [tensor.to(self.device, non_blocking=True) for tensor in batch]
+            if ready is not None:
+                yield ready
+            consumer = torch.cuda.current_stream(self.device)
+            consumer.wait_stream(self.stream)
+            for tensor in moved:
+                tensor.record_stream(consumer)  # freed only after the consumer's work on it
+            ready = moved
+        if ready is not None:
+            yield ready

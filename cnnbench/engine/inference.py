@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from cnnbench.config import TTA
 from cnnbench.data.datasets import load_split
-from cnnbench.data.loader import ValBatches
+from cnnbench.data.loader import ValBatches, loader_workers
 from cnnbench.data.transforms import Normalize, build_transforms
 from cnnbench.errors import CheckpointError, ConfigError, DataError
 from cnnbench.models import convolutionize
@@ -72,7 +72,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if split.classes != classes:
         raise CheckpointError(f"{cfg.checkpoint}: trained on other classes than {data.name}'s")
     loader = torch.utils.data.DataLoader(split.dataset, batch_sampler=ValBatches(len(split.dataset), data.batch_size),
-                                         num_workers=data.workers, pin_memory=device.type == "cuda")
+                                         num_workers=loader_workers(data), pin_memory=device.type == "cuda")
     normalize = Normalize(data).to(device)
     memory_format = torch.channels_last if cfg.hardware.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)

@@ -54,6 +54,11 @@ def resolve_device(hw) -> tuple[torch.device, torch.dtype]:
     return device, DTYPES[precision]
 
 
+def compiles(hw, device: torch.device) -> bool:
+    """hardware.compile=auto: on a GPU; on CPU compiling costs a minute and gains nothing (docs/performance.md)."""
+    return device.type == "cuda" if hw.compile == "auto" else hw.compile
+
+
 def mixed_precision(device: torch.device, amp_dtype: torch.dtype) -> torch.autocast:
     """Autocast to the run's precision; a no-op in fp32. Reusable as a context manager."""
     return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
@@ -195,7 +200,7 @@ def train(cfg: DictConfig) -> dict:
     if ctx.world_size > 1:
         model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.type == "cuda" else None,
                                         find_unused_parameters=cfg.hardware.find_unused_parameters)
-    if cfg.hardware.compile:
+    if compiles(cfg.hardware, device):
         model = torch.compile(model)
 
     recorder = Recorder(run_dir, history, step, METRICS + EMA_METRICS if ema else METRICS) if ctx.is_main else None
@@ -251,7 +256,8 @@ def train(cfg: DictConfig) -> dict:
 
     log.info(f"model {model_cfg['name']}: {params:,} parameters, {flops / 1e9:.3f} GFLOPs per image; "
              f"data {cfg.data.name}: {len(data.classes)} classes, {len(data.train_batches)} batches of "
-             f"{cfg.data.batch_size} an epoch ({data.path}); device {device}, {str(amp_dtype).removeprefix('torch.')}")
+             f"{cfg.data.batch_size} an epoch ({data.path}); device {device}, {str(amp_dtype).removeprefix('torch.')}"
+             f"{', compiled' if compiles(cfg.hardware, device) else ''}")
     if topk < 5:
         log.info(f"{num_classes} classes: val_top5 is top-{topk}")
 

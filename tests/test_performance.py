@@ -1,0 +1,93 @@
+"""Speed features, checked for correctness (never for time): the trainer-vs-bare-step benchmark, JPEG
+decoding on a device (exercised on `cpu` through the code a GPU runs), the loader keys, compile=auto."""
+import json
+import os
+
+import pytest
+import torch
+
+from cnnbench.config import check_config
+from cnnbench.data import build_data
+from cnnbench.engine.trainer import compiles, train
+from cnnbench.errors import ConfigError, DataError
+from cnnbench.report import main as report
+
+from .conftest import make_config, run_cli
+from .test_faults import bad_image_tree
+
+TINY_BENCH = ["model=lenet5", "data=synthetic", "data.image_size=28", "data.channels=1", "data.batch_size=16", "hardware=cpu",
+              "bench.warmup_steps=1", "bench.windows=2", "bench.steps_per_window=2", "bench.matmul_size=256"]
+
+
+def test_bench_trainer_columns_are_consistent(tmp_path, capsys):
+    result = run_cli(*TINY_BENCH, "bench.trainer=true", f"hydra.run.dir={tmp_path / 'lenet5'}", module="cnnbench.bench")
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1: train loss" in result.stdout  # the timed numbers came from train()'s own epochs
+    b = json.loads((tmp_path / "lenet5" / "bench.json").read_text())
+    assert b["trainer_img_per_s"] > 0 and b["train_img_per_s"] > 0
+    assert b["trainer_ratio"] == pytest.approx(b["trainer_img_per_s"] / b["train_img_per_s"], abs=1e-4)
+    assert b["trainer_tflops"] == pytest.approx(b["train_gflops"] * b["trainer_img_per_s"] / 1e3, rel=1e-3)
+    assert b["trainer_peak_fraction"] == pytest.approx(b["trainer_tflops"] / b["matmul_tflops"], rel=2e-3, abs=1e-4)
+    report([str(tmp_path)])
+    header, _, row = (tmp_path / "bench.md").read_text().splitlines()
+    cells = dict(zip(header.strip("| ").split(" | "), row.strip("| ").split(" | ")))
+    assert float(cells["trainer_ratio"]) == pytest.approx(b["trainer_ratio"], rel=1e-3)
+    assert "input_img_per_s" not in cells  # only what was measured
+
+
+@pytest.fixture(scope="module")
+def image_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    return root, bad_image_tree(root)
+
+
+def loaders(root, *overrides):
+    cfg = make_config(root / "run", "data=imagefolder", f"data.root={root}", "data.image_size=32",
+                      "data.batch_size=6", "data.workers=1", "model=lenet5", "hardware=cpu",
+                      "augmentation=imagenet", *overrides)
+    return build_data(cfg)
+
+
+def test_decode_on_a_device_matches_pil_and_skips_the_same_files(image_tree):
+    root, bad = image_tree
+    pil, decoded = loaders(root), loaders(root, "data.decode_device=cpu")
+    for loader in ("val_loader", "train_loader"):  # the same seeds: the same random crops and flips
+        pairs = list(zip(getattr(pil, loader), getattr(decoded, loader), strict=True))
+        for (pil_images, pil_labels), (images, labels) in pairs:
+            assert torch.equal(pil_labels, labels) and images.shape == pil_images.shape == (len(labels), 3, 32, 32)
+            assert images.dtype == torch.uint8 and images.device.type == "cpu"
+            difference = (images.int() - pil_images.int()).abs()
+            assert difference.float().mean() <= 1 and difference.max() <= 16  # two JPEG decoders' rounding
+    assert sorted(decoded.skipped_images) == sorted(pil.skipped_images) == bad
+    with pytest.raises(DataError, match="not a readable image"):
+        list(loaders(root, "data.decode_device=cpu", "data.on_bad_image=error").train_loader)
+
+
+def test_training_with_decode_device_auto_names_the_bad_files(image_tree, tmp_path):
+    root, bad = image_tree
+    summary = train(make_config(tmp_path, "data=imagefolder", f"data.root={root}", "data.image_size=32",
+                                "data.batch_size=6", "data.workers=0", "model=lenet5", "hardware=cpu",
+                                "train.epochs=1", "data.decode_device=auto"))
+    assert summary["status"] == "completed" and sorted(summary["skipped_images"]) == bad
+
+
+def test_loader_keys(image_tree, tmp_path):
+    root, _ = image_tree
+    loader = loaders(root, "data.workers=null", "data.prefetch_factor=3").train_loader.loader
+    assert loader.num_workers == min(8, len(os.sched_getaffinity(0)))
+    assert loader.prefetch_factor == 3 and loader.persistent_workers and not loader.pin_memory  # pinned on CUDA only
+    for overrides, message in [(["data.prefetch_factor=2", "data.workers=0"], "data.prefetch_factor: workers"),
+                               (["data.decode_device=cpu"], "data.decode_device: decodes the files"),
+                               (["hardware.compile=sometimes"], "hardware.compile: true, false or auto")]:
+        with pytest.raises(ConfigError, match=message):
+            cfg = make_config(tmp_path, *overrides)
+            check_config(cfg)
+            build_data(cfg)
+
+
+def test_compile_auto_is_on_for_gpus_only(tmp_path):
+    hardware = make_config(tmp_path).hardware
+    assert hardware.compile == "auto"
+    assert not compiles(hardware, torch.device("cpu")) and compiles(hardware, torch.device("cuda"))
+    hardware.compile = True
+    assert compiles(hardware, torch.device("cpu"))
