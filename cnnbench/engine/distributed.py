@@ -52,7 +52,8 @@ def init_distributed(device_type: str) -> Dist:
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Dist()
     store, rank, world_size = next(dist.rendezvous("env://"))
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if agent_store:
         # torchrun's agent serves one store to all the attempts of `--max-restarts`, and torch no longer
         # keys it per attempt: restarted ranks read their dead peers' addresses and fail to connect
         # (pytorch#167288). One agent, one restart count: exact on one node. Over many nodes an agent
@@ -67,6 +68,10 @@ def init_distributed(device_type: str) -> Dist:
                dist.new_group(backend="gloo") if device_type == "cuda" else None)
     if not ctx.is_main:
         logging.getLogger("cnnbench").setLevel(logging.WARNING)  # one copy of each log line: rank 0's
+    elif agent_store and restartable() and os.environ["GROUP_WORLD_SIZE"] != "1":
+        logging.getLogger("cnnbench").warning(
+            "torchrun --max-restarts over many nodes: export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before "
+            "torchrun (as scripts/slurm/train_multinode.sbatch does), or a restart may fail to connect")
     return ctx
 
 
