@@ -162,3 +162,36 @@ def test_a_failing_rank_stops_every_rank_and_is_named(tmp_path):
     assert returncode == 2 and time.monotonic() - started < 90
     last_line = stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"cnnbench: error: {corrupt}: not a readable image"), stderr
+
+
+def test_torchrun_restarts_a_killed_rank_which_resumes_bit_identical(straight, tmp_path):
+    """The README's `torchrun --standalone ... --max-restarts=1` with no hydra.run.dir: rank 1 dies (SIGKILL)
+    after the first checkpoint; torchrun restarts both ranks, which find the run directory and its
+    checkpoints/last.pt again, and end as the uninterrupted run."""
+    # torchrun gives each rank one thread; the self-launched reference ranks took a share of the cores.
+    threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    run = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+         "-m", "cnnbench.train", *RUN, "hardware=ddp"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": threads}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not (found := list(tmp_path.glob("outputs/*/checkpoints/last.pt"))):
+        assert run.poll() is None, run.stderr.read()
+        time.sleep(0.005)
+    workers = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True).stdout.split()
+    rank1 = next(pid for pid in workers if b"\0RANK=1\0" in b"\0" + open(f"/proc/{pid}/environ", "rb").read())
+    os.kill(int(rank1), signal.SIGKILL)
+    killed_at = load_checkpoint(found[0])["step"]
+
+    returncode, stderr = finish(run)
+    assert returncode == 0, stderr
+    assert killed_at < 32, "the run finished before rank 1 was killed"
+    [run_dir] = (tmp_path / "outputs").iterdir()  # one for both ranks and both attempts
+    assert "resumed from" in (run_dir / "train.log").read_text()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (straight["two_ranks"], run_dir))
+    assert a["step"] == b["step"] == 32
+    assert_same_weights_and_optimizer(a, b)
+    timing = ("epoch_time_s", "train_img_per_s")
+    assert ([{k: v for k, v in row.items() if k not in timing} for row in metrics(straight["two_ranks"])]
+            == [{k: v for k, v in row.items() if k not in timing} for row in metrics(run_dir)])

@@ -51,13 +51,27 @@ class Dist:
 def init_distributed(device_type: str) -> Dist:
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Dist()
-    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    store, rank, world_size = next(dist.rendezvous("env://"))
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if agent_store:
+        # torchrun's agent serves one store to all the attempts of `--max-restarts`, and torch no longer
+        # keys it per attempt: restarted ranks read their dead peers' addresses and fail to connect
+        # (pytorch#167288). One agent, one restart count: exact on one node. Over many nodes an agent
+        # restarted for a membership change keeps its count, so scripts/slurm sets
+        # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: each rendezvous round then gets a fresh store of its own.
+        store = dist.PrefixStore(f"cnnbench/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", store=store, rank=rank,
+                            world_size=world_size)
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     ctx = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
                dist.new_group(backend="gloo") if device_type == "cuda" else None)
     if not ctx.is_main:
         logging.getLogger("cnnbench").setLevel(logging.WARNING)  # one copy of each log line: rank 0's
+    elif agent_store and restartable() and os.environ["GROUP_WORLD_SIZE"] != "1":
+        logging.getLogger("cnnbench").warning(
+            "torchrun --max-restarts over many nodes: export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before "
+            "torchrun (as scripts/slurm/train_multinode.sbatch does), or a restart may fail to connect")
     return ctx
 
 
@@ -65,6 +79,11 @@ def all_reduce_sum(t: torch.Tensor, ctx: Dist) -> torch.Tensor:
     if ctx.world_size > 1:
         dist.all_reduce(t)
     return t
+
+
+def restartable() -> bool:
+    """Under `torchrun --max-restarts=N`: a restarted attempt must continue from the failed one's checkpoint."""
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
 
 
 def any_rank(flags: tuple[bool, ...], ctx: Dist) -> tuple[bool, ...]:

@@ -34,7 +34,7 @@ from cnnbench.models.registry import compound_image_size
 
 from .checkpoint import export_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distill import load_teacher
-from .distributed import all_reduce_sum, any_rank, init_distributed
+from .distributed import all_reduce_sum, any_rank, init_distributed, restartable
 from .losses import Objective
 from .recorder import EMA_METRICS, METRICS, Recorder
 from .tta import tta_logits
@@ -130,6 +130,8 @@ def train(cfg: DictConfig) -> dict:
     timm.utils.random_seed(cfg.seed, ctx.rank)  # torch, numpy (mixup, cutmix), random: each rank its own; data order is seeded apart
     torch.use_deterministic_algorithms(cfg.hardware.deterministic)
     torch.backends.cudnn.benchmark = not cfg.hardware.deterministic
+    if restartable():  # torchrun restarts the ranks in the same run dir: the failed attempt left its last.pt
+        cfg.resume = cfg.resume or "auto"
     resume_from = resume_path(cfg, run_dir)
 
     # Data, and what it tells the model: classes, channels, image size.
