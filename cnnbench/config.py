@@ -213,6 +213,9 @@ class PseudolabelConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     pool_size: Optional[int] = None  # null: the whole pool; N: a fixed random N of it
     threshold: float = 0.0  # keep only images the teacher gives at least this top probability
+    # Noisy Student's balancing: N images of each class (the teacher's top one), its N most confident
+    # where it has more, each repeated in turn where it has fewer; null: as they come
+    per_class: Optional[int] = None
     output: str = "${hydra:runtime.output_dir}/pseudo_labels.pt"
 
 

@@ -31,6 +31,8 @@ def pseudolabel(cfg: DictConfig) -> dict:
         raise ConfigError(f"pool_size: null or > 0, got {cfg.pool_size}")
     if not 0 <= cfg.threshold < 1:
         raise ConfigError(f"threshold: in [0, 1), got {cfg.threshold}")
+    if cfg.per_class is not None and cfg.per_class <= 0:
+        raise ConfigError(f"per_class: null or > 0, got {cfg.per_class}")
     device, amp_dtype = resolve_device(cfg.hardware)
     split = load_split(cfg.data, True, transform=None)
     teacher, state = load_teacher(cfg.checkpoint, split.classes, cfg.data.channels, device)
@@ -51,14 +53,31 @@ def pseudolabel(cfg: DictConfig) -> dict:
         probabilities.append(logits.float().softmax(1).cpu())
         labels.append(targets)
     probabilities, labels = torch.cat(probabilities), torch.cat(labels)
-    confident = probabilities.max(1).values >= cfg.threshold
-    indices = [i for i, keep in zip(pool, confident.tolist()) if keep]
-    save_pseudo_labels(Path(cfg.output), indices, probabilities[confident], split, cfg.data, cfg.checkpoint)
+    confidence, predicted = probabilities.max(1)
+    keep = (confidence >= cfg.threshold).nonzero().squeeze(1)
+    if cfg.per_class is not None:
+        keep = balanced(keep, confidence, predicted, cfg.per_class, len(split.classes))
+    indices = [pool[i] for i in keep.tolist()]
+    save_pseudo_labels(Path(cfg.output), indices, probabilities[keep], split, cfg.data, cfg.checkpoint)
     # The pool's true labels are at hand here (it is a labeled set posing as unlabeled): how good the teacher is.
-    accuracy = 100 * (probabilities[confident].argmax(1) == labels[confident]).float().mean().item()
-    log.info(f"pseudo-labelled {len(indices)} of {len(pool)} pool images (threshold {cfg.threshold}) with "
-             f"{cfg.checkpoint}; their argmax agrees with the hidden labels on {accuracy:.2f}%; wrote {cfg.output}")
+    accuracy = 100 * (predicted[keep] == labels[keep]).float().mean().item()
+    log.info(f"pseudo-labelled {len(indices)} of {len(pool)} pool images (threshold {cfg.threshold}, per_class "
+             f"{cfg.per_class}) with {cfg.checkpoint}; their argmax agrees with the hidden labels on "
+             f"{accuracy:.2f}%; wrote {cfg.output}")
     return {"pool": len(pool), "kept": len(indices), "pseudo_label_top1": accuracy, "output": cfg.output}
+
+
+def balanced(keep: torch.Tensor, confidence: torch.Tensor, predicted: torch.Tensor, per_class: int,
+             num_classes: int) -> torch.Tensor:
+    """`per_class` of `keep` for each predicted class, most confident first, cycled where a class has fewer:
+    without it the easy classes, where the teacher is confident, would outnumber the hard ones."""
+    chosen = []
+    for c in range(num_classes):
+        members = keep[predicted[keep] == c]
+        if len(members):
+            members = members[confidence[members].argsort(descending=True, stable=True)]
+            chosen.append(members.repeat(-(-per_class // len(members)))[:per_class])
+    return torch.cat(chosen) if chosen else keep
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pseudolabel")

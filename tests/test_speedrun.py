@@ -38,10 +38,10 @@ def test_speedrun_preset_composes_and_trains(speedrun):
 def test_presets_compose(gpu, tmp_path):
     cfg = make_config(tmp_path, f"experiment={'fmnist_speedrun_gpu' if gpu else 'fmnist_speedrun'}")
     assert cfg.model.name == "compact_cnn" and cfg.data.device_resident is True
-    assert (cfg.hardware.device.value, cfg.hardware.compile) == (("cuda", True) if gpu else ("auto", False))
+    assert (cfg.hardware.device.value, cfg.hardware.compile) == (("cuda", True) if gpu else ("auto", "auto"))
 
 
-def test_flip_tta_validation_is_evaluates(speedrun, tmp_path):
+def test_flip_tta_validation_gives_what_evaluate_gives(speedrun, tmp_path):
     """eval.tta=flip in training gives the numbers cnnbench.evaluate gives with eval.tta=flip (and not
     those without it), on the same checkpoint and val split."""
     run_dir, _, summary = speedrun

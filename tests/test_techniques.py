@@ -17,6 +17,7 @@ from cnnbench.engine.losses import Objective, distillation_loss
 from cnnbench.engine.trainer import train
 from cnnbench.errors import CheckpointError, ConfigError, DataError
 from cnnbench.models import create_model
+from cnnbench.pseudolabel import balanced
 
 from .conftest import SMOKE, make_config, run_cli
 
@@ -185,6 +186,14 @@ def test_pseudo_labels_are_the_teachers_probabilities_for_the_pool(tmp_path):
     assert summary["step"] == 12 and summary["status"] == "completed"
     with pytest.raises(DataError, match="data.pseudo_labels: .* data.train_size=512, not .* data.train_size=1000"):
         build_data(make_config(tmp_path / "x", *labeled, "data.train_size=1000", f"data.pseudo_labels={output}"))
+
+
+def test_balanced_pseudo_labels_give_each_class_as_many_most_confident_first():
+    """pseudolabel per_class=N: N of each predicted class, the most confident first, cycled where fewer."""
+    confidence = torch.tensor([0.7, 0.9, 0.8, 0.6, 0.95, 0.5])
+    predicted = torch.tensor([0, 0, 0, 0, 1, 2])
+    assert balanced(torch.arange(6), confidence, predicted, 2, 3).tolist() == [1, 2, 4, 4, 5, 5]
+    assert balanced(torch.tensor([0, 3, 4]), confidence, predicted, 3, 3).tolist() == [0, 3, 0, 4, 4, 4]
 
 
 @pytest.mark.parametrize("override,key", [

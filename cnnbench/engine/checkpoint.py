@@ -61,7 +61,7 @@ def load_checkpoint(path: Path) -> dict:
         reason = str(e).splitlines()[0] if "Weights only load failed" not in str(e) else \
             "it holds objects that are not plain data (refused: loading them could run code)"
         raise CheckpointError(f"{path}: not a cnnbench checkpoint: {reason}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:  # OSError: a truncated zip's reader
         raise CheckpointError(f"{path}: unreadable, truncated or not a checkpoint ({str(e).splitlines()[0]})") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
