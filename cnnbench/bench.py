@@ -13,9 +13,10 @@ machine's practical peak. The images are random tensors of the data's shape: no 
 bench.json to the run directory (hydra.run.dir). One process: hardware.nproc is not used.
 
 bench.trainer=true also times cnnbench's own loop, train(cfg) on synthetic images of the same shape,
-batch, precision and memory format (two epochs; the second is timed), against the bare step above:
-trainer_ratio is trainer / bare. bench.input=true also times the train loader alone over data.root's
-files (imagenet, imagefolder) and names the bottleneck: input pipeline or training step.
+batch, precision and memory format (two epochs; the second is timed), bench.trainer_rounds times, each
+between two timings of the bare step: trainer_ratio is the median of the rounds' trainer / bare step.
+bench.input=true also times the train loader alone over data.root's files (imagenet, imagefolder) and
+names the bottleneck: input pipeline or training step.
 scripts/benchmark.sh runs both for the models of docs/performance.md.
 """
 import itertools
@@ -29,7 +30,7 @@ import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from cnnbench.config import check_config, register_configs
 from cnnbench.data import build_data
@@ -44,6 +45,17 @@ from cnnbench.sweep import run_job
 register_configs()
 log = logging.getLogger("cnnbench")
 CLASS_COUNTS = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
+
+
+def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                       _output_padding, _groups, output_mask, **kwargs) -> int:
+    """Each gradient of a convolution (input, weight) takes as many multiply-adds as its forward pass.
+    torch 2.14's own formula counts a grouped convolution's backward as a dense one: a depthwise 3x3
+    over 64 channels at 65 times its forward (mobilenet_v2's train FLOPs at 28 px 7 times too many)."""
+    return sum(output_mask[:2]) * conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+
+
+TRAIN_FLOP_FORMULAS = {torch.ops.aten.convolution_backward: conv_backward_flop}
 
 
 def synchronize(device: torch.device):
@@ -136,7 +148,7 @@ def bench(cfg: DictConfig) -> dict:
 
     # A training step's FLOPs (forward and backward) counted once on the eager model, then timed.
     model.train()
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=TRAIN_FLOP_FORMULAS) as counter:
         with autocast:
             _, loss = objective(bare_model(images), targets, images)
         loss.backward()
@@ -152,11 +164,20 @@ def bench(cfg: DictConfig) -> dict:
 
     result = {}
     if bench_cfg.trainer:
-        # The real loop on synthetic images of this shape: epoch 1 warms up, epoch 2 is timed.
-        trainer_rate = trainer_images_per_s(cfg, num_classes, bench_cfg.warmup_steps + bench_cfg.windows
-                                            * bench_cfg.steps_per_window)
+        # The real loop on synthetic images of this shape (epoch 1 warms up, epoch 2 is timed), each
+        # time between two timings of the bare step: this CPU's speed drifts by 10-30% within minutes,
+        # more than the loop's own cost, so a round's ratio is against the bare steps on either side of
+        # it, and the reported one is the rounds' median.
+        trainer_rates, bare_rates, ratios = [], [train_rate], []
+        batches = bench_cfg.warmup_steps + bench_cfg.windows * bench_cfg.steps_per_window
+        for _ in range(bench_cfg.trainer_rounds):
+            trainer_rates.append(trainer_images_per_s(cfg, num_classes, batches))
+            model.train()
+            bare_rates.append(images_per_s(train_step, batch, device, bench_cfg))
+            ratios.append(round(2 * trainer_rates[-1] / (bare_rates[-2] + bare_rates[-1]), 4))
+        trainer_rate = statistics.median(trainer_rates)
         result = {"trainer_img_per_s": round(trainer_rate, 1),
-                  "trainer_ratio": round(round(trainer_rate, 1) / round(train_rate, 1), 4),
+                  "trainer_ratio": statistics.median(ratios), "trainer_round_ratios": ratios,
                   "trainer_tflops": float(f"{train_flops * trainer_rate / 1e12:.4g}"),
                   "trainer_peak_fraction": round(train_flops * trainer_rate / peak, 4)}
     if bench_cfg.input:
@@ -182,7 +203,8 @@ def bench(cfg: DictConfig) -> dict:
              f"peak memory {result['peak_memory_mb']:.0f} MiB; {cfg.run_dir}/bench.json")
     if bench_cfg.trainer:
         log.info(f"trainer {result['trainer_img_per_s']:.0f} img/s: {result['trainer_ratio']:.3f} of the bare "
-                 f"step, {result['trainer_peak_fraction']:.1%} of the matmul peak")
+                 f"step (the median of {result['trainer_round_ratios']}), {result['trainer_peak_fraction']:.1%} of "
+                 f"the matmul peak")
     if bench_cfg.input:
         log.info(f"input pipeline {result['input_img_per_s']:.0f} img/s ({result['input_workers']} workers), training "
                  f"step {train_rate:.0f} img/s: the {result['bottleneck']} is the bottleneck, "

@@ -143,6 +143,7 @@ class BenchConfig:
     warmup_steps: int = 10  # untimed steps first: allocator, cuDNN autotuning, torch.compile
     windows: int = 5  # timed windows; images/s is their median
     trainer: bool = False  # also time cnnbench's own loop: train() on synthetic data of the same shape, 2 epochs
+    trainer_rounds: int = 3  # bench.trainer: times the loop runs, each between two timings of the bare step
     input: bool = False  # also time the train loader alone on data.root's files (imagenet, imagefolder)
     steps_per_window: int = 10
     matmul_size: Optional[int] = None  # n of the n x n matmul that measures peak FLOP/s; null: 8192 on GPU, 2048 on CPU
@@ -236,6 +237,7 @@ def check_config(cfg: DictConfig) -> None:
         "train.grad_accum_steps": cfg.train.grad_accum_steps, "train.log_every_steps": cfg.train.log_every_steps,
         "optimizer.lr": cfg.optimizer.lr, "hardware.nproc": cfg.hardware.nproc,
         "bench.windows": cfg.bench.windows, "bench.steps_per_window": cfg.bench.steps_per_window,
+        "bench.trainer_rounds": cfg.bench.trainer_rounds,
         "distill.temperature": cfg.distill.temperature,
     }
     optional_positive = {

@@ -229,6 +229,9 @@ def test_layer_decay_gives_the_backbone_smaller_learning_rates(synthetic_run, tm
     scales = sorted({g["lr_scale"] for g in groups})
     assert scales == [0.5, 1.0]  # lenet5: one group of backbone layers below the head
     assert {g["lr"] / g["lr_scale"] for g in groups} == {groups[0]["lr"] / groups[0]["lr_scale"]}
+    with open(tmp_path / "metrics.csv") as f:
+        logged = float(list(csv.DictReader(f))[-1]["lr"])
+    assert logged == pytest.approx(max(g["lr"] for g in groups))  # the head's, not the most decayed group's
 
 
 def test_pretrained_offline_is_one_clear_line(tmp_path, monkeypatch):

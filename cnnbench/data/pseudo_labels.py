@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from cnnbench.engine.checkpoint import save_checkpoint
 from cnnbench.errors import DataError
 
 from .datasets import Split
@@ -43,9 +44,9 @@ def unlabeled_pool(split: Split, data_cfg) -> tuple[torch.utils.data.Dataset, li
 
 def save_pseudo_labels(path: Path, indices: list[int], soft_targets: torch.Tensor, split: Split, data_cfg,
                        teacher: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"indices": torch.tensor(indices), "soft_targets": soft_targets, "classes": split.classes,
-                "data": data_cfg.name, "train_size": data_cfg.train_size, "teacher": teacher}, path)
+    # Atomically, as a checkpoint is: an interrupted pseudolabel leaves no half-written file to train on.
+    save_checkpoint({"indices": torch.tensor(indices), "soft_targets": soft_targets, "classes": split.classes,
+                     "data": data_cfg.name, "train_size": data_cfg.train_size, "teacher": teacher}, path)
 
 
 def with_pseudo_labels(split: Split, data_cfg) -> Split:

@@ -54,6 +54,11 @@ def resolve_device(hw) -> tuple[torch.device, torch.dtype]:
     return device, DTYPES[precision]
 
 
+def peak_lr(optimizer) -> float:
+    """The learning rate logged: the largest group's (under layer decay the first group is the most decayed)."""
+    return max(group["lr"] for group in optimizer.param_groups)
+
+
 def compiles(hw, device: torch.device) -> bool:
     """hardware.compile=auto: on a GPU; on CPU compiling costs a minute and gains nothing (docs/performance.md)."""
     return device.type == "cuda" if hw.compile == "auto" else hw.compile
@@ -330,7 +335,7 @@ def train(cfg: DictConfig) -> dict:
                     ema.update(bare_model, step)
                 scheduler.step_update(step)
                 if step % cfg.train.log_every_steps == 0 and ctx.is_main:
-                    loss_value, lr = loss.item(), optimizer.param_groups[0]["lr"]
+                    loss_value, lr = loss.item(), peak_lr(optimizer)
                     recorder.step(step, {"train/step_loss": loss_value, "train/lr": lr})
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
                     if bar.disable:
@@ -347,7 +352,7 @@ def train(cfg: DictConfig) -> dict:
             if ema is not None:
                 ema_val = validate(ema.module, data.val_loader, normalize, device, memory_format, autocast, topk, ctx, cfg.eval.tta)
                 val.update({f"ema_{key}": value for key, value in ema_val.items()})
-            row = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
+            row = {"epoch": epoch, "step": step, "lr": peak_lr(optimizer),
                    "train_loss": train_loss / train_count, "train_top1": 100 * train_correct / train_count, **val,
                    "epoch_time_s": round(time.perf_counter() - epoch_started, 3),
                    "train_img_per_s": round(images_seen * ctx.world_size / train_time, 1)}
