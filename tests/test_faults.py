@@ -17,7 +17,7 @@ from PIL import Image
 
 from cnnbench.data.datasets import _open_image
 from cnnbench.data.transforms import Normalize
-from cnnbench.engine.checkpoint import load_checkpoint
+from cnnbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from cnnbench.engine.trainer import train
 from cnnbench.errors import CheckpointError, ConfigError, DataError, NonfiniteLoss
 from cnnbench.models import create_model
@@ -56,6 +56,14 @@ def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
 
     summary = train(make_config(tmp_path, *SMOKE, "train.epochs=2", "resume=auto"))
     assert summary["step"] == 16 and f"resumed from {last}: epoch 1" in (tmp_path / "train.log").read_text()
+    assert not partial.exists()  # the killed writer's leftover went with the next good write
+
+
+def test_a_live_writers_temp_file_is_kept(tmp_path):
+    live = tmp_path / f".last.pt.{os.getppid()}.tmp"  # another process still writing last.pt
+    live.write_bytes(b"partial")
+    save_checkpoint({"step": 1}, tmp_path / "last.pt")
+    assert live.read_bytes() == b"partial"
 
 
 @pytest.fixture

@@ -39,6 +39,26 @@ def save_checkpoint(state: dict, path: Path) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+    remove_stale_temp_files(path)
+
+
+def remove_stale_temp_files(path: Path) -> None:
+    """The temp files of writers killed mid-write (SIGKILL, OOM: no clean-up ran), never read, are
+    removed once a write of the same file succeeds; a live writer's (its pid still running) is kept."""
+    for temp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = temp.name.removeprefix(f".{path.name}.").removesuffix(".tmp")
+        if pid.isdigit() and not process_exists(int(pid)):
+            temp.unlink(missing_ok=True)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
 
 
 def export_weights(model: torch.nn.Module, path: Path) -> None:
