@@ -178,7 +178,8 @@ class RunConfig:
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)  # python -m cnnbench.bench only
     distill: DistillConfig = field(default_factory=DistillConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)  # validation each epoch: eval.tta=flip averages in the mirror images
+    # validation each epoch: eval.tta=flip averages in the mirror images
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     resume: Optional[str] = None  # null | auto (this run dir's last.pt, if any) | a checkpoint path
     resume_fallback: bool = False  # resume=auto with an unreadable last.pt: use the newest valid checkpoint beside it

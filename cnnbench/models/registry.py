@@ -35,7 +35,8 @@ DATA_ARGS = ("num_classes", "in_chans", "image_size")
 AUX_HEADS = ("aux1.", "aux2.", "AuxLogits.")
 
 # Knobs of every model, handled here rather than by the constructor.
-GENERIC_KNOBS = {"pretrained": False, "freeze": "none", "new_head": False, "phi": 0, "alpha": 1.2, "beta": 1.1, "gamma": 1.15}
+GENERIC_KNOBS = {"pretrained": False, "freeze": "none", "new_head": False,
+                 "phi": 0, "alpha": 1.2, "beta": 1.1, "gamma": 1.15}
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,9 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
                  **knobs) -> nn.Module:
     """Build model `name` for the data's class count, channels and image size. `source=timm` (or
     `torchvision`) takes `name` from that library instead of cnnbench's zoo; `weights` is a state dict
-    file to start from (`classes`, the data's class names, are checked against a checkpoint's); `phi` > 0 multiplies depth_mult by alpha**phi and width_mult by beta**phi (the
-    trainer scales the image by `compound_image_size`)."""
+    file to start from (`classes`, the data's class names, are checked against a checkpoint's); `phi` > 0
+    multiplies depth_mult by alpha**phi and width_mult by beta**phi (the trainer scales the image by
+    `compound_image_size`)."""
     if source != "cnnbench":
         name, knobs = source, {"arch": name, **knobs}
     check_knobs(name, knobs)
