@@ -17,6 +17,10 @@ class CheckpointError(CnnbenchError):
     """A file is not a usable cnnbench checkpoint; the message names the file."""
 
 
+class WriteError(CnnbenchError):
+    """A file could not be written (disk full, over quota, an I/O error); the message names it."""
+
+
 class NonfiniteLoss(CnnbenchError):
     """The training loss became NaN or Inf (train.on_nonfinite=error); the message names the step."""
 

@@ -223,6 +223,8 @@ def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
     status = "failed"
     scale = scaler.get_scale()  # falls when fp16 gradients overflow and the GradScaler skips an update
     try:
+        if ctx.is_main:
+            recorder.start(summary("running"))
         while epoch < cfg.train.epochs:
             # Train one epoch (or what is left of it).
             epoch_started = time.perf_counter()
