@@ -11,6 +11,7 @@ import torch
 from cnnbench.errors import CheckpointError
 from cnnbench.files import write_bytes, write_file
 from cnnbench.models import create_model
+from cnnbench.models.registry import trained_weights
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config")
 
@@ -77,5 +78,5 @@ def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
     model_cfg = {k: v for k, v in config["model"].items() if k not in ("weights", "pretrained")}
     model = create_model(**model_cfg, num_classes=len(state["classes"]), in_chans=config["data"]["channels"],
                          image_size=config["data"]["image_size"])
-    model.load_state_dict(state["model"])
+    model.load_state_dict(trained_weights(state))
     return model.eval(), state

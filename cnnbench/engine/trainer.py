@@ -207,7 +207,8 @@ def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
             "final_val_top1": final.get("val_top1"), "final_val_top5": final.get("val_top5"),
             "top5_k": topk, "epochs": len(history), "step": step,
             "train_img_per_s": final.get("train_img_per_s"),
-            **({"best_ema_val_top1": max((r["ema_val_top1"] for r in history), default=None),
+            **({"best_weights": best.get("weights"),
+                "best_ema_val_top1": max((r["ema_val_top1"] for r in history), default=None),
                 "final_ema_val_top1": final.get("ema_val_top1")} if ema else {}),
             "wall_time_s": round(elapsed + time.perf_counter() - started, 3), "status": status,
             "skipped_image_count": len(faults["skipped_images"]), **faults,
@@ -320,12 +321,13 @@ def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
                      f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f} top{topk} {row['val_top5']:.2f} | "
                      + (f"ema val top1 {row['ema_val_top1']:.2f} | " if ema else "")
                      + f"{row['train_img_per_s']:.0f} img/s, {row['epoch_time_s']:.1f}s")
-            if row["val_top1"] > best["val_top1"]:
-                best = {"val_top1": row["val_top1"], "val_top5": row["val_top5"], "epoch": row["epoch"]}
+            if (candidate := best_of(row))["val_top1"] > best["val_top1"]:
+                best = candidate
                 checkpoint("best.pt", epoch, 0)
             checkpoint("last.pt", epoch, 0)
         if ctx.is_main:
-            export_weights(bare_model, run_dir / "checkpoints" / "model.safetensors")
+            export_weights(ema.module if best.get("weights") == "ema" else bare_model,
+                           run_dir / "checkpoints" / "model.safetensors")
         status = "completed"
         if stops:
             log.info(f"{stops.name} after the last step: the run is complete, and stops there")
@@ -347,6 +349,15 @@ def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
     log.info(f"done: best val top1 {result['best_val_top1']:.2f} (epoch {result['best_epoch']}), "
              f"{result['wall_time_s']:.0f}s; results in {run_dir}")
     return result
+
+
+def best_of(row: dict) -> dict:
+    """An epoch's better validated weights: the raw model's, or with train.ema_decay the EMA's if they
+    validate better. best.pt, evaluate, predict and a teacher use the kind the run's best names."""
+    weights = "ema" if row.get("ema_val_top1", -math.inf) > row["val_top1"] else "model"
+    prefix = "ema_" if weights == "ema" else ""
+    return {"val_top1": row[f"{prefix}val_top1"], "val_top5": row[f"{prefix}val_top5"], "epoch": row["epoch"],
+            "weights": weights}
 
 
 def hparam_record(cfg: DictConfig) -> dict:

@@ -191,13 +191,19 @@ def load_weights(model: nn.Module, path: str, num_classes: int, classes: list[st
     except (RuntimeError, pickle.UnpicklingError, EOFError, AttributeError) as e:
         raise ConfigError(f"model.weights: {path} is not a state dict: {str(e).splitlines()[0]}") from None
     trained_on = state.get("classes")  # a cnnbench checkpoint's; a bare state dict names none
-    state = state.get("model", state)
+    state = trained_weights(state)
     if trained_on and classes and len(trained_on) == len(classes) and trained_on != classes and not new_head:
         raise ConfigError(f"model.weights: {path} was trained on other classes ({short_list(trained_on)}; here "
                           f"{short_list(classes)}); model.new_head=true trains a new classifier for these")
     if new_head and (head := classifier_name(model, num_classes)):
         state |= {k: v for k, v in model.state_dict().items() if k.startswith(head + ".")}
     fit_state_dict(model, state, path, "weights")
+
+
+def trained_weights(state: dict) -> dict:
+    """A cnnbench checkpoint's weights that its run names best (the EMA's where they validated better, with
+    train.ema_decay), or a bare state dict itself."""
+    return state["ema"] if state.get("best", {}).get("weights") == "ema" else state.get("model", state)
 
 
 def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None:
