@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cnnbench.engine.checkpoint import load_checkpoint, save_checkpoint
+from cnnbench.engine.resume import resume_path
 from cnnbench.engine.trainer import train
 from cnnbench.errors import CheckpointError, ConfigError
 
@@ -227,3 +228,19 @@ def test_a_signal_after_the_last_step_is_not_swallowed(tmp_path):
     assert victim.wait(timeout=300) == 143
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
     assert "SIGTERM after the last step: the run is complete" in (tmp_path / "train.log").read_text()
+
+
+def test_a_torchrun_restart_continues_from_the_runs_own_last_checkpoint(tmp_path, monkeypatch):
+    """resume=PATH under torchrun --max-restarts: the first attempt starts from PATH, a restart (torchrun's
+    TORCHELASTIC_RESTART_COUNT > 0) from the last.pt the failed attempt left, not from PATH again."""
+    given = tmp_path / "given.pt"
+    cfg = make_config(tmp_path, *SMOKE, f"resume={given}")
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert resume_path(cfg, run_dir) == given  # the failed attempt left no checkpoint yet
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").touch()
+    assert resume_path(cfg, run_dir) == run_dir / "checkpoints" / "last.pt"
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert resume_path(cfg, run_dir) == given
