@@ -10,6 +10,7 @@ import pytest
 
 from cnnbench.errors import CnnbenchError
 from cnnbench.files import read_json, write_json
+from cnnbench.report import report
 
 from .conftest import ROOT, SMOKE
 
@@ -49,7 +50,7 @@ def test_a_disk_that_fills_up_while_metrics_are_written_ends_in_one_line_and_fai
     assert not list(run.rglob(".*.tmp"))
 
 
-def test_a_corrupt_json_file_is_named(tmp_path):
+def test_a_corrupt_summary_is_named(tmp_path):
     path = tmp_path / "summary.json"
     assert read_json(path) is None
     write_json(path, {"status": "completed"})
@@ -57,3 +58,5 @@ def test_a_corrupt_json_file_is_named(tmp_path):
     path.write_text('{"status": "compl')
     with pytest.raises(CnnbenchError, match=f"^{path}: unreadable"):
         read_json(path)
+    with pytest.raises(CnnbenchError, match=f"^{path}: unreadable"):
+        report(tmp_path)  # python -m cnnbench.report: one line, not a JSONDecodeError traceback
