@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -15,7 +16,7 @@ import torch
 from cnnbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from cnnbench.engine.resume import resume_path
 from cnnbench.engine.trainer import train
-from cnnbench.errors import CheckpointError, ConfigError
+from cnnbench.errors import CheckpointError, ConfigError, Interrupted
 
 from .conftest import ROOT, SMOKE, assert_same_weights_and_optimizer, make_config
 
@@ -244,3 +245,28 @@ def test_a_torchrun_restart_continues_from_the_runs_own_last_checkpoint(tmp_path
     assert resume_path(cfg, run_dir) == run_dir / "checkpoints" / "last.pt"
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     assert resume_path(cfg, run_dir) == given
+
+
+def test_submitits_handler_is_called_after_the_checkpoint(tmp_path):
+    """A handler installed before the run (submitit's requeue on SIGUSR2, its warning before a time limit) is
+    called with the signal once last.pt holds the run, and is back in place afterwards."""
+    calls = []
+
+    def requeue(signum, frame):
+        calls.append((signum, load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"]))
+
+    def signal_after_the_first_checkpoint():
+        while not (tmp_path / "checkpoints" / "last.pt").exists():
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        threading.Thread(target=signal_after_the_first_checkpoint, daemon=True).start()
+        with pytest.raises(Interrupted, match="SIGUSR2"):
+            train(make_config(tmp_path, *EXACT))
+        assert signal.getsignal(signal.SIGUSR2) is requeue
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and calls == [(signal.SIGUSR2, summary["step"])]
