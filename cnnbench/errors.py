@@ -26,7 +26,8 @@ class NonfiniteLoss(CnnbenchError):
 
 
 class Interrupted(Exception):
-    """SIGTERM or SIGUSR1 arrived; a checkpoint was written at the step boundary."""
+    """A stop signal arrived (engine/resume.py, StopSignals): a checkpoint was written at the step boundary,
+    or the run had already completed."""
 
 
 class RankFailed(Exception):
