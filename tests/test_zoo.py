@@ -313,6 +313,7 @@ def test_zfnet_and_wrn_width_and_depth_multipliers():
     assert [wrn.conv1.out_channels, wrn.layer1[0].conv1.out_channels, wrn.fc.in_features] == [8, 80, 320]
     tiny = on_meta(lambda: create_model("wrn40_4", depth=10, widen_factor=1))
     assert [len(tiny.layer1), tiny.layer1[0].shortcut, tiny.layer2[0].shortcut.stride] == [1, None, (2, 2)]
+    assert tiny.layer1[0].dropout.p == 0.3  # between the convs, the paper's CIFAR rate
 
 
 @pytest.mark.parametrize("name, knobs", [("zfnet", dict(width_mult=0.125)),
