@@ -58,6 +58,9 @@ class DataConfig:
     val_size: Optional[int] = None  # likewise for validation
     download: bool = False  # fetch through torchvision when the files are missing
     on_bad_image: OnBadImage = OnBadImage.skip  # an image file that does not decode (image folders)
+    # A val/ of images without class folders (as ILSVRC-2012 ships it): the file that labels them, the devkit's
+    # ILSVRC2012_validation_ground_truth.txt or Kaggle's LOC_val_solution.csv; null: either, found under root.
+    val_labels: Optional[str] = None
     pseudo_labels: Optional[str] = None  # a file from cnnbench.pseudolabel: its soft-labelled pool joins training
     mean: List[float] = MISSING  # per-channel normalization
     std: List[float] = MISSING
