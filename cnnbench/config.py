@@ -5,13 +5,16 @@ values before any work, each with one line that names the key.
 """
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cnnbench.errors import ConfigError
+
+# The configs: conf/ beside the package in a checkout, cnnbench/conf inside an installed wheel (pyproject).
+CONFIG_PATH = "conf" if (Path(__file__).parent / "conf").is_dir() else "../conf"
 
 
 class Device(str, Enum):
@@ -230,7 +233,19 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
     ConfigStore.instance().store(name="pseudolabel_schema", node=PseudolabelConfig)
     # ${gpus_or:N}: the CUDA devices on this machine, or N where there are none (conf/hardware/ddp.yaml).
-    OmegaConf.register_new_resolver("gpus_or", lambda n: torch.cuda.device_count() or int(n), replace=True)
+    OmegaConf.register_new_resolver("gpus_or", lambda n: cuda_device_count() or int(n), replace=True)
+    # ${nproc_for:${hardware.device}} (conf/hardware/auto.yaml): every GPU of the node when the run is on CUDA.
+    OmegaConf.register_new_resolver("nproc_for", lambda device: auto_nproc(device, cuda_device_count()), replace=True)
+
+
+def auto_nproc(device: str, cuda_devices: int) -> int:
+    """hardware=auto's DDP ranks: one per visible GPU when the device is cuda or auto, else one process."""
+    return cuda_devices if device in ("auto", "cuda") and cuda_devices > 1 else 1
+
+
+def cuda_device_count() -> int:
+    import torch  # here, not at the top: --help, --cfg and shell completion never pay for importing torch
+    return torch.cuda.device_count()
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -52,3 +52,17 @@ def test_bad_config_stops_before_work_naming_the_key(override, key, tmp_path):
     assert key in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_hardware_auto_starts_a_rank_per_gpu_of_the_node(tmp_path):
+    """hardware=auto on a node with N > 1 GPUs trains on all of them (one DDP rank each); on CPU, or with
+    hardware.device=cpu on a GPU node, one process."""
+    import torch
+
+    from cnnbench.config import auto_nproc
+
+    assert auto_nproc("auto", 8) == 8 and auto_nproc("cuda", 4) == 4
+    assert auto_nproc("auto", 0) == 1 and auto_nproc("auto", 1) == 1 and auto_nproc("cpu", 8) == 1
+    cfg = make_config(tmp_path, "hardware=auto")
+    assert cfg.hardware.nproc == auto_nproc("auto", torch.cuda.device_count())  # resolved from this machine
+    assert make_config(tmp_path, "hardware=auto", "hardware.nproc=3").hardware.nproc == 3

@@ -22,6 +22,7 @@ import timm
 import torch
 import torch.nn as nn
 import torchvision
+from hydra.utils import get_object
 from timm.models import adapt_input_conv
 from timm.utils.model import freeze
 
@@ -82,9 +83,24 @@ def check_choice(key: str, value: str, choices) -> None:
         raise ConfigError(f"model.{key}: one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
-def check_knobs(name: str, knobs: dict) -> None:
+def user_entry(name: str, target: str) -> ModelEntry:
+    """A model class of the user's own package (`model._target_: mypkg.nets.MyNet`): the keyword arguments
+    of its constructor are its knobs, and it receives num_classes, in_chans and image_size where it takes them."""
+    try:
+        cls = get_object(target)
+    except Exception as e:  # ImportError, AttributeError, ... all say the same to the user
+        raise ConfigError(f"model._target_: cannot import {target} ({str(e).splitlines()[0]})") from None
+    accepted = inspect.signature(cls).parameters
+
+    @functools.wraps(cls)  # inspect.signature (ModelEntry.knobs) follows __wrapped__ to cls
+    def build(**kwargs):
+        return cls(**{k: v for k, v in kwargs.items() if k in accepted or k not in DATA_ARGS})
+    return ModelEntry(name, "user", build)
+
+
+def check_knobs(entry: ModelEntry, knobs: dict) -> None:
     """Reject knobs the model does not take, and values of the wrong type, naming the key."""
-    accepted = {**GENERIC_KNOBS, **get_entry(name).knobs()}
+    name, accepted = entry.name, {**GENERIC_KNOBS, **entry.knobs()}
     for key, value in knobs.items():
         if key not in accepted:
             raise ConfigError(f"model.{key}: not a knob of {name} (knobs: {', '.join(sorted(accepted))})")
@@ -119,8 +135,9 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
     `compound_image_size`)."""
     if source != "cnnbench":
         name, knobs = source, {"arch": name, **knobs}
-    check_knobs(name, knobs)
-    entry = get_entry(name)
+    target = knobs.pop("_target_", None)
+    entry = user_entry(name, target) if target else get_entry(name)
+    check_knobs(entry, knobs)
     own = entry.knobs()
     generic = {k: knobs.pop(k, d) for k, d in GENERIC_KNOBS.items() if k not in own}
     if generic["phi"]:
