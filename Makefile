@@ -26,8 +26,8 @@ $(FMNIST):
 $(SLURM): # the tests start a one-node SLURM of their own (tests/test_slurm.py)
 	$(APT) slurm-wlm munge
 
-train: setup ## train the default model on Fashion-MNIST (extra overrides: make train ARGS="key=value ...")
-	$(PY) -m cnnbench.train $(ARGS)
+train: setup ## the Fashion-MNIST speedrun: 93% test top-1 in minutes on a laptop CPU (overrides: ARGS="key=value ...")
+	$(PY) -m cnnbench.train experiment=fmnist_speedrun $(ARGS)
 
 test: setup ## run the test suite
 	$(PY) -m pytest -q
