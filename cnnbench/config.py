@@ -236,6 +236,17 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("gpus_or", lambda n: cuda_device_count() or int(n), replace=True)
     # ${nproc_for:${hardware.device}} (conf/hardware/auto.yaml): every GPU of the node when the run is on CUDA.
     OmegaConf.register_new_resolver("nproc_for", lambda device: auto_nproc(device, cuda_device_count()), replace=True)
+    # ${model_input:size} / ${model_input:crop_pct} (conf/data/imagenet.yaml, conf/augmentation/imagenet.yaml):
+    # the chosen model's native image side and evaluation crop, as timm's default configs carry them.
+    OmegaConf.register_new_resolver("model_input", model_input, replace=True)
+
+
+def model_input(what: str, *, _root_: DictConfig) -> int | float:
+    from cnnbench.models.registry import native_input  # imports torch: only when a run resolves it
+
+    model = _root_.model
+    size, crop_pct = (224, 0.875) if "_target_" in model else native_input(model.name, model.get("source", "cnnbench"))
+    return {"size": size, "crop_pct": crop_pct}[what]
 
 
 def auto_nproc(device: str, cuda_devices: int) -> int:

@@ -66,3 +66,21 @@ def test_hardware_auto_starts_a_rank_per_gpu_of_the_node(tmp_path):
     cfg = make_config(tmp_path, "hardware=auto")
     assert cfg.hardware.nproc == auto_nproc("auto", torch.cuda.device_count())  # resolved from this machine
     assert make_config(tmp_path, "hardware=auto", "hardware.nproc=3").hardware.nproc == 3
+
+
+def test_each_model_trains_at_its_native_input_on_imagenet_like_data(tmp_path):
+    """Inception v3 at 299, EfficientNet-B3 at 300 with its 0.904 crop, unless data.image_size says
+    otherwise; small-image sets keep their own size; create_model builds the native size by default."""
+    from cnnbench.models import create_model
+
+    def composed(*overrides):
+        cfg = make_config(tmp_path, "data=imagenet", "augmentation=imagenet", *overrides)
+        return cfg.data.image_size, cfg.augmentation.eval_crop_ratio
+
+    assert composed("model=inception_v3") == (299, 0.875)
+    assert composed("model=efficientnet_b3") == (300, 0.904)
+    assert composed("model=resnet50") == (224, 0.875)
+    assert composed("model=timm", "model.name=inception_v3") == (299, 0.875)  # timm's own default config
+    assert composed("model=inception_v3", "data.image_size=224")[0] == 224
+    assert make_config(tmp_path, "model=inception_v3", "data=fashion_mnist").data.image_size == 28
+    assert sum(p.numel() for p in create_model("lenet5", num_classes=10, in_chans=1).parameters()) == 61_706

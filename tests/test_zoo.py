@@ -352,10 +352,13 @@ def test_every_model_has_a_config():
 def test_listing(capsys):
     assert list_zoo(["family=mobilenet", "input_size=32", "num_classes=10"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "multiply-adds" in lines[0] and lines[1].split() == ["name", "family", "params", "GFLOPs"]
+    assert "multiply-adds" in lines[0] and lines[1].split() == ["name", "family", "input", "crop", "params", "GFLOPs"]
     assert [line.split()[0] for line in lines[2:]] == list_models("mobilenet")
     assert list_zoo(["family=wrn", "input_size=32", "num_classes=10"]) == 0
-    rows = {line.split()[0]: line.split()[2] for line in capsys.readouterr().out.splitlines()[2:]}
+    rows = {line.split()[0]: line.split()[4] for line in capsys.readouterr().out.splitlines()[2:]}
     assert rows == {"wrn28_10": "36,479,194", "wrn40_4": "8,949,210"}
+    assert list_zoo(["family=efficientnet"]) == 0  # without input_size: each at its paper's image side
+    native = {line.split()[0]: line.split()[2:4] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert native["efficientnet_b0"] == ["224", "0.875"] and native["efficientnet_b3"] == ["300", "0.904"]
     assert list_zoo(["family=nope"]) == 2 and list_zoo(["size=3"]) == 2
     assert capsys.readouterr().err.count("error: ") == 2
