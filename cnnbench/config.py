@@ -244,6 +244,8 @@ def register_configs() -> None:
 def model_input(what: str, *, _root_: DictConfig) -> int | float:
     from cnnbench.models.registry import native_input  # imports torch: only when a run resolves it
 
+    if "model" not in _root_:  # pseudolabel's data=imagenet: there is no model to ask
+        return {"size": 224, "crop_pct": 0.875}[what]
     model = _root_.model
     size, crop_pct = (224, 0.875) if "_target_" in model else native_input(model.name, model.get("source", "cnnbench"))
     return {"size": size, "crop_pct": crop_pct}[what]

@@ -84,3 +84,14 @@ def test_each_model_trains_at_its_native_input_on_imagenet_like_data(tmp_path):
     assert composed("model=inception_v3", "data.image_size=224")[0] == 224
     assert make_config(tmp_path, "model=inception_v3", "data=fashion_mnist").data.image_size == 28
     assert sum(p.numel() for p in create_model("lenet5", num_classes=10, in_chans=1).parameters()) == 61_706
+
+
+def test_evaluating_on_imagenet_like_data_takes_the_trained_size(tmp_path):
+    """evaluate data=imagenet without data.image_size: the checkpoint's size, not a model's native one."""
+    from omegaconf import OmegaConf
+
+    from cnnbench.engine.inference import evaluation_data
+
+    cfg = make_config(tmp_path, "checkpoint=last.pt", "data=imagenet", app="evaluate")
+    trained = OmegaConf.create({"data": {"channels": 3, "image_size": 32}})
+    assert evaluation_data(cfg, trained).image_size == 32

@@ -57,6 +57,8 @@ def evaluation_data(cfg: DictConfig, config: DictConfig) -> DictConfig:
     if cfg.data is None:
         return config.data
     data = cfg.data
+    if OmegaConf.is_interpolation(data, "image_size"):  # data=imagenet's "the model's native size": the trained one
+        data.image_size = config.data.image_size
     if (data.channels, data.image_size) != (config.data.channels, config.data.image_size):
         raise ConfigError(f"data: the model takes {config.data.channels}-channel {config.data.image_size} px "
                           f"images; pass data.channels={config.data.channels} data.image_size={config.data.image_size}")
