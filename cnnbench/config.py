@@ -3,12 +3,15 @@
 Hydra rejects unknown keys and wrong types while composing; `check_config` rejects impossible
 values before any work, each with one line that names the key.
 """
+import functools
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.object_type import ObjectType
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cnnbench.errors import ConfigError
@@ -228,6 +231,8 @@ class PseudolabelConfig:
 
 
 def register_configs() -> None:
+    if {"--help", "-h", "--hydra-help"} & set(sys.argv):
+        memoize_group_options()
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
     ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
@@ -254,6 +259,28 @@ def model_input(what: str, *, _root_: DictConfig) -> int | float:
 def auto_nproc(device: str, cuda_devices: int) -> int:
     """hardware=auto's DDP ranks: one per visible GPU when the device is cuda or auto, else one process."""
     return cuda_devices if device in ("auto", "cuda") and cuda_devices > 1 else 1
+
+
+def memoize_group_options() -> None:
+    """Hydra 1.3's --help lists each config group's options three times over, each time deep-copying the
+    whole config repository (two seconds for cnnbench's groups, as long as importing torch); within one
+    config loader the answer cannot change, so each is computed once."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    listing = ConfigLoaderImpl.get_group_options
+    if getattr(listing, "memoized", False):
+        return
+
+    @functools.wraps(listing)
+    def get_group_options(self, group_name, results_filter=ObjectType.CONFIG, config_name=None, overrides=None):
+        cache = self.__dict__.setdefault("_group_options", {})
+        key = (group_name, results_filter, config_name, tuple(overrides or ()))
+        if key not in cache:
+            cache[key] = listing(self, group_name, results_filter, config_name, overrides)
+        return list(cache[key])
+
+    get_group_options.memoized = True
+    ConfigLoaderImpl.get_group_options = get_group_options
 
 
 def cuda_device_count() -> int:
