@@ -135,7 +135,7 @@ def resnet(num_classes=1000, in_chans=3, image_size=224, layers=(2, 2, 2, 2), bl
 
 
 def variant(name, reference, **defaults):
-    register_model("resnet", name, reference, **defaults)(resnet)
+    register_model("resnet", name, reference, classifier="fc", **defaults)(resnet)
 
 
 variant("resnet18", "torchvision:resnet18", layers=(2, 2, 2, 2), block="basic")
