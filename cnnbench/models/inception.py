@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import register_model
+from .registry import check_choice, register_model
 from .scaling import resolve_stem, scale_depth, scale_stage, scale_width
 
 
@@ -157,6 +157,7 @@ def googlenet(num_classes=1000, in_chans=3, image_size=224, aux_logits: bool = T
     """`branch3_kernel`: 5 is the paper's 5x5 branch; torchvision (and its weights) use 3. `lrn`: the
     paper's local response normalization after the first max pool and after conv3 (torchvision has
     none; it holds no parameters, so the weights still load)."""
+    check_choice("branch3_kernel", branch3_kernel, (3, 5))
     small = resolve_stem(stem, image_size) == "cifar"
     c = partial(scale_width, width_mult=width_mult)
     pool = partial(nn.Identity) if small else partial(nn.MaxPool2d, 3, 2, ceil_mode=True)
