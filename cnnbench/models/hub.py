@@ -1,6 +1,9 @@
 """Models from other libraries: `model=timm model.name=resnet10t` builds timm's resnet10t, and
 `model=torchvision model.name=resnet18` torchvision's resnet18, for the data's classes and channels.
-Their config says `source: timm` or `source: torchvision`; `create_model` passes `name` on as `arch`."""
+Their config says `source: timm` or `source: torchvision`; `create_model` passes `name` on as `arch`.
+A timm model names its classifier in its own pretrained_cfg; torchvision's do not, and theirs is taken to be
+the last layer with as many outputs as classes (registry.classifier_name: torchvision registers its heads
+last)."""
 import timm
 import torch
 import torch.nn as nn

@@ -196,13 +196,13 @@ def declare_classifier(model: nn.Module, entry: ModelEntry, num_classes: int) ->
     """Name the model's classifier in `model.pretrained_cfg` (timm's place): its entry's, else the one its
     library gave it (timm's models), else the guess (torchvision's and user models that name none)."""
     library_cfg = getattr(model, "pretrained_cfg", None) or {}
-    head = entry.classifier or library_cfg.get("classifier") or classifier_name(model, num_classes)
-    if not head:
+    if head := entry.classifier:
+        modules = dict(model.named_modules())
+        if missing := [module for module in ((head,) if isinstance(head, str) else head) if module not in modules]:
+            key = "model._target_" if entry.family == "user" else "model.name"
+            raise ConfigError(f"{key}: {entry.name} names its classifier {missing[0]!r}, which it does not have")
+    elif not (head := library_cfg.get("classifier") or classifier_name(model, num_classes)):
         return
-    modules = dict(model.named_modules())
-    if missing := [module for module in ((head,) if isinstance(head, str) else head) if module not in modules]:
-        key = "model._target_" if entry.family == "user" else "model.name"
-        raise ConfigError(f"{key}: {entry.name} names its classifier {missing[0]!r}, which it does not have")
     model.pretrained_cfg = {**library_cfg, "classifier": head}
 
 
