@@ -463,6 +463,10 @@ def test_a_user_model_names_its_classifier_or_has_it_guessed():
     ("inception_v3", dict(source="torchvision", kwargs={"aux_logits": True}),
      "model.kwargs: torchvision's aux_logits outputs are not cnnbench's; model=googlenet and model=inception_v3 "
      "train auxiliary classifiers"),
+    ("resnet18", dict(pretrained=True, weights="resnet18.pt"),
+     "model.pretrained: model.weights replaces the library weights; pass one or the other"),
+    ("resnet10t", dict(source="timm", pretrained=True, weights="resnet10t.pt"),
+     "model.pretrained: model.weights replaces the library weights; pass one or the other"),
 ])
 def test_knobs_a_model_cannot_honour_are_refused(name, knobs, message):
     with pytest.raises(ConfigError) as error:

@@ -176,6 +176,8 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
                 raise ConfigError(f"model.phi: {name} has no {key} knob to scale")
             knobs[key] = knobs.get(key, own[key]) * base ** generic["phi"]
     check_choice("freeze", generic["freeze"], ("none", "backbone"))
+    if weights and (generic.get("pretrained") or knobs.get("pretrained")):  # the file's would replace them
+        raise ConfigError("model.pretrained: model.weights replaces the library weights; pass one or the other")
     model = entry.fn(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **knobs)
     declare_classifier(model, entry, num_classes)
     if generic.get("pretrained"):
