@@ -482,3 +482,19 @@ def test_basic_blocks_refuse_resnext_groups_from_the_command_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "cnnbench: error: model.groups: ResNet's basic blocks take groups=1 and width_per_group=64 "
         "(ResNeXt needs block=bottleneck), got 32")
+
+
+@pytest.mark.parametrize("name", ["lenet5", "fmnist_cnn", "compact_cnn", "nin"])
+def test_checkpoints_from_before_the_head_had_a_name_still_load(name, tmp_path):
+    """lenet5, fmnist_cnn, compact_cnn and nin key their head by name now (fc, classifier); the state
+    dicts written when it was keyed by its position load through load_state_dict and model.weights=."""
+    model = create_model(name, num_classes=10, in_chans=1, image_size=28)
+    positions = {name: str(i) for i, name in enumerate(model._modules)}
+    old = {".".join([positions[k.split(".")[0]], *k.split(".")[1:]]): v.clone() + 1 for k, v in model.state_dict().items()}
+    assert not any(k.startswith(("fc.", "classifier.")) for k in old)
+    fresh = create_model(name, num_classes=10, in_chans=1, image_size=28)
+    fresh.load_state_dict(dict(old))
+    torch.save(old, tmp_path / "old.pt")
+    loaded = create_model(name, num_classes=10, in_chans=1, image_size=28, weights=str(tmp_path / "old.pt"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value + 1) and torch.equal(loaded.state_dict()[key], value + 1), key

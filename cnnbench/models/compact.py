@@ -16,7 +16,7 @@ from timm.layers import BatchNormAct2d, create_conv2d
 
 from cnnbench.errors import ConfigError
 
-from .registry import register_model
+from .registry import positional_keys_load, register_model
 from .scaling import scale_depth, scale_width
 
 
@@ -41,4 +41,4 @@ def compact_cnn(num_classes=10, in_chans=1, image_size=28, stem_width: int = 16,
         cin = cout
     model = nn.Sequential(*layers, BatchNormAct2d(cin), nn.Flatten())
     model.add_module("fc", nn.Linear(cin * side * side, num_classes))
-    return model
+    return positional_keys_load(model)

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from cnnbench.errors import ConfigError
 
-from .registry import register_model
+from .registry import positional_keys_load, register_model
 from .scaling import scale_depth, scale_width
 
 
@@ -38,4 +38,4 @@ def fmnist_cnn(num_classes=10, in_chans=1, image_size=28, width_mult: float = 1.
         nn.Linear(128, 64), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
     )
     model.add_module("fc", nn.Linear(64, num_classes))
-    return model
+    return positional_keys_load(model)

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from cnnbench.errors import ConfigError
 
-from .registry import register_model
+from .registry import positional_keys_load, register_model
 from .scaling import scale_width
 
 
@@ -34,4 +34,4 @@ def lenet5(num_classes=10, in_chans=1, image_size=32, variant: str = "classic", 
         nn.Linear(c5 * size * size, 84), act(),
     )
     model.add_module("fc", nn.Linear(84, num_classes))
-    return model
+    return positional_keys_load(model)

@@ -8,7 +8,7 @@ three poolings; `depth_mult` scales the 1x1 convs per block, `width_mult` every 
 """
 import torch.nn as nn
 
-from .registry import register_model
+from .registry import positional_keys_load, register_model
 from .scaling import resolve_stem, scale_depth, scale_width
 
 
@@ -35,4 +35,4 @@ def nin(num_classes=1000, in_chans=3, image_size=224, dropout: float = 0.5, widt
     model.add_module("classifier", nin_block(c3, num_classes, 3, 1, 1, mlp_depth))
     model.add_module("global_pool", nn.AdaptiveAvgPool2d(1))
     model.add_module("flatten", nn.Flatten())
-    return model
+    return positional_keys_load(model)

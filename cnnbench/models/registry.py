@@ -268,12 +268,29 @@ def load_weights(model: nn.Module, path: str, classes: list[str] | None = None, 
     fit_state_dict(model, state, path, "weights")
 
 
+def positional_keys_load(model: nn.Sequential) -> nn.Sequential:
+    """Checkpoints written before this Sequential named some of its layers (the head `fc`, NiN's `classifier`)
+    keyed them by position: they still load, through load_state_dict and model.weights= alike."""
+    model.positional_names = {str(i): name for i, name in enumerate(model._modules) if name != str(i)}
+    model.register_load_state_dict_pre_hook(lambda module, state, prefix, *_: by_name(module, state, prefix))
+    return model
+
+
+def by_name(model: nn.Module, state: dict, prefix: str = "") -> dict:
+    """`state` with positional keys renamed to `model`'s layer names (positional_keys_load), in place."""
+    for key in [k for k in state if k.startswith(prefix)]:
+        index, _, rest = key[len(prefix):].partition(".")
+        if index in getattr(model, "positional_names", {}):
+            state[f"{prefix}{model.positional_names[index]}.{rest}"] = state.pop(key)
+    return state
+
+
 def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None:
     """Load `state` into `model`: a classifier for another class count keeps its initialization and an input
     conv for other channels is adapted (timm's adapt_input_conv), so ImageNet weights start a Fashion-MNIST
     run; any other difference is an error naming `source`."""
     own = model.state_dict()
-    state = {k: v for k, v in state.items() if k in own or not k.startswith(AUX_HEADS)}
+    state = {k: v for k, v in by_name(model, dict(state)).items() if k in own or not k.startswith(AUX_HEADS)}
     # a fine-tuned model's frozen batch norms count no batches
     state |= {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state}
     if own.keys() != state.keys():
