@@ -50,7 +50,7 @@ def test_bench_trainer_columns_are_consistent(tmp_path, capsys):
     assert len(b["trainer_round_ratios"]) == 2 and all(r > 0 for r in b["trainer_round_ratios"])
     assert b["trainer_ratio"] == pytest.approx(statistics.median(b["trainer_round_ratios"]))
     assert b["trainer_tflops"] == pytest.approx(b["train_gflops"] * b["trainer_img_per_s"] / 1e3, rel=1e-3)
-    assert b["trainer_peak_fraction"] == pytest.approx(b["trainer_tflops"] / b["matmul_tflops"], rel=2e-3, abs=1e-4)
+    assert b["trainer_matmul_fraction"] == pytest.approx(b["trainer_tflops"] / b["matmul_tflops"], rel=2e-3, abs=1e-4)
     report([str(tmp_path)])
     header, _, row = (tmp_path / "bench.md").read_text().splitlines()
     cells = dict(zip(header.strip("| ").split(" | "), row.strip("| ").split(" | ")))
