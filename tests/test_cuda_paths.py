@@ -18,7 +18,7 @@ from cnnbench.errors import ConfigError
 from cnnbench.models import create_model
 from cnnbench.models.pooling import AdaptiveAvgPool2d, pool_by_matmul
 
-from .conftest import make_config
+from .conftest import make_config, run_cli
 
 
 @pytest.mark.parametrize("size, output_size", [((6, 6), (6, 6)), ((1, 1), (7, 7)), ((3, 3), (6, 6)),
@@ -140,3 +140,13 @@ def test_more_ranks_than_gpus_is_one_line_naming_both_counts():
         check_gpu_count(4, 2)
     with pytest.raises(ConfigError, match="but it has 0 CUDA devices"):
         check_gpu_count(1, 0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for a machine without CUDA")
+def test_a_gpu_ddp_run_without_gpus_stops_with_one_line(tmp_path):
+    # item 14: the sbatch scripts pass hardware.device=cuda when SLURM granted GPUs; none seen is one line
+    result = run_cli("hardware=ddp", "hardware.device=cuda", "data=synthetic", "model=lenet5",
+                     f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "hardware.nproc: 2 ranks on this node, but it has 0 CUDA devices: one rank per GPU")
