@@ -197,8 +197,9 @@ def cuda_prefetcher(a: Acceptance) -> dict:
 def deterministic_resume(a: Acceptance) -> dict:
     import torch
     run = ["data=synthetic", "data.image_size=32", "data.train_size=1024", "data.val_size=256", "data.batch_size=128",
-           "model=vgg11", "model.width_mult=0.25", "hardware=gpu", "hardware.deterministic=true",
-           "hardware.compile=false"]
+           "model=vgg11", "model.width_mult=0.25", "hardware=gpu" if a.cuda else "hardware=cpu",
+           "hardware.deterministic=true", "hardware.compile=false",
+           "scheduler=constant"]  # the 1-epoch run's schedule is then the first epoch of the 2-epoch one
     a.train("deterministic_straight", *run, "train.epochs=2")
     a.train("deterministic_resumed", *run, "train.epochs=1")
     a.train("deterministic_resumed", *run, "train.epochs=2", "resume=auto")
@@ -214,11 +215,12 @@ def deterministic_resume(a: Acceptance) -> dict:
 def predict_dense(a: Acceptance) -> dict:
     checkpoint = a.runs / "deterministic_straight" / "checkpoints" / "best.pt"
     if not checkpoint.exists():
-        a.train("deterministic_straight", "data=synthetic", "data.image_size=32", "data.train_size=512",
-                "model=vgg11", "model.width_mult=0.25", "hardware=gpu", "train.epochs=1")
-    image = next((jpeg_tree(a) / "val").glob("*/*.jpg"))
+        a.train("predict_dense_model", "data=synthetic", "data.image_size=32", "data.train_size=512",
+                "model=vgg11", "model.width_mult=0.25", *a.hardware, "train.epochs=1")
+        checkpoint = a.runs / "predict_dense_model" / "checkpoints" / "best.pt"
+    image = next((jpeg_tree(a) / "val").glob("*/*.JPEG"))
     result = a.cnnbench("predict", f"checkpoint={checkpoint}", f"images=[{image}]", "dense=true",
-                        "hardware.device=cuda", f"hydra.run.dir={a.runs / 'predict_dense'}")
+                        f"hardware.device={a.device}", f"hydra.run.dir={a.runs / 'predict_dense'}")
     return {"output": result.stdout.strip().splitlines()[-1][:120]}
 
 
