@@ -1,6 +1,7 @@
 """The paths only a GPU runs (issue 20), checked on the CPU where their mechanism shows there; the rest is
 scripts/gpu_acceptance.sh's, on a GPU."""
 import copy
+import os
 import random
 
 import pytest
@@ -100,6 +101,7 @@ def test_job_settings_set_the_jobs_flags_and_restore_the_previous():
         assert not torch._dynamo.eval_frame._debug_get_cache_entry_list(fn._torchdynamo_orig_callable.__code__)
         with job_settings(deterministic=True):
             assert not torch.backends.cudnn.benchmark and torch.are_deterministic_algorithms_enabled()
+            assert os.environ["CUBLAS_WORKSPACE_CONFIG"]  # else no matmul runs deterministically on CUDA
         assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
     assert not torch.backends.cudnn.benchmark
 

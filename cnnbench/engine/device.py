@@ -20,19 +20,25 @@ def bf16_native() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
-@contextlib.contextmanager
-def job_settings(deterministic: bool):
-    """hardware.deterministic for one job: deterministic kernels (cuBLAS's fixed workspace included), or
-    cuDNN's autotuning; Dynamo's caches are emptied first, so that a sweep's earlier models do not count
-    against the recompile limit of later ones (which then fall back to eager, silently)."""
-    if "torch._dynamo" in sys.modules:  # imported by a compile: a process that never compiled has nothing to reset
-        torch._dynamo.reset()
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-                torch.backends.cudnn.benchmark)
+def use_deterministic_algorithms(deterministic: bool) -> None:
+    """hardware.deterministic: deterministic kernels (cuBLAS's fixed workspace included), else cuDNN's
+    autotuning."""
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
+
+
+@contextlib.contextmanager
+def job_settings(deterministic: bool):
+    """One job under hardware.deterministic's flags, the previous ones back after it. Dynamo's caches are
+    emptied first, so that a sweep's earlier models do not count against the recompile limit of later
+    ones (which then fall back to eager, silently)."""
+    if "torch._dynamo" in sys.modules:  # imported by a compile: a process that never compiled has nothing to reset
+        torch._dynamo.reset()
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.benchmark)
+    use_deterministic_algorithms(deterministic)
     try:
         yield
     finally:
