@@ -12,6 +12,7 @@ max pools; the adaptive 6x6 pooling before the classifier then takes any size.
 """
 import torch.nn as nn
 
+from .pooling import AdaptiveAvgPool2d
 from .registry import check_choice, register_model
 from .scaling import resolve_stem, scale_stage, scale_width
 
@@ -24,7 +25,7 @@ class ConvNet(nn.Module):
     def __init__(self, features, pool_size, classifier):
         super().__init__()
         self.features = features
-        self.avgpool = nn.AdaptiveAvgPool2d(pool_size)
+        self.avgpool = AdaptiveAvgPool2d(pool_size)  # skipped at 224 px: deterministic on CUDA
         self.classifier = classifier
 
     def forward(self, x):

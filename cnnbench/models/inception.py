@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .pooling import adaptive_avg_pool2d
 from .registry import check_choice, register_model
 from .scaling import resolve_stem, scale_depth, scale_stage, scale_width
 
@@ -146,7 +147,7 @@ class AuxV1(nn.Module):
         self.dropout = nn.Dropout(0.7)
 
     def forward(self, x):
-        x = self.conv(F.adaptive_avg_pool2d(x, 4)).flatten(1)
+        x = self.conv(adaptive_avg_pool2d(x, 4)).flatten(1)
         return self.fc2(self.dropout(F.relu(self.fc1(x), inplace=True)))
 
 
@@ -227,7 +228,7 @@ class AuxV3(nn.Module):
 
     def forward(self, x):
         # the paper's pool sees 17x17 maps (299 px input); smaller ones pool to the 5x5 that conv1 needs
-        x = F.avg_pool2d(x, 5, 3) if x.shape[-1] >= 17 else F.adaptive_avg_pool2d(x, 5)
+        x = F.avg_pool2d(x, 5, 3) if x.shape[-1] >= 17 else adaptive_avg_pool2d(x, 5)
         return self.fc(F.adaptive_avg_pool2d(self.conv1(self.conv0(x)), 1).flatten(1))
 
 
