@@ -4,8 +4,9 @@
 network; the knobs a constructor accepts are its design space, read from its signature. Every model
 also takes the generic knobs `pretrained` (its reference library's weights), `freeze` and `new_head`
 (fine-tuning) and `phi`, `alpha`, `beta`, `gamma` (compound scaling, seed 000).
-Every model names its classifier as timm's do, in `model.pretrained_cfg["classifier"]`: `freeze=backbone`
-and timm's layer-wise learning rates (`optimizer.layer_decay`) read it.
+Every model names its classifier as timm's do, in `model.pretrained_cfg["classifier"]`: each family declares
+it (`register_model(..., classifier="fc")`); `freeze=backbone`, `new_head` and timm's layer-wise learning
+rates (`optimizer.layer_decay`) read it.
 A model with auxiliary classifiers (googlenet, inception_v3) has an `aux_weight` attribute and, in
 training mode with `aux_logits`, returns `(logits, [aux_logits, ...])`: the trainer adds
 `aux_weight * loss(aux)` for each; in eval mode it returns the logits alone.
@@ -22,6 +23,7 @@ import timm
 import torch
 import torch.nn as nn
 import torchvision
+from hydra.utils import get_object
 from timm.models import adapt_input_conv
 from timm.utils.model import freeze
 
@@ -45,6 +47,13 @@ class ModelEntry:
     family: str
     fn: Callable[..., nn.Module]
     reference: str | None = None  # "torchvision:NAME" or "timm:NAME": the model it mirrors, weights included
+    # What the model was designed for, as timm's default configs say it: the side of its training images on
+    # ImageNet-like data, and the centre crop's share of the resized image when it is evaluated.
+    input_size: int = 224
+    crop_pct: float = 0.875
+    # The classifier's module name(s), as timm's default configs give them: what `freeze=backbone` keeps
+    # training and `new_head` starts afresh. None: the model names its own (timm's) or it is guessed.
+    classifier: str | tuple[str, ...] | None = None
 
     def knobs(self) -> dict:
         """The constructor's keyword arguments and defaults, less those the data provides."""
@@ -56,15 +65,31 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(family: str, name: str | None = None, reference: str | None = None, **defaults):
+def register_model(family: str, name: str | None = None, reference: str | None = None, *,
+                   input_size: int = 224, crop_pct: float = 0.875, classifier: str | tuple[str, ...] | None = None,
+                   **defaults):
     """Decorator: register a constructor under `name` (default: its function name) in `family`;
     `defaults` make a variant (resnet50 is the resnet constructor with its stage depths); `reference`
-    names the torchvision or timm model whose parameters and state dict this one matches."""
+    names the torchvision or timm model whose parameters and state dict this one matches; `input_size`,
+    `crop_pct` and `classifier` are its native image side, evaluation crop and head (ModelEntry)."""
     def wrap(fn):
         key = name or fn.__name__
-        _REGISTRY[key] = ModelEntry(key, family, functools.partial(fn, **defaults) if defaults else fn, reference)
+        _REGISTRY[key] = ModelEntry(key, family, functools.partial(fn, **defaults) if defaults else fn, reference,
+                                    input_size, crop_pct, classifier)
         return fn
     return wrap
+
+
+def native_input(name: str, source: str = "cnnbench") -> tuple[int, float]:
+    """(input_size, crop_pct) the model was designed for: its registry entry's, or timm's default config for
+    a timm model (torchvision's classifiers are 224 / 0.875 but Inception v3's 299)."""
+    if source == "timm":
+        cfg = timm.models.get_pretrained_cfg(name)
+        return (cfg.input_size[-1], cfg.crop_pct) if cfg else (224, 0.875)
+    if source == "torchvision":
+        return (299, 0.875) if name == "inception_v3" else (224, 0.875)
+    entry = get_entry(name)
+    return entry.input_size, entry.crop_pct
 
 
 def list_models(family: str | None = None) -> list[str]:
@@ -82,9 +107,28 @@ def check_choice(key: str, value: str, choices) -> None:
         raise ConfigError(f"model.{key}: one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
-def check_knobs(name: str, knobs: dict) -> None:
+def user_entry(name: str, target: str) -> ModelEntry:
+    """A model class of the user's own package (`model._target_: mypkg.nets.MyNet`): the keyword arguments
+    of its constructor are its knobs, and it receives num_classes, in_chans and image_size where it takes them.
+    Its classifier is the class's `classifier` attribute where that is a module name (or a tuple of them), or
+    its instances' `pretrained_cfg["classifier"]` (timm's), else guessed: the last Linear or Conv2d layer
+    with num_classes outputs (`classifier_name`)."""
+    try:
+        cls = get_object(target)
+    except Exception as e:  # ImportError, AttributeError, ... all say the same to the user
+        raise ConfigError(f"model._target_: cannot import {target} ({str(e).splitlines()[0]})") from None
+    accepted = inspect.signature(cls).parameters
+
+    @functools.wraps(cls)  # inspect.signature (ModelEntry.knobs) follows __wrapped__ to cls
+    def build(**kwargs):
+        return cls(**{k: v for k, v in kwargs.items() if k in accepted or k not in DATA_ARGS})
+    declared = getattr(cls, "classifier", None)
+    return ModelEntry(name, "user", build, classifier=declared if isinstance(declared, (str, tuple)) else None)
+
+
+def check_knobs(entry: ModelEntry, knobs: dict) -> None:
     """Reject knobs the model does not take, and values of the wrong type, naming the key."""
-    accepted = {**GENERIC_KNOBS, **get_entry(name).knobs()}
+    name, accepted = entry.name, {**GENERIC_KNOBS, **entry.knobs()}
     for key, value in knobs.items():
         if key not in accepted:
             raise ConfigError(f"model.{key}: not a knob of {name} (knobs: {', '.join(sorted(accepted))})")
@@ -109,18 +153,21 @@ def compound_image_size(image_size: int, phi: int, gamma: float = 1.15) -> int:
     return image_size if phi == 0 else 4 * round(image_size * gamma ** phi / 4)
 
 
-def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_size: int = 224,
+def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_size: int | None = None,
                  weights: str | None = None, source: str = "cnnbench", classes: list[str] | None = None,
                  **knobs) -> nn.Module:
     """Build model `name` for the data's class count, channels and image size. `source=timm` (or
     `torchvision`) takes `name` from that library instead of cnnbench's zoo; `weights` is a state dict
     file to start from (`classes`, the data's class names, are checked against a checkpoint's); `phi` > 0
     multiplies depth_mult by alpha**phi and width_mult by beta**phi (the trainer scales the image by
-    `compound_image_size`)."""
+    `compound_image_size`). Without `image_size`, the model is built for its native input (`native_input`)."""
+    if image_size is None:
+        image_size = native_input(name, source)[0]
     if source != "cnnbench":
         name, knobs = source, {"arch": name, **knobs}
-    check_knobs(name, knobs)
-    entry = get_entry(name)
+    target = knobs.pop("_target_", None)
+    entry = user_entry(name, target) if target else get_entry(name)
+    check_knobs(entry, knobs)
     own = entry.knobs()
     generic = {k: knobs.pop(k, d) for k, d in GENERIC_KNOBS.items() if k not in own}
     if generic["phi"]:
@@ -129,27 +176,48 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
                 raise ConfigError(f"model.phi: {name} has no {key} knob to scale")
             knobs[key] = knobs.get(key, own[key]) * base ** generic["phi"]
     check_choice("freeze", generic["freeze"], ("none", "backbone"))
+    if weights and (generic.get("pretrained") or knobs.get("pretrained")):  # the file's would replace them
+        raise ConfigError("model.pretrained: model.weights replaces the library weights; pass one or the other")
     model = entry.fn(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **knobs)
+    declare_classifier(model, entry, num_classes)
     if generic.get("pretrained"):
         if entry.reference is None:
             raise ConfigError(f"model.pretrained: {name} has no torchvision or timm counterpart; "
                               f"pass model.weights=PATH")
         fit_state_dict(model, reference_state_dict(entry.reference), entry.reference, "pretrained")
     if weights:
-        load_weights(model, weights, num_classes, classes, generic["new_head"])
-    library_cfg = getattr(model, "pretrained_cfg", None) or {}
-    if not library_cfg.get("classifier") and (head := classifier_name(model, num_classes)):  # timm's name theirs
-        model.pretrained_cfg = {**library_cfg, "classifier": head}
+        load_weights(model, weights, classes, generic["new_head"])
     if generic["freeze"] == "backbone":
-        heads = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
-        if not heads:
+        if not (heads := classifier_names(model)):
             raise ConfigError(f"model.freeze: {name} has no layer with {num_classes} outputs to keep training")
-        freeze(model, outside(model, (heads,) if isinstance(heads, str) else tuple(heads)))
+        freeze(model, outside(model, heads))
     return model
 
 
+def declare_classifier(model: nn.Module, entry: ModelEntry, num_classes: int) -> None:
+    """Name the model's classifier in `model.pretrained_cfg` (timm's place): its entry's, else the one its
+    library gave it (timm's models), else the guess (torchvision's and user models that name none)."""
+    library_cfg = getattr(model, "pretrained_cfg", None) or {}
+    if head := entry.classifier:
+        modules = dict(model.named_modules())
+        if missing := [module for module in ((head,) if isinstance(head, str) else head) if module not in modules]:
+            key = "model._target_" if entry.family == "user" else "model.name"
+            raise ConfigError(f"{key}: {entry.name} names its classifier {missing[0]!r}, which it does not have")
+    elif not (head := library_cfg.get("classifier") or classifier_name(model, num_classes)):
+        return
+    model.pretrained_cfg = {**library_cfg, "classifier": head}
+
+
+def classifier_names(model: nn.Module) -> tuple[str, ...]:
+    """The module names of the model's classifier(s) (`declare_classifier`), () for none."""
+    head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    return (head,) if isinstance(head, str) else tuple(head or ())
+
+
 def classifier_name(model: nn.Module, num_classes: int) -> str | None:
-    """The last Linear or conv layer that outputs the classes (after any auxiliary classifier's)."""
+    """The guess for models that do not name their classifier: the last Linear or conv layer that outputs
+    the classes (after any auxiliary classifier's). A hidden layer of as many units registered after the
+    head would fool it: cnnbench's families declare theirs."""
     names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes
              or isinstance(m, nn.Conv2d) and m.out_channels == num_classes]
     return names[-1] if names else None
@@ -177,8 +245,7 @@ def reference_state_dict(reference: str) -> dict:
                           f"offline, save them once and pass model.weights=PATH") from None
 
 
-def load_weights(model: nn.Module, path: str, num_classes: int, classes: list[str] | None = None,
-                 new_head: bool = False) -> None:
+def load_weights(model: nn.Module, path: str, classes: list[str] | None = None, new_head: bool = False) -> None:
     """Load a state dict file as data (never code); a mismatch names the file and the keys. A checkpoint's
     classifier is kept only for the same classes: as many other ones would be silently misnamed."""
     if not os.path.isfile(path):
@@ -195,8 +262,9 @@ def load_weights(model: nn.Module, path: str, num_classes: int, classes: list[st
     if trained_on and classes and len(trained_on) == len(classes) and trained_on != classes and not new_head:
         raise ConfigError(f"model.weights: {path} was trained on other classes ({short_list(trained_on)}; here "
                           f"{short_list(classes)}); model.new_head=true trains a new classifier for these")
-    if new_head and (head := classifier_name(model, num_classes)):
-        state |= {k: v for k, v in model.state_dict().items() if k.startswith(head + ".")}
+    if new_head:
+        heads = tuple(head + "." for head in classifier_names(model))
+        state |= {k: v for k, v in model.state_dict().items() if k.startswith(heads)}
     fit_state_dict(model, state, path, "weights")
 
 
@@ -206,12 +274,29 @@ def trained_weights(state: dict) -> dict:
     return state["ema"] if state.get("best", {}).get("weights") == "ema" else state.get("model", state)
 
 
+def positional_keys_load(model: nn.Sequential) -> nn.Sequential:
+    """Checkpoints written before this Sequential named some of its layers (the head `fc`, NiN's `classifier`)
+    keyed them by position: they still load, through load_state_dict and model.weights= alike."""
+    model.positional_names = {str(i): name for i, name in enumerate(model._modules) if name != str(i)}
+    model.register_load_state_dict_pre_hook(lambda module, state, prefix, *_: by_name(module, state, prefix))
+    return model
+
+
+def by_name(model: nn.Module, state: dict, prefix: str = "") -> dict:
+    """`state` with positional keys renamed to `model`'s layer names (positional_keys_load), in place."""
+    for key in [k for k in state if k.startswith(prefix)]:
+        index, _, rest = key[len(prefix):].partition(".")
+        if index in getattr(model, "positional_names", {}):
+            state[f"{prefix}{model.positional_names[index]}.{rest}"] = state.pop(key)
+    return state
+
+
 def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None:
     """Load `state` into `model`: a classifier for another class count keeps its initialization and an input
     conv for other channels is adapted (timm's adapt_input_conv), so ImageNet weights start a Fashion-MNIST
     run; any other difference is an error naming `source`."""
     own = model.state_dict()
-    state = {k: v for k, v in state.items() if k in own or not k.startswith(AUX_HEADS)}
+    state = {k: v for k, v in by_name(model, dict(state)).items() if k in own or not k.startswith(AUX_HEADS)}
     # a fine-tuned model's frozen batch norms count no batches
     state |= {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state}
     if own.keys() != state.keys():
@@ -221,12 +306,13 @@ def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None
     heads = {name.rsplit(".", 1)[0] for name, value in state.items()  # layers whose outputs are classes
              if name.endswith("weight") and value.dim() in (2, 4) and value.shape[0] != own[name].shape[0]
              and value.shape[1:] == own[name].shape[1:]}
+    declared = tuple(head + "." for head in classifier_names(model))  # NiN's class-wide 1x1 convs too
     fitted = {}
     for name, value in state.items():
         target = own[name]
         if value.shape == target.shape:
             fitted[name] = value
-        elif name.rsplit(".", 1)[0] in heads:
+        elif name.rsplit(".", 1)[0] in heads or name.startswith(declared):
             fitted[name] = target
         elif value.dim() == 4 and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
             fitted[name] = adapt_input_conv(target.shape[1], value)
