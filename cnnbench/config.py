@@ -127,7 +127,9 @@ class HardwareConfig:
     device: Device = Device.auto
     precision: Precision = Precision.auto
     channels_last: bool = True  # NHWC convolutions: faster on CPU and GPU alike
-    compile: Any = "auto"  # torch.compile the model: true | false | auto (on a GPU; off on CPU, where it costs more than it gains)
+    # torch.compile the model: true | false | auto (on a GPU without sync_batchnorm; off on CPU, where it costs
+    # more than it gains, and with SyncBatchNorm, which breaks the graph at every layer)
+    compile: Any = "auto"
     deterministic: bool = False  # bitwise-reproducible kernels (slower on GPU)
     nproc: int = 1  # DDP processes on this node, started by cnnbench (ignored under torchrun, which sets it)
     sync_batchnorm: bool = False  # DDP: batch norm statistics over the global batch, not each rank's share
