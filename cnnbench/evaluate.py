@@ -3,16 +3,18 @@ per-class accuracy of a trained model; the work is `cnnbench.engine.inference.ev
 import hydra
 from omegaconf import DictConfig
 
-from cnnbench.cli import run_reporting_errors
 from cnnbench.config import register_configs
 from cnnbench.engine.inference import evaluate
+
+from cnnbench.sweep import run_job
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
-    return run_reporting_errors(evaluate, cfg)["top1"]
+    result = run_job(cfg, evaluate, cfg, record=None)
+    return result and result["top1"]
 
 
 if __name__ == "__main__":

@@ -3,16 +3,17 @@ of each image; the work is `cnnbench.engine.inference.predict(cfg)`."""
 import hydra
 from omegaconf import DictConfig
 
-from cnnbench.cli import run_reporting_errors
 from cnnbench.config import register_configs
 from cnnbench.engine.inference import predict
+
+from cnnbench.sweep import run_job
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    run_reporting_errors(predict, cfg)
+    run_job(cfg, predict, cfg, record=None)
 
 
 if __name__ == "__main__":

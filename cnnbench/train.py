@@ -10,7 +10,7 @@ hardware.nproc ranks (`hardware=ddp`) or under torchrun.
 import hydra
 from omegaconf import DictConfig
 
-from cnnbench.config import register_configs
+from cnnbench.config import check_config, register_configs
 from cnnbench.engine.distributed import run_ranks
 from cnnbench.engine.trainer import train
 from cnnbench.sweep import run_job
@@ -20,7 +20,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    summary = run_job(cfg, run_ranks, train, cfg)
+    summary = run_job(cfg, run_ranks, train, cfg, check=check_config)
     return summary and summary["best_val_top1"]  # what a sweeper optimises; None for a failed sweep point
 
 
