@@ -47,8 +47,6 @@ def lock(path: Path) -> int:
         who = f"pid {holder[1]} on {holder[0]}" if len(holder) == 2 else "another process"
         raise ConfigError(f"{hydra_dir_key()}: {path.parent} is in use by {who} ({LOCK}); wait for it to "
                           f"end, or choose another directory") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}\n".encode(), 0)
     return fd
 
 
@@ -63,6 +61,8 @@ def hold(run_dir: Path, check):
         if fd is None:
             run_dir.mkdir(parents=True, exist_ok=True)
             fd = lock(path)
+        os.ftruncate(fd, 0)  # the holder, for the message a second process prints
+        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}\n".encode(), 0)
         yield result
     finally:
         if fd is not None:
