@@ -161,7 +161,7 @@ def jobs(slurm, tmp_path_factory):
 
     # Time limits are too coarse for a test (SLURM may send --signal up to 60 s early): the same signal by hand.
     wait_for(lambda: list(preempted_dir.rglob("last.pt")), 180, "the preempted sweep point's first checkpoint")
-    [task] = [d.name for d in (preempted_dir / ".submitit").iterdir() if d.is_dir() and "_" in d.name]
+    [task] = [d.name for d in (preempted_dir / ".submitit").iterdir() if d.is_dir()]  # one job: no array
     slurm("scancel", "--signal=USR2", task)
 
     for job in submitted.values():
