@@ -47,6 +47,7 @@ class Recorder:
         for key in self.metrics:
             if key not in ("epoch", "step", "lr", "epoch_time_s"):
                 self.tb.add_scalar(key.replace("_", "/", 1), row[key], row["step"])
+        self.tb.add_scalar("train/lr", row["lr"], row["step"])  # a curve even when log_every_steps > an epoch
         self.tb.flush()
 
     def start(self, summary: dict):

@@ -11,6 +11,7 @@ from any checkpoint continues bit for bit as if never stopped.
 import contextlib
 import logging
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -179,6 +180,8 @@ def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
         model = torch.compile(model)
 
     recorder = Recorder(run_dir, history, step, METRICS + EMA_METRICS if ema else METRICS) if ctx.is_main else None
+    if recorder and step == 0:
+        recorder.step(0, {"train/lr": peak_lr(optimizer)})  # the schedule's start (warm-up's first lr)
     for warning in data.warnings:
         log.warning(warning)
     if resume_from is not None:
@@ -219,7 +222,7 @@ def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
             "best_val_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),
             "final_val_top1": final.get("val_top1"), "final_val_top5": final.get("val_top5"),
             "top5_k": topk, "epochs": len(history), "step": step,
-            "train_img_per_s": final.get("train_img_per_s"),
+            "train_img_per_s": steady_throughput(history),
             **({"best_weights": best.get("weights"),
                 "best_ema_val_top1": max((r["ema_val_top1"] for r in history), default=None),
                 "final_ema_val_top1": final.get("ema_val_top1")} if ema else {}),
@@ -362,6 +365,13 @@ def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
     log.info(f"done: best val top1 {result['best_val_top1']:.2f} (epoch {result['best_epoch']}), "
              f"{result['wall_time_s']:.0f}s; results in {run_dir}")
     return result
+
+
+def steady_throughput(history: list[dict]) -> float | None:
+    """Training images/s of a run: the median over its epochs after the first (whose warm-up, allocator and
+    autotuning would count otherwise); the first alone in a one-epoch run."""
+    rates = [row["train_img_per_s"] for row in history]
+    return statistics.median(rates[1:] or rates) if rates else None
 
 
 def best_of(row: dict) -> dict:
