@@ -1,8 +1,8 @@
 """`python -m cnnbench.pseudolabel checkpoint=TEACHER data.train_size=N [output=PATH]`: Noisy Student's
-pseudo-labels (seed 000). The teacher, without noise (eval mode, eval crop), gives soft labels to the
-training split's images outside its labeled data.train_size subset; `python -m cnnbench.train
-data.train_size=N data.pseudo_labels=PATH augmentation=randaugment ...` then trains a noised student on
-both, and the student becomes the next teacher (README, "Techniques").
+pseudo-labels (Xie, Luong, Hovy and Le 2020). The teacher, without noise (eval mode, eval crop), gives soft
+labels to the training split's images outside its labeled data.train_size subset; `python -m cnnbench.train
+data.train_size=N data.pseudo_labels=PATH augmentation=randaugment ...` then trains a noised student on both,
+and the student becomes the next teacher (README, "Techniques").
 """
 import logging
 from pathlib import Path

@@ -87,7 +87,8 @@ def save(fig, ax, path: Path, legend: bool = True, **labels):
 
 
 def plot_accuracy_vs_flops(runs, varying, path: Path):
-    """Seed 000's chart: top-1 against GFLOPs, marker area proportional to parameters."""
+    """The chart of Bianco et al., "Benchmark Analysis of Representative Deep Neural Network Architectures"
+    (2018): top-1 against GFLOPs, marker area proportional to parameters."""
     fig, ax = plt.subplots(figsize=(7, 5))
     biggest = max(r["summary"]["params"] for r in runs)
     for r in runs:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Noisy Student (seed 000) on Fashion-MNIST. The teacher is the best the labeled part alone gives: the
-# network trained with noise (translations of up to 2 px and flips of its inputs, dropout in its head) on a
-# small labeled part of the training split. Without noise it gives soft labels to a pool of the rest
-# ("unlabeled": its labels are never trained on); a student of the same network and noise, trained for
+# Noisy Student (Xie, Luong, Hovy and Le 2020) on Fashion-MNIST. The teacher is the best the labeled part
+# alone gives: the network trained with noise (translations of up to 2 px and flips of its inputs, dropout in
+# its head) on a small labeled part of the training split. Without noise it gives soft labels to a pool of the
+# rest ("unlabeled": its labels are never trained on); a student of the same network and noise, trained for
 # as many steps on labeled + pseudo-labeled images, becomes the next round's teacher. Teacher and
 # student differ only in the pool: what it adds is the difference between their accuracies.
 #

@@ -126,7 +126,7 @@ def test_fashion_mnist_is_installed():
 
 
 def test_compound_scaling_grows_depth_width_and_image_size(tmp_path):
-    """model.phi=1 (seed 000): depth x1.2, width x1.1, image side x1.15 (32 -> 36)."""
+    """model.phi=1 (compound scaling, Tan and Le 2019): depth x1.2, width x1.1, image side x1.15 (32 -> 36)."""
     base = ["data=synthetic", "data.train_size=64", "data.val_size=32", "data.batch_size=32",
             "model=resnet18", "model.width_mult=0.25", "train.epochs=1", "hardware=cpu"]
     plain = train(make_config(tmp_path / "plain", *base))

@@ -1,4 +1,5 @@
-"""Noisy Student's pseudo-labels (seed 000): a teacher's soft targets for the unlabeled pool.
+"""Noisy Student's pseudo-labels (Xie, Luong, Hovy and Le 2020, "Self-training with Noisy Student improves
+ImageNet classification"): a teacher's soft targets for the unlabeled pool.
 
 The labeled part of a training split is its `data.train_size` subset; the rest is the pool. A file
 written by `cnnbench.pseudolabel` holds the pool's indices into the whole training split, one soft

@@ -1,4 +1,5 @@
-"""Knowledge distillation (seed 000): the teacher is rebuilt from its checkpoint and only ever predicts."""
+"""Knowledge distillation (Hinton, Vinyals and Dean 2015, "Distilling the Knowledge in a Neural Network"): the
+teacher is rebuilt from its checkpoint and only ever predicts."""
 from pathlib import Path
 
 import torch

@@ -1,4 +1,5 @@
-"""What a run leaves behind (DESIGN.md): metrics.csv, summary.json, tb/ and train.log, from rank 0."""
+"""What a run leaves behind (README.md, "What a run leaves behind"): metrics.csv, summary.json, tb/ and
+train.log, from rank 0."""
 import csv
 import io
 import json

@@ -102,7 +102,7 @@ def train(cfg: DictConfig) -> dict:
 def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
     check_config(cfg)
     if cfg.model.get("phi"):
-        # Compound scaling (seed 000) grows the images with depth and width: alpha, beta, gamma ** phi.
+        # Compound scaling (Tan and Le 2019) grows the images with depth and width: alpha, beta, gamma ** phi.
         cfg.data.image_size = compound_image_size(cfg.data.image_size, cfg.model.phi, cfg.model.gamma)
     started = time.perf_counter()
     run_dir = Path(cfg.run_dir)

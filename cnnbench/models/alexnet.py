@@ -1,12 +1,13 @@
-"""AlexNet (Krizhevsky et al. 2012; seeds 000, 002, 003, 004): five convs (11x11/4, 5x5, three 3x3) with
-max pooling, then three fully connected layers with dropout; and ZFNet (Zeiler and Fergus, "Visualizing and
-Understanding Convolutional Networks", ECCV 2014), AlexNet with a 7x7/2 first conv and a strided second one.
+"""AlexNet (Krizhevsky, Sutskever and Hinton, "ImageNet Classification with Deep Convolutional Neural Networks",
+2012): five convs (11x11/4, 5x5, three 3x3) with max pooling, then three fully connected layers with dropout;
+and ZFNet (Zeiler and Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014), AlexNet with a
+7x7/2 first conv and a strided second one.
 
-`channels=torchvision` is torchvision's one-GPU version (64, 192, 384, 256, 256; seed 003's listing),
-whose state dict loads; `2012` is the paper's (96, 256, 384, 384, 256; seed 004 table 14-2), ZFNet's too
-(dense, 62,357,608 parameters at 1000 classes). `lrn` adds local response normalization after the first
-two ReLUs (r=5, alpha=1e-4, beta=0.75, k=2; seed 004 eq. 14-2): off in torchvision's AlexNet, on in ZFNet
-as in both papers. `depth_mult` scales the stack of 3x3 convs, `width_mult` every layer but the last.
+`channels=torchvision` is torchvision's one-GPU version (64, 192, 384, 256, 256), whose state dict loads; `2012`
+is the paper's (96, 256, 384, 384, 256; its section 3.5), ZFNet's too (dense, 62,357,608 parameters at 1000
+classes). `lrn` adds local response normalization after the first two ReLUs (r=5, alpha=1e-4, beta=0.75, k=2;
+the paper's section 3.3): off in torchvision's AlexNet, on in ZFNet as in both papers. `depth_mult` scales the
+stack of 3x3 convs, `width_mult` every layer but the last.
 `stem=cifar` runs the strided convs at stride 1 (same weights) so 28x28 and 32x32 images survive the three
 max pools; the adaptive 6x6 pooling before the classifier then takes any size.
 """

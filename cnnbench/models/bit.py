@@ -1,6 +1,6 @@
-"""BiT, Big Transfer (Kolesnikov et al. 2020; seed 000): a pre-activation ResNet (v2: norm and ReLU
-before each conv) whose BatchNorm is replaced by GroupNorm (32 groups) and whose convs are weight
-standardized, so it trains at any batch size and transfers well; `width_factor` widens every layer
+"""BiT (Kolesnikov et al., "Big Transfer (BiT): General Visual Representation Learning", 2020): a pre-activation
+ResNet (v2: norm and ReLU before each conv) whose BatchNorm is replaced by GroupNorm (32 groups) and whose convs
+are weight standardized, so it trains at any batch size and transfers well; `width_factor` widens every layer
 (BiT's R50x1 to R50x4).
 
 Module names follow timm's resnetv2_50x1_bit, so its state dicts load. `layers` (blocks per stage),

@@ -1,6 +1,7 @@
-"""Convolutionize (seed 003; Sermanet et al.'s OverFeat): a classifier's Linear layers become convolutions, so
-the network slides over an image larger than it was trained on and gives a map of predictions, sharing
-the feature extractor's work between neighbouring windows.
+"""Convolutionize (Sermanet et al., "OverFeat: Integrated Recognition, Localization and Detection using
+Convolutional Networks", 2014): a classifier's Linear layers become convolutions, so the network slides over an
+image larger than it was trained on and gives a map of predictions, sharing the feature extractor's work between
+neighbouring windows.
 
 The first Linear becomes a conv whose kernel covers the whole feature map it saw at the training size;
 the later ones become 1x1 convs. An adaptive average pool in front of the classifier (AlexNet's and

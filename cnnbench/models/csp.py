@@ -1,6 +1,7 @@
-"""CSPNet (Wang et al. 2020; seed 004) on ResNet-50: each Cross Stage Partial stage splits its feature
-map in two halves, sends one through the stage's bottleneck blocks and concatenates it back with the
-other, which cuts computation and duplicate gradient paths; leaky ReLU throughout.
+"""CSPNet (Wang et al., "CSPNet: A New Backbone that can Enhance Learning Capability of CNN", 2020) on
+ResNet-50: each Cross Stage Partial stage splits its feature map in two halves, sends one through the stage's
+bottleneck blocks and concatenates it back with the other, which cuts computation and duplicate gradient paths;
+leaky ReLU throughout.
 
 Per stage: output channels, blocks, stride (after a stem of stride 4). Module names follow timm's
 cspresnet50, so its state dicts load. `width_mult`, `depth_mult`; `stem=cifar` is a 3x3 stride-1 conv

@@ -1,6 +1,7 @@
-"""DenseNet-BC (Huang et al. 2017; seeds 000, 002, 004): dense blocks, in which each layer (BN-ReLU-1x1
-conv to `bn_size` x `growth_rate` channels, BN-ReLU-3x3 conv to `growth_rate`) sees the concatenation
-of all earlier outputs, joined by transitions (BN-ReLU-1x1 conv halving the channels, 2x2 average pool).
+"""DenseNet-BC (Huang et al., "Densely Connected Convolutional Networks", 2017): dense blocks, in which each
+layer (BN-ReLU-1x1 conv to `bn_size` x `growth_rate` channels, BN-ReLU-3x3 conv to `growth_rate`) sees the
+concatenation of all earlier outputs, joined by transitions (BN-ReLU-1x1 conv halving the channels, 2x2 average
+pool).
 
 `growth_rate`, `block_config` (layers per block), `num_init_features`, `bn_size` and `drop_rate` are
 the design; `width_mult` scales the growth rate and the stem, `depth_mult` the layers per block.

@@ -1,6 +1,7 @@
-"""EfficientNet (Tan & Le 2019; seeds 000, 003, 004): MobileNet v3's inverted residual blocks with
-squeeze-and-excitation and SiLU, B0 found by architecture search, B1-B7 by compound scaling of its depth
-(alpha), width (beta) and image size (gamma): `model.phi` does the same for any family (registry.py).
+"""EfficientNet (Tan and Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", 2019):
+MobileNet v3's inverted residual blocks with squeeze-and-excitation and SiLU, B0 found by architecture search,
+B1-B7 by compound scaling of its depth (alpha), width (beta) and image size (gamma): `model.phi` does the same
+for any family (registry.py).
 
 B0 is a table of stages (paper table 1); B1-B7 are B0 with torchvision's width and depth multipliers,
 dropout and, for B5-B7 (weights ported from TensorFlow), BN eps 1e-3 and momentum 0.01. Module names

@@ -1,8 +1,9 @@
-"""Seed 004's Fashion-MNIST CNN (Keras), in PyTorch: a 7x7 conv, then two 3x3 conv pairs, each stage
-followed by 2x2 max pooling and double the filters, then Dense 128-64 with dropout 0.5.
-At 28x28 and 10 classes it has 1,413,834 parameters, as in Keras.
+"""The Fashion-MNIST CNN (Keras) of Géron, "Hands-On Machine Learning with Scikit-Learn, Keras and TensorFlow",
+2nd ed. 2019, chapter 14, in PyTorch: a 7x7 conv, then two 3x3 conv pairs, each stage followed by 2x2 max
+pooling and double the filters, then Dense 128-64 with dropout 0.5. At 28x28 and 10 classes it has 1,413,834
+parameters, as in Keras.
 
-`norm=batch` adds batch norm after each conv (not in the seed): it trains in fewer epochs.
+`norm=batch` adds batch norm after each conv (not in the book): it trains in fewer epochs.
 """
 import torch.nn as nn
 

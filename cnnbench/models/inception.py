@@ -1,6 +1,7 @@
-"""GoogLeNet / Inception v1 (Szegedy et al. 2014; seeds 000, 002, 003, 004), Inception v3 (2015) and
-Inception v4 (2016): a stem, stages of Inception modules (parallel branches of 1x1, 3x3, 5x5 or
-factorized 1xn | nx1 convs and pooling, concatenated), global average pooling and one linear layer.
+"""GoogLeNet / Inception v1 (Szegedy et al., "Going Deeper with Convolutions", 2015), Inception v3 (Szegedy et
+al., "Rethinking the Inception Architecture for Computer Vision", 2016) and Inception v4 (2017): a stem, stages
+of Inception modules (parallel branches of 1x1, 3x3, 5x5 or factorized 1xn | nx1 convs and pooling,
+concatenated), global average pooling and one linear layer.
 
 A module is a table of branches (`Mixed`), a network the list of its tables. Module names follow
 torchvision (googlenet, inception_v3) and timm (inception_v4), so their state dicts load. `width_mult`
@@ -122,7 +123,7 @@ def stage(layers, cin, prefix, tables, width_mult, first_letter="a"):
     return cin
 
 
-# GoogLeNet: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj) per module, as torchvision and seed 002.
+# GoogLeNet: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj) per module, as torchvision and the paper's table 1.
 GOOGLENET = {3: [(64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64)],
              4: [(192, 96, 208, 16, 48, 64), (160, 112, 224, 24, 64, 64), (128, 128, 256, 24, 64, 64),
                  (112, 144, 288, 32, 64, 64), (256, 160, 320, 32, 128, 128)],

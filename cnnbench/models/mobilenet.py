@@ -1,7 +1,7 @@
-"""MobileNet v1 (Howard et al. 2017), v2 (Sandler et al. 2018) and v3 (Howard et al. 2019; seeds 002,
-004): depthwise separable convolutions (a 3x3 conv per channel, then a 1x1 conv across channels); v2
-wraps them in inverted residuals (1x1 expansion, depthwise conv, linear 1x1 projection, identity
-shortcut), v3 adds squeeze-and-excitation and hard-swish, found by architecture search.
+"""MobileNet v1 (Howard et al. 2017), v2 (Sandler et al. 2018) and v3 (Howard et al. 2019): depthwise separable
+convolutions (a 3x3 conv per channel, then a 1x1 conv across channels); v2 wraps them in inverted residuals (1x1
+expansion, depthwise conv, linear 1x1 projection, identity shortcut), v3 adds squeeze-and-excitation and
+hard-swish, found by architecture search.
 
 Each network is a table of stages. Module names follow timm (v1) and torchvision (v2, v3), so their
 state dicts load. `width_mult` scales channels (multiples of 8, as the papers round), `depth_mult` the

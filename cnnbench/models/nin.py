@@ -1,7 +1,7 @@
-"""Network in Network (Lin et al. 2013; seeds 002, 003): AlexNet's first three conv sizes, each followed
-by two 1x1 convs (an MLP at every pixel) and 3x3/2 max pooling, then dropout and a block with one
-channel per class whose global average is the logits: no fully connected layer (seed 002's code;
-7,439,608 parameters at 1000 classes).
+"""Network in Network (Lin, Chen and Yan 2014): AlexNet's first three conv sizes, each followed by two 1x1 convs
+(an MLP at every pixel) and 3x3/2 max pooling, then dropout and a block with one channel per class whose global
+average is the logits: no fully connected layer (the code of Zhang, Lipton, Li and Smola, "Dive into Deep
+Learning", chapter "Modern Convolutional Neural Networks"; 7,439,608 parameters at 1000 classes).
 
 `stem=cifar` runs the first conv at stride 1 (same weights) so 28x28 and 32x32 images survive the
 three poolings; `depth_mult` scales the 1x1 convs per block, `width_mult` every block but the last.

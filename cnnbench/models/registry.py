@@ -3,7 +3,7 @@
 `create_model(name, num_classes, in_chans, image_size, **knobs)` is the one way cnnbench builds a
 network; the knobs a constructor accepts are its design space, read from its signature. Every model
 also takes the generic knobs `pretrained` (its reference library's weights), `freeze` and `new_head`
-(fine-tuning) and `phi`, `alpha`, `beta`, `gamma` (compound scaling, seed 000).
+(fine-tuning) and `phi`, `alpha`, `beta`, `gamma` (compound scaling, Tan and Le 2019).
 Every model names its classifier as timm's do, in `model.pretrained_cfg["classifier"]`: each family declares
 it (`register_model(..., classifier="fc")`); `freeze=backbone`, `new_head` and timm's layer-wise learning
 rates (`optimizer.layer_decay`) read it.
@@ -160,7 +160,7 @@ def check_knobs(entry: ModelEntry, knobs: dict) -> None:
 
 
 def compound_image_size(image_size: int, phi: int, gamma: float = 1.15) -> int:
-    """The image side for compound scaling level `phi` (seed 000): image_size * gamma**phi, rounded to a
+    """The image side for compound scaling level `phi` (Tan and Le 2019): image_size * gamma**phi, rounded to a
     multiple of 4 as EfficientNet's hand-picked B1-B7 sizes are (240, 260, 300, 380, 456, 528, 600)."""
     return image_size if phi == 0 else 4 * round(image_size * gamma ** phi / 4)
 

@@ -1,4 +1,4 @@
-"""RegNet (Radosavovic et al. 2020, "Designing Network Design Spaces"; seed 002): a stem, four stages of
+"""RegNet (Radosavovic et al. 2020, "Designing Network Design Spaces"): a stem, four stages of
 ResNeXt-style bottleneck blocks (optionally with squeeze-and-excitation: RegNetY), a linear head. The
 stage widths and depths are not listed but generated from five numbers: `depth` blocks whose widths
 grow linearly (`w0` + `wa` x block index), quantized to powers of `wm` and multiples of 8, grouped

@@ -1,12 +1,12 @@
-"""ResNet (He et al. 2015; seeds 000, 003, 004) and its descendants: a stem, four stages of residual
-blocks, a linear head.
+"""ResNet (He, Zhang, Ren and Sun, "Deep Residual Learning for Image Recognition", 2016) and its descendants:
+a stem, four stages of residual blocks, a linear head.
 
 A network is a handful of numbers (pycls): `layers` (blocks per stage), `block` (basic: two 3x3
 convs; bottleneck: 1x1-3x3-1x1 with 4x expansion), `groups` x `width_per_group` (ResNeXt's
-cardinality; Wide ResNet doubles width_per_group), `width_mult` and `depth_mult`. `shortcut` is seed
-003's table 3 option: A zero-pads the identity where dimensions grow, B projects there (torchvision),
-C projects every shortcut. `se` adds squeeze-and-excitation (SENet, seed 004) after each block's last
-norm, as timm's seresnet does. `drop_path_rate` is stochastic depth (Huang et al.): each block's
+cardinality; Wide ResNet doubles width_per_group), `width_mult` and `depth_mult`. `shortcut` is the
+paper's option (section 4.1, table 3): A zero-pads the identity where dimensions grow, B projects there (torchvision),
+C projects every shortcut. `se` adds squeeze-and-excitation (SENet: Hu, Shen and Sun 2018) after each block's
+last norm, as timm's seresnet does. `drop_path_rate` is stochastic depth (Huang et al.): each block's
 residual branch is dropped per sample with a probability rising linearly to this value in the last
 block. Module names follow torchvision (and timm) so their state dicts load.
 `stem=cifar` (a 3x3 stride-1 conv, no max pool) keeps 28x28 and 32x32 images from collapsing;

@@ -1,4 +1,4 @@
-"""Width and depth multipliers shared by every family (seed 000: EfficientNet's compound scaling), and
+"""Width and depth multipliers shared by every family (EfficientNet's compound scaling, Tan and Le 2019), and
 the choice of a small-input stem."""
 import math
 

@@ -1,9 +1,9 @@
-"""VGG (Simonyan & Zisserman 2014; seeds 000, 002, 003): stages of 3x3 convs, each closed by 2x2 max
-pooling, then AlexNet's three fully connected layers. `depths` (convs per stage) and `widths` are the
-whole design (seed 002's VGG-11 arch tuple); `batch_norm` adds BN after each conv (the _bn variants).
-Module names follow torchvision, so its state dicts load. The max pools round up (28 -> 14 -> 7 -> 4 ->
-2 -> 1; the same as torchvision's at 224 and 32) and the adaptive 7x7 pooling before the classifier
-takes what is left, so 28x28 and 32x32 images go through.
+"""VGG (Simonyan and Zisserman, "Very Deep Convolutional Networks for Large-Scale Image Recognition", 2015):
+stages of 3x3 convs, each closed by 2x2 max pooling, then AlexNet's three fully connected layers. `depths`
+(convs per stage) and `widths` are the whole design (the VGG-11 arch tuple of Zhang et al.'s "Dive into Deep
+Learning"); `batch_norm` adds BN after each conv (the _bn variants). Module names follow torchvision, so its
+state dicts load. The max pools round up (28 -> 14 -> 7 -> 4 -> 2 -> 1; the same as torchvision's at 224 and 32)
+and the adaptive 7x7 pooling before the classifier takes what is left, so 28x28 and 32x32 images go through.
 """
 import torch.nn as nn
 

@@ -1,6 +1,7 @@
-"""Xception (Chollet 2017; seed 004): Inception taken to the extreme, depthwise separable convolutions
-(a 3x3 conv per channel, then a 1x1 across channels) in residual blocks: an entry flow of three
-downsampling blocks, a middle flow of eight identical 728-channel blocks, an exit flow.
+"""Xception (Chollet, "Xception: Deep Learning with Depthwise Separable Convolutions", 2017): Inception taken to
+the extreme, depthwise separable convolutions (a 3x3 conv per channel, then a 1x1 across channels) in residual
+blocks: an entry flow of three downsampling blocks, a middle flow of eight identical 728-channel blocks, an exit
+flow.
 
 Module names follow timm's legacy_xception (the Keras port), so its state dicts load. `width_mult`
 scales every layer, `depth_mult` the middle flow; `stem=cifar` gives the two stem convs stride 1 and
