@@ -1,5 +1,5 @@
 """The Fashion-MNIST CNN (Keras) of Géron, "Hands-On Machine Learning with Scikit-Learn, Keras and TensorFlow",
-2nd ed. 2019, chapter 14, in PyTorch: a 7x7 conv, then two 3x3 conv pairs, each stage followed by 2x2 max
+3rd ed. 2022, chapter 14, in PyTorch: a 7x7 conv, then two 3x3 conv pairs, each stage followed by 2x2 max
 pooling and double the filters, then Dense 128-64 with dropout 0.5. At 28x28 and 10 classes it has 1,413,834
 parameters, as in Keras.
 

@@ -1,5 +1,5 @@
 """LeNet-5 (LeCun, Bottou, Bengio and Haffner, "Gradient-Based Learning Applied to Document Recognition", 1998;
-table 14-1 of Géron's "Hands-On Machine Learning", 2nd ed. 2019): C1-S2-C3-S4-C5-F6-out.
+table 14-1 of Géron's "Hands-On Machine Learning", 3rd ed. 2022): C1-S2-C3-S4-C5-F6-out.
 
 `variant=classic` is the paper's tanh + average pooling; `modern` swaps in ReLU, max pooling and
 batch norm, as today's CNNs do (Géron's chapter 14 calls the activation the main difference).
