@@ -28,8 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnbench.cli import run_reporting_errors
 from cnnbench.config import check_keys
-from cnnbench.errors import (EXIT_INTERRUPTED, EXIT_POINTS_FAILED, CnnbenchError, ConfigError, Interrupted,
-                             RankFailed)
+from cnnbench.errors import EXIT_INTERRUPTED, EXIT_POINTS_FAILED, CnnbenchError, ConfigError, Interrupted, RankFailed
 from cnnbench.files import read_json
 from cnnbench.run_dir import check_dir_setting, claim, hold, save_hydra_record, status
 

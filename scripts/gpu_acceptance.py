@@ -288,7 +288,9 @@ def main(out: Path, device: str) -> int:
 # The in-process checks, each printing one JSON line.
 
 def compose(*overrides: str):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
     from cnnbench.config import register_configs
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -299,7 +301,9 @@ def count_syncs(run_dir: str, *overrides: str) -> dict:
     """Host syncs per training step: two runs under torch.cuda.set_sync_debug_mode('warn') (each sync one
     warning) that differ only in their count of steps, so that set-up, validation and checkpoints cancel."""
     import warnings
+
     import torch
+
     from cnnbench.engine.trainer import train
     counts = []
     for steps in (4, 12):
@@ -319,6 +323,7 @@ def compare_batches(root: str, device: str, *overrides: str) -> dict:
     """The train and val batches of an image folder through PIL on the CPU, against the same on `device`
     with `overrides`: labels equal, pixel differences."""
     import torch
+
     from cnnbench.data import build_data
     workers = 2 if device == "cuda" else 0  # on CPU the check of the logic only: no worker start-up
     run = ["data=imagefolder", f"data.root={root}", "data.image_size=64", "data.batch_size=16", f"data.workers={workers}",
@@ -342,6 +347,7 @@ def nccl_step() -> dict:
     timm's synchronized BatchNormAct (compact_cnn)."""
     import torch
     import torch.distributed as dist
+
     from cnnbench.engine.distributed import sync_batchnorm
     from cnnbench.models import create_model
     local_rank = int(os.environ["LOCAL_RANK"])

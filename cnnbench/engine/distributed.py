@@ -29,8 +29,15 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from cnnbench.config import check_config
-from cnnbench.errors import (EXIT_CTRL_C, EXIT_INTERRUPTED, EXIT_USER_ERROR, CnnbenchError, ConfigError,
-                             Interrupted, RankFailed)
+from cnnbench.errors import (
+    EXIT_CTRL_C,
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    CnnbenchError,
+    ConfigError,
+    Interrupted,
+    RankFailed,
+)
 
 log = logging.getLogger("cnnbench")
 

@@ -24,8 +24,8 @@ from cnnbench.files import write_json
 from cnnbench.models import convolutionize
 
 from .checkpoint import model_from_checkpoint
-from .tta import tta_logits
 from .trainer import mixed_precision, resolve_device
+from .tta import tta_logits
 
 log = logging.getLogger("cnnbench")
 

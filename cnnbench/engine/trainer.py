@@ -33,13 +33,12 @@ from cnnbench.models import create_model
 from cnnbench.models.registry import compound_image_size
 
 from .checkpoint import export_weights, rng_state, save_checkpoint, set_rng_state
-from .distill import load_teacher
 from .device import bf16_native, use_deterministic_algorithms
+from .distill import load_teacher
 from .distributed import all_reduce_sum, any_rank, init_distributed, restartable, sync_batchnorm
 from .losses import Objective
 from .recorder import EMA_METRICS, METRICS, Recorder
-from .resume import (StopSignals, config_changes, load_resume_state, restore_training_state,
-                     resume_path)
+from .resume import StopSignals, config_changes, load_resume_state, restore_training_state, resume_path
 from .tta import tta_logits
 
 log = logging.getLogger("cnnbench")
