@@ -12,8 +12,10 @@ training mode with `aux_logits`, returns `(logits, [aux_logits, ...])`: the trai
 """
 import functools
 import inspect
+import logging
 import os
 import pickle
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,6 +28,8 @@ from timm.models import adapt_input_conv
 from timm.utils.model import freeze
 
 from cnnbench.errors import ConfigError, short_list
+
+log = logging.getLogger("cnnbench")
 
 # Arguments every constructor receives from the data, not from model.* keys.
 DATA_ARGS = ("num_classes", "in_chans", "image_size")
@@ -130,6 +134,11 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
             knobs[key] = knobs.get(key, own[key]) * base ** generic["phi"]
     check_choice("freeze", generic["freeze"], ("none", "backbone"))
     model = entry.fn(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **knobs)
+    designed_for = inspect.signature(entry.fn).parameters["image_size"].default
+    if image_size < designed_for and not takes_images(model, in_chans, image_size):  # smaller than its paper's
+        unfetched = {**knobs, "pretrained": False} if "pretrained" in knobs else knobs  # timm's own knob
+        check_image_size(name, in_chans, image_size, lambda size: entry.fn(
+            num_classes=num_classes, in_chans=in_chans, image_size=size, **unfetched))
     if generic.get("pretrained"):
         if entry.reference is None:
             raise ConfigError(f"model.pretrained: {name} has no torchvision or timm counterpart; "
@@ -146,6 +155,43 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
             raise ConfigError(f"model.freeze: {name} has no layer with {num_classes} outputs to keep training")
         freeze(model, outside(model, (heads,) if isinstance(heads, str) else tuple(heads)))
     return model
+
+
+def takes_images(model: nn.Module, in_chans: int, image_size: int) -> bool:
+    """Whether a batch of (in_chans, image_size, image_size) images gets through the model: a forward on the
+    meta device (shapes only, no compute), its weights swapped for meta tensors."""
+    meta = {name: torch.empty_like(t, device="meta") for name, t in [*model.named_parameters(),
+                                                                      *model.named_buffers()]}
+    try:
+        with torch.no_grad():
+            torch.func.functional_call(model, meta, torch.empty(2, in_chans, image_size, image_size, device="meta"))
+    except (RuntimeError, ValueError, IndexError):  # "Output size is too small", "mat1 and mat2 shapes ..."
+        return False
+    return True
+
+
+def check_image_size(name: str, in_chans: int, image_size: int, build: Callable[[int], nn.Module],
+                     largest: int = 4096) -> None:
+    """Stop, naming the smallest image size model `name` takes (models built on the meta device for each size
+    tried, as some size their layers by it); no message when no size up to `largest` gets through, as then the
+    failure is not the size's, and the model's own error says more."""
+    def fits(size):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Initializing zero-element tensors" of a size that leaves nothing
+            try:
+                model = build(size)
+            except (RuntimeError, ValueError, ConfigError):
+                return False
+        return takes_images(model, in_chans, size)
+    fails, works = image_size, image_size * 2
+    while not fits(works):
+        fails, works = works, works * 2
+        if works > largest:
+            return
+    while works - fails > 1:  # bisection: sizes between a failing and a working one
+        middle = (fails + works) // 2
+        fails, works = (fails, middle) if fits(middle) else (middle, works)
+    raise ConfigError(f"model.name={name}: needs data.image_size >= {works}, got {image_size}")
 
 
 def classifier_name(model: nn.Module, num_classes: int) -> str | None:
@@ -215,6 +261,7 @@ def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None
     heads = {name.rsplit(".", 1)[0] for name, value in state.items()  # layers whose outputs are classes
              if name.endswith("weight") and value.dim() in (2, 4) and value.shape[0] != own[name].shape[0]
              and value.shape[1:] == own[name].shape[1:]}
+    first_conv = next((name for name, value in own.items() if value.dim() == 4), None)
     fitted = {}
     for name, value in state.items():
         target = own[name]
@@ -222,8 +269,11 @@ def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None
             fitted[name] = value
         elif name.rsplit(".", 1)[0] in heads:
             fitted[name] = target
-        elif value.dim() == 4 and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
-            fitted[name] = adapt_input_conv(target.shape[1], value)
+        elif name == first_conv and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
+            # timm's rule (channels summed, or repeated and scaled): a gray image and its RGB copy respond alike
+            fitted[name] = adapt_input_conv(target.shape[1], value, base_chans=value.shape[1])
+            log.warning(f"model.{key}: {name} of {source} adapted from {value.shape[1]} input channels to "
+                        f"{target.shape[1]} (timm's adapt_input_conv)")
         else:
             raise ConfigError(f"model.{key}: {source} does not fit this model: {name} is "
                               f"{list(value.shape)} there, {list(target.shape)} here")
