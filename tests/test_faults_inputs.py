@@ -3,16 +3,20 @@ non-zero and loses nothing, or is handled as a user would want (linked folders f
 import logging
 import os
 import shutil
+import zlib
 from collections import Counter
+from unittest.mock import ANY
 
 import pytest
 import safetensors.torch
 import timm.utils
 import torch
+from PIL import Image
 
 from cnnbench.config import check_config
-from cnnbench.data.datasets import image_folder
-from cnnbench.errors import ConfigError
+from cnnbench.data.datasets import ImageFiles, _open_image, image_folder
+from cnnbench.engine.trainer import train
+from cnnbench.errors import CheckpointError, ConfigError
 from cnnbench.models import create_model
 
 from .conftest import SMOKE, make_config, run_cli
@@ -87,3 +91,62 @@ def test_seeds_outside_numpys_range_stop_naming_the_range(tmp_path):
         timm.utils.random_seed(4294967295, 1)  # what the check saves rank 1 from
     check_config(make_config(tmp_path, *SMOKE, "hardware.nproc=2", "seed=4294967294"))
     timm.utils.random_seed(4294967294, 1)
+
+
+@pytest.mark.parametrize("module, key, kind, message", [
+    ("cnnbench.evaluate", "checkpoint", "empty", "is empty (0 bytes)"),
+    ("cnnbench.predict", "checkpoint", "text", "is not a checkpoint file (it is text)"),
+    ("cnnbench.train", "model.weights", "directory", "is a directory; pass a .pt or .safetensors file"),
+    ("cnnbench.train", "model.weights", "empty", "is empty (0 bytes)"),
+])
+def test_files_that_are_no_checkpoint_say_what_they_are(tmp_path, module, key, kind, message):
+    path = tmp_path / ("weights.safetensors" if kind == "empty" and key == "model.weights" else "model.pt")
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.write_text("" if kind == "empty" else "step 10: loss 0.5\n")
+    args = {"cnnbench.train": [*SMOKE, f"hydra.run.dir={tmp_path / 'run'}"],
+            "cnnbench.predict": [f"images=[{tmp_path / 'x.png'}]"]}.get(module, [])
+    line = one_error_line(run_cli(*args, f"{key}={path}", module=module))
+    assert line.startswith("cnnbench: error: ") and line.endswith(f"{path} {message}" if key == "model.weights"
+                                                                    else f"{path}: {message}")
+
+
+def test_an_empty_last_checkpoint_falls_back_to_the_valid_one(tmp_path):
+    train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.write_bytes(b"")  # a disk that filled up or a copy that failed, under its final name
+    with pytest.raises(CheckpointError, match=f"^{last}: is empty \\(0 bytes\\); best.pt beside it is valid"):
+        train(make_config(tmp_path, *SMOKE, "train.epochs=2", "resume=auto"))
+    summary = train(make_config(tmp_path, *SMOKE, "train.epochs=2", "resume=auto", "resume_fallback=true"))
+    assert summary["status"] == "completed" and summary["step"] == 16
+
+
+def decompression_bomb(path, side=30_000):
+    """A PNG whose header claims side x side pixels (PIL refuses over 2 * MAX_IMAGE_PIXELS before decoding):
+    a small image's IHDR chunk rewritten, its CRC too, so no memory goes into making it."""
+    Image.new("P", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = side.to_bytes(4, "big") * 2  # IHDR: width, height
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+
+
+def test_predict_names_a_decompression_bomb_and_bounds_dense_scale(tmp_path):
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    bomb = tmp_path / "images" / "cat" / "bomb.png"
+    decompression_bomb(bomb)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb)
+    # Training leaves it out of its batch (as test_faults.py::test_bad_images_are_skipped_and_named), predict names it.
+    assert ImageFiles(str(tmp_path / "images"), loader=_open_image)[0] == (str(bomb), ANY)
+    train(make_config(tmp_path / "run", *SMOKE, "train.epochs=1", "train.limit_train_batches=1",
+                      "train.limit_val_batches=1"))
+    checkpoint = f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.pt'}"
+    line = one_error_line(run_cli(checkpoint, f"images=[{bomb}]", "hardware=cpu", module="cnnbench.predict"))
+    assert line.startswith(f"cnnbench: error: images: {bomb} is too large to decode (Image size (900000000 pixels)")
+    Image.new("RGB", (32, 32)).save(tmp_path / "fine.png")
+    line = one_error_line(run_cli(checkpoint, f"images=[{tmp_path / 'fine.png'}]", "dense=true", "dense_scale=1000",
+                                  "hardware=cpu", module="cnnbench.predict"))
+    assert line == ("cnnbench: error: dense_scale: at most 128 for this model's 32 px images (a 4096 px side), "
+                    "got 1000.0")

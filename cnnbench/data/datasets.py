@@ -172,6 +172,9 @@ class ImageFiles(torchvision.datasets.ImageFolder):
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
         self.skipped_links = []
+        if is_valid_file is None:
+            def is_valid_file(path):
+                return torchvision.datasets.folder.has_file_allowed_extension(path, extensions)
         split = os.path.realpath(directory)
         samples = []
         for name, index in sorted(class_to_idx.items()):

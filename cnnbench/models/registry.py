@@ -13,7 +13,6 @@ training mode with `aux_logits`, returns `(logits, [aux_logits, ...])`: the trai
 import functools
 import inspect
 import logging
-import os
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from timm.models import adapt_input_conv
 from timm.utils.model import freeze
 
 from cnnbench.errors import ConfigError, short_list
+from cnnbench.paths import FORMAT_PROBLEMS, file_format, unpickling_reason
 
 log = logging.getLogger("cnnbench")
 
@@ -227,15 +227,21 @@ def load_weights(model: nn.Module, path: str, num_classes: int, classes: list[st
                  new_head: bool = False) -> None:
     """Load a state dict file as data (never code); a mismatch names the file and the keys. A checkpoint's
     classifier is kept only for the same classes: as many other ones would be silently misnamed."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"model.weights: no such file {path}")
+    kind = file_format(path)  # by its first bytes, whatever its name
+    if kind not in ("torch", "safetensors"):
+        raise ConfigError(f"model.weights: {path} {FORMAT_PROBLEMS[kind].format(wants='.pt or .safetensors')}")
     try:
-        if path.endswith(".safetensors"):
+        if kind == "safetensors":
             state = safetensors.torch.load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, AttributeError) as e:
+    except pickle.UnpicklingError as e:
+        raise ConfigError(f"model.weights: {path} is not a state dict: {unpickling_reason(e)}") from None
+    except (RuntimeError, EOFError, AttributeError, OSError, ValueError, KeyError, IndexError, TypeError,
+            safetensors.SafetensorError) as e:
         raise ConfigError(f"model.weights: {path} is not a state dict: {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"model.weights: {path} is not a state dict (it holds a {type(state).__name__})")
     trained_on = state.get("classes")  # a cnnbench checkpoint's; a bare state dict names none
     state = state.get("model", state)
     if trained_on and classes and len(trained_on) == len(classes) and trained_on != classes and not new_head:
