@@ -3,6 +3,7 @@ non-zero and loses nothing, or is handled as a user would want (linked folders f
 import logging
 import os
 import shutil
+import subprocess
 import zlib
 from collections import Counter
 from unittest.mock import ANY
@@ -150,3 +151,33 @@ def test_predict_names_a_decompression_bomb_and_bounds_dense_scale(tmp_path):
                                   "hardware=cpu", module="cnnbench.predict"))
     assert line == ("cnnbench: error: dense_scale: at most 128 for this model's 32 px images (a 4096 px side), "
                     "got 1000.0")
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only tmpfs: chmod stops no root, a read-only mount stops everyone."""
+    disk = tmp_path / "read_only"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_paths_that_cannot_be_used_end_in_one_line(tmp_path, read_only_dir):
+    long_root = tmp_path / ("a" * 300)
+    line = one_error_line(run_cli("data=imagefolder", f"data.root={long_root}", "hardware=cpu",
+                                  f"hydra.run.dir={tmp_path / 'run'}"))
+    assert line == f"cnnbench: error: {long_root / 'train'}: File name too long; use a shorter path (the system " \
+                   f"allows 255 bytes a name, 4096 in all)"
+    (tmp_path / "taken").write_text("notes\n")
+    for run_dir, reason in ((tmp_path / "taken", "File exists; a file stands where a directory is needed"),
+                            (tmp_path / "taken" / "run", "Not a directory; a file stands where a directory is needed"),
+                            (read_only_dir / "run", "Read-only file system; choose a place on a writable file system"),
+                            (read_only_dir, "Read-only file system; choose a place on a writable file system")):
+        line = one_error_line(run_cli(*SMOKE, f"hydra.run.dir={run_dir}"))
+        assert line.startswith(f"cnnbench: error: hydra.run.dir={run_dir}: {reason}"), line
+    assert (tmp_path / "taken").read_text() == "notes\n"
+    line = one_error_line(run_cli("checkpoint=best.pt", f"hydra.run.dir={tmp_path / 'taken'}",
+                                  module="cnnbench.evaluate"))
+    assert line.startswith(f"cnnbench: error: hydra.run.dir={tmp_path / 'taken'}: File exists")
