@@ -16,6 +16,7 @@ from PIL import Image
 
 from cnnbench.config import check_config
 from cnnbench.data.datasets import ImageFiles, _open_image, image_folder
+from cnnbench.engine.distributed import check_cpu_rank_count
 from cnnbench.engine.trainer import train
 from cnnbench.errors import CheckpointError, ConfigError
 from cnnbench.models import create_model
@@ -181,3 +182,14 @@ def test_paths_that_cannot_be_used_end_in_one_line(tmp_path, read_only_dir):
     line = one_error_line(run_cli("checkpoint=best.pt", f"hydra.run.dir={tmp_path / 'taken'}",
                                   module="cnnbench.evaluate"))
     assert line.startswith(f"cnnbench: error: hydra.run.dir={tmp_path / 'taken'}: File exists")
+
+
+def test_cpu_ranks_beyond_the_cores_are_warned_and_far_beyond_refused(tmp_path, caplog):
+    cores = len(os.sched_getaffinity(0))
+    line = one_error_line(run_cli(*SMOKE, f"hardware.nproc={4 * cores + 1}", f"hydra.run.dir={tmp_path / 'run'}"))
+    assert line.startswith(f"cnnbench: error: hardware.nproc: {4 * cores + 1} CPU ranks are too many for {cores} "
+                           f"cores and ") and line.endswith(f"{cores} run at full speed")
+    assert not (tmp_path / "run" / "train.log").exists()
+    with caplog.at_level(logging.WARNING, "cnnbench"):
+        check_cpu_rank_count(make_config(tmp_path, *SMOKE, f"hardware.nproc={cores + 1}").hardware)
+    assert f"hardware.nproc: {cores + 1} CPU ranks share {cores} cores" in caplog.text

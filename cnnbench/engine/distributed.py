@@ -4,6 +4,7 @@ cnnbench itself with hardware.nproc > 1, through torch's elastic launcher (what 
     torchrun --standalone --nproc_per_node=4 -m cnnbench.train hardware=ddp
     python -m cnnbench.train hardware=ddp hardware.nproc=4
 """
+import contextlib
 import copy
 import ctypes
 import json
@@ -28,12 +29,14 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from cnnbench.config import check_config
-from cnnbench.errors import (EXIT_CTRL_C, EXIT_INTERRUPTED, EXIT_USER_ERROR, CnnbenchError, Interrupted,
-                             RankFailed)
+from cnnbench.errors import (EXIT_CTRL_C, EXIT_INTERRUPTED, EXIT_USER_ERROR, CnnbenchError, ConfigError,
+                             Interrupted, RankFailed)
 
 # The launcher passes these on to every rank: SIGUSR1 is SLURM's warning before preemption.
 FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+CPU_RANKS_PER_CORE = 4  # beyond it, CPU ranks only wait on each other
+CPU_RANK_MEMORY_GB = 0.5  # a CPU rank's process: torch, a small model, its data (12 ranks of lenet5: 6 GB)
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ def run_ranks(fn, cfg: DictConfig):
     if nproc == 1 or "WORLD_SIZE" in os.environ:
         return fn(cfg)
     check_config(cfg)  # a bad value: one line from here, not one from every rank
+    check_cpu_rank_count(cfg.hardware)
     # Resolved once, here: each process would resolve run_dir (and Hydra's ${now:}) on its own.
     cfg = copy.deepcopy(cfg)
     OmegaConf.resolve(cfg)
@@ -128,6 +132,30 @@ def run_ranks(fn, cfg: DictConfig):
             for name, handler in handlers.items():
                 signal.signal(getattr(signal, name), handler)
     raise failure  # outside the except clause, whose traceback would keep the launcher's queues alive
+
+
+def check_cpu_rank_count(hardware: DictConfig) -> None:
+    """CPU ranks beyond the cores only take turns: warned; beyond CPU_RANKS_PER_CORE per core, or the memory
+    their processes need, refused before any starts."""
+    if hardware.device == "cuda" or hardware.device == "auto" and torch.cuda.is_available():
+        return
+    nproc, cores = hardware.nproc, len(os.sched_getaffinity(0))
+    available_gb = available_memory() / 2**30
+    if nproc > CPU_RANKS_PER_CORE * cores or nproc * CPU_RANK_MEMORY_GB > available_gb:
+        raise ConfigError(f"hardware.nproc: {nproc} CPU ranks are too many for {cores} cores and {available_gb:.1f} GB "
+                          f"of free memory (at most {CPU_RANKS_PER_CORE} a core, about {CPU_RANK_MEMORY_GB} GB each); "
+                          f"{cores} run at full speed")
+    if nproc > cores:
+        logging.getLogger("cnnbench").warning(f"hardware.nproc: {nproc} CPU ranks share {cores} cores: they take "
+                                              f"turns, and the run is no faster than with {cores}")
+
+
+def available_memory() -> int:
+    """Bytes that can be had without swapping: Linux's MemAvailable (free memory plus the page cache it can drop)."""
+    with contextlib.suppress(OSError, StopIteration):
+        with open("/proc/meminfo") as f:
+            return int(next(line for line in f if line.startswith("MemAvailable:")).split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _rank_main(fn, cfg: DictConfig, log_config: dict | None):
