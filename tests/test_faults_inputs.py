@@ -16,7 +16,9 @@ from PIL import Image
 
 from cnnbench.config import check_config
 from cnnbench.data.datasets import ImageFiles, _open_image, image_folder
+from cnnbench.engine.checkpoint import load_checkpoint
 from cnnbench.engine.distributed import check_cpu_rank_count
+from cnnbench.engine.inference import predict
 from cnnbench.engine.trainer import train
 from cnnbench.errors import CheckpointError, ConfigError
 from cnnbench.models import create_model
@@ -193,3 +195,15 @@ def test_cpu_ranks_beyond_the_cores_are_warned_and_far_beyond_refused(tmp_path, 
     with caplog.at_level(logging.WARNING, "cnnbench"):
         check_cpu_rank_count(make_config(tmp_path, *SMOKE, f"hardware.nproc={cores + 1}").hardware)
     assert f"hardware.nproc: {cores + 1} CPU ranks share {cores} cores" in caplog.text
+
+
+def test_a_tired_users_inputs(tmp_path, monkeypatch):
+    """predict with no images; paths typed with ~ (quoted, as Hydra's grammar needs: model.weights='~/w.pt')."""
+    with pytest.raises(ConfigError, match=r"^images: empty; pass the image files, images=\[a.jpg,b.png\]$"):
+        predict(make_config(tmp_path, "checkpoint=best.pt", "images=[]", "hardware=cpu", app="predict"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = create_model("lenet5", num_classes=10, in_chans=3, image_size=32)
+    safetensors.torch.save_file(model.state_dict(), tmp_path / "w.safetensors")
+    create_model("lenet5", num_classes=10, in_chans=3, image_size=32, weights="~/w.safetensors")
+    with pytest.raises(CheckpointError, match=f"^{tmp_path / 'w.safetensors'}: holds a model's weights alone"):
+        load_checkpoint("~/w.safetensors")

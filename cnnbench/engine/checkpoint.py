@@ -74,6 +74,7 @@ def export_weights(model: torch.nn.Module, path: Path) -> None:
 def load_checkpoint(path: Path) -> dict:
     """A cnnbench checkpoint as plain data; anything else is refused with the reason, and no code
     from the file ever runs."""
+    path = Path(path).expanduser()
     kind = file_format(path)
     if kind == "safetensors":
         raise CheckpointError(f"{path}: holds a model's weights alone, not a training checkpoint; "

@@ -139,6 +139,8 @@ def predict(cfg: DictConfig) -> list[dict]:
     """Per image, the top-k classes and their probabilities; with `dense`, the convolutionized model's
     map of classes over the image at dense_scale times the training size, and the map's mean prediction."""
     check_given(cfg)
+    if not cfg.images:
+        raise ConfigError("images: empty; pass the image files, images=[a.jpg,b.png]")
     if cfg.topk <= 0 or cfg.dense_scale < 1:
         raise ConfigError("topk: must be > 0" if cfg.topk <= 0 else f"dense_scale: must be >= 1, got {cfg.dense_scale}")
     device, _ = resolve_device(cfg.hardware)

@@ -13,6 +13,7 @@ training mode with `aux_logits`, returns `(logits, [aux_logits, ...])`: the trai
 import functools
 import inspect
 import logging
+import os
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -227,6 +228,7 @@ def load_weights(model: nn.Module, path: str, num_classes: int, classes: list[st
                  new_head: bool = False) -> None:
     """Load a state dict file as data (never code); a mismatch names the file and the keys. A checkpoint's
     classifier is kept only for the same classes: as many other ones would be silently misnamed."""
+    path = os.path.expanduser(path)  # a quoted '~/...' reaches here as it was typed
     kind = file_format(path)  # by its first bytes, whatever its name
     if kind not in ("torch", "safetensors"):
         raise ConfigError(f"model.weights: {path} {FORMAT_PROBLEMS[kind].format(wants='.pt or .safetensors')}")
