@@ -59,13 +59,18 @@ def test_linked_folders_are_followed_but_never_into_a_loop_or_another_class(tmp_
 
 def test_a_model_too_big_for_the_images_names_the_smallest_size(tmp_path):
     run = tmp_path / "run"
-    line = one_error_line(run_cli(*[a for a in SMOKE if "variant" not in a], "model=alexnet", "data.image_size=8", f"hydra.run.dir={run}"))
+    line = one_error_line(run_cli(*[a for a in SMOKE if "variant" not in a], "model=alexnet", "data.image_size=8",
+                                  f"hydra.run.dir={run}"))
     assert line == "cnnbench: error: model.name=alexnet: needs data.image_size >= 15, got 8"
     assert not (run / "checkpoints").exists()
     for name, size, smallest in (("lenet5", 2, 28), ("lenet5", 30, 32), ("nin", 8, 15)):
         with pytest.raises(ConfigError, match=f"^model.name={name}: needs data.image_size >= {smallest}, got {size}$"):
             create_model(name, num_classes=10, image_size=size)
         create_model(name, num_classes=10, image_size=smallest)(torch.zeros(2, 3, smallest, smallest))
+    with pytest.raises(ConfigError, match="^model.name=inception_v3: needs data.image_size >= 75, got 32$"):
+        create_model("inception_v3", source="torchvision", num_classes=10, image_size=32)  # named, not "torchvision"
+    vit = create_model("vit_tiny_patch16_224", source="timm", num_classes=10, image_size=32)  # fixed size: built for it
+    assert vit(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_weights_of_another_channel_count_adapt_the_first_conv(tmp_path, caplog):

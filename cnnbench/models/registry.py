@@ -122,6 +122,7 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
     file to start from (`classes`, the data's class names, are checked against a checkpoint's); `phi` > 0
     multiplies depth_mult by alpha**phi and width_mult by beta**phi (the trainer scales the image by
     `compound_image_size`)."""
+    label = name  # for messages: the library's model, not the library
     if source != "cnnbench":
         name, knobs = source, {"arch": name, **knobs}
     check_knobs(name, knobs)
@@ -138,7 +139,7 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
     designed_for = inspect.signature(entry.fn).parameters["image_size"].default
     if image_size < designed_for and not takes_images(model, in_chans, image_size):  # smaller than its paper's
         unfetched = {**knobs, "pretrained": False} if "pretrained" in knobs else knobs  # timm's own knob
-        check_image_size(name, in_chans, image_size, lambda size: entry.fn(
+        check_image_size(label, in_chans, image_size, lambda size: entry.fn(
             num_classes=num_classes, in_chans=in_chans, image_size=size, **unfetched))
     if generic.get("pretrained"):
         if entry.reference is None:
@@ -166,7 +167,7 @@ def takes_images(model: nn.Module, in_chans: int, image_size: int) -> bool:
     try:
         with torch.no_grad():
             torch.func.functional_call(model, meta, torch.empty(2, in_chans, image_size, image_size, device="meta"))
-    except (RuntimeError, ValueError, IndexError):  # "Output size is too small", "mat1 and mat2 shapes ..."
+    except (RuntimeError, ValueError, IndexError, AssertionError):  # "Output size is too small", "mat1 and mat2 ..."
         return False
     return True
 
