@@ -32,7 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from cnnbench.config import check_config, register_configs
+from cnnbench.config import CONFIG_PATH, check_config, register_configs
 from cnnbench.data import build_data
 from cnnbench.engine.recorder import write_json
 from cnnbench.engine.losses import Objective
@@ -246,7 +246,7 @@ def input_images_per_s(data, batch_size: int, step_rate: float, device: torch.de
             "bottleneck": slower[0], "bottleneck_factor": round(faster[1] / slower[1], 2)}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench")
 def main(cfg: DictConfig) -> float | None:
     result = run_job(cfg, bench, cfg, record="bench.json")
     return result and result["train_img_per_s"]

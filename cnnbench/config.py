@@ -3,16 +3,22 @@
 Hydra rejects unknown keys and wrong types while composing; `check_config` rejects impossible
 values before any work, each with one line that names the key.
 """
+import functools
 import os
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import torch
 from hydra.core.config_store import ConfigStore
+from hydra.core.object_type import ObjectType
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cnnbench.errors import ConfigError
+
+# The configs: conf/ beside the package in a checkout, cnnbench/conf inside an installed wheel (pyproject).
+CONFIG_PATH = "conf" if (Path(__file__).parent / "conf").is_dir() else "../conf"
 
 
 class Device(str, Enum):
@@ -59,6 +65,9 @@ class DataConfig:
     val_size: Optional[int] = None  # likewise for validation
     download: bool = False  # fetch through torchvision when the files are missing
     on_bad_image: OnBadImage = OnBadImage.skip  # an image file that does not decode (image folders)
+    # A val/ of images without class folders (as ILSVRC-2012 ships it): the file that labels them, the devkit's
+    # ILSVRC2012_validation_ground_truth.txt or Kaggle's LOC_val_solution.csv; null: either, found under root.
+    val_labels: Optional[str] = None
     pseudo_labels: Optional[str] = None  # a file from cnnbench.pseudolabel: its soft-labelled pool joins training
     mean: List[float] = MISSING  # per-channel normalization
     std: List[float] = MISSING
@@ -223,12 +232,61 @@ class PseudolabelConfig:
 
 
 def register_configs() -> None:
+    if {"--help", "-h", "--hydra-help"} & set(sys.argv):
+        memoize_group_options()
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
     ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
     ConfigStore.instance().store(name="pseudolabel_schema", node=PseudolabelConfig)
     # ${gpus_or:N}: the CUDA devices on this machine, or N where there are none (conf/hardware/ddp.yaml).
-    OmegaConf.register_new_resolver("gpus_or", lambda n: torch.cuda.device_count() or int(n), replace=True)
+    OmegaConf.register_new_resolver("gpus_or", lambda n: cuda_device_count() or int(n), replace=True)
+    # ${nproc_for:${hardware.device}} (conf/hardware/auto.yaml): every GPU of the node when the run is on CUDA.
+    OmegaConf.register_new_resolver("nproc_for", lambda device: auto_nproc(device, cuda_device_count()), replace=True)
+    # ${model_input:size} / ${model_input:crop_pct} (conf/data/imagenet.yaml, conf/augmentation/imagenet.yaml):
+    # the chosen model's native image side and evaluation crop, as timm's default configs carry them.
+    OmegaConf.register_new_resolver("model_input", model_input, replace=True)
+
+
+def model_input(what: str, *, _root_: DictConfig) -> int | float:
+    from cnnbench.models.registry import native_input  # imports torch: only when a run resolves it
+
+    if "model" not in _root_:  # pseudolabel's data=imagenet: there is no model to ask
+        return {"size": 224, "crop_pct": 0.875}[what]
+    model = _root_.model
+    size, crop_pct = (224, 0.875) if "_target_" in model else native_input(model.name, model.get("source", "cnnbench"))
+    return {"size": size, "crop_pct": crop_pct}[what]
+
+
+def auto_nproc(device: str, cuda_devices: int) -> int:
+    """hardware=auto's DDP ranks: one per visible GPU when the device is cuda or auto, else one process."""
+    return cuda_devices if device in ("auto", "cuda") and cuda_devices > 1 else 1
+
+
+def memoize_group_options() -> None:
+    """Hydra 1.3's --help lists each config group's options three times over, each time deep-copying the
+    whole config repository (two seconds for cnnbench's groups, as long as importing torch); within one
+    config loader the answer cannot change, so each is computed once."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    listing = ConfigLoaderImpl.get_group_options
+    if getattr(listing, "memoized", False):
+        return
+
+    @functools.wraps(listing)
+    def get_group_options(self, group_name, results_filter=ObjectType.CONFIG, config_name=None, overrides=None):
+        cache = self.__dict__.setdefault("_group_options", {})
+        key = (group_name, results_filter, config_name, tuple(overrides or ()))
+        if key not in cache:
+            cache[key] = listing(self, group_name, results_filter, config_name, overrides)
+        return list(cache[key])
+
+    get_group_options.memoized = True
+    ConfigLoaderImpl.get_group_options = get_group_options
+
+
+def cuda_device_count() -> int:
+    import torch  # here, not at the top: --help, --cfg and shell completion never pay for importing torch
+    return torch.cuda.device_count()
 
 
 def check_config(cfg: DictConfig) -> None:

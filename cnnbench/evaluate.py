@@ -4,14 +4,15 @@ import hydra
 from omegaconf import DictConfig
 
 from cnnbench.cli import run_reporting_errors
-from cnnbench.config import register_configs
-from cnnbench.engine.inference import evaluate
+from cnnbench.config import CONFIG_PATH, register_configs
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
 def main(cfg: DictConfig) -> float:
+    from cnnbench.engine.inference import evaluate  # here: --help and --cfg import no torch
+
     return run_reporting_errors(evaluate, cfg)["top1"]
 
 

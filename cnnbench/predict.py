@@ -4,14 +4,15 @@ import hydra
 from omegaconf import DictConfig
 
 from cnnbench.cli import run_reporting_errors
-from cnnbench.config import register_configs
-from cnnbench.engine.inference import predict
+from cnnbench.config import CONFIG_PATH, register_configs
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def main(cfg: DictConfig) -> None:
+    from cnnbench.engine.inference import predict  # here: --help and --cfg import no torch
+
     run_reporting_errors(predict, cfg)
 
 

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cnnbench.cli import run_reporting_errors
-from cnnbench.config import AugmentationConfig, register_configs
+from cnnbench.config import AugmentationConfig, CONFIG_PATH, register_configs
 from cnnbench.data.datasets import load_split
 from cnnbench.data.loader import loader_workers
 from cnnbench.data.pseudo_labels import save_pseudo_labels, unlabeled_pool
@@ -80,7 +80,7 @@ def balanced(keep: torch.Tensor, confidence: torch.Tensor, predicted: torch.Tens
     return torch.cat(chosen) if chosen else keep
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="pseudolabel")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="pseudolabel")
 def main(cfg: DictConfig) -> None:
     run_reporting_errors(pseudolabel, cfg)
 

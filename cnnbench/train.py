@@ -10,16 +10,18 @@ hardware.nproc ranks (`hardware=ddp`) or under torchrun.
 import hydra
 from omegaconf import DictConfig
 
-from cnnbench.config import register_configs
-from cnnbench.engine.distributed import run_ranks
-from cnnbench.engine.trainer import train
+from cnnbench.config import CONFIG_PATH, register_configs
 from cnnbench.sweep import run_job
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    # Imported here: --help, --cfg and shell completion answer without importing torch.
+    from cnnbench.engine.distributed import run_ranks
+    from cnnbench.engine.trainer import train
+
     summary = run_job(cfg, run_ranks, train, cfg)
     return summary and summary["best_val_top1"]  # what a sweeper optimises; None for a failed sweep point
 

@@ -52,3 +52,46 @@ def test_bad_config_stops_before_work_naming_the_key(override, key, tmp_path):
     assert key in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_hardware_auto_starts_a_rank_per_gpu_of_the_node(tmp_path):
+    """hardware=auto on a node with N > 1 GPUs trains on all of them (one DDP rank each); on CPU, or with
+    hardware.device=cpu on a GPU node, one process."""
+    import torch
+
+    from cnnbench.config import auto_nproc
+
+    assert auto_nproc("auto", 8) == 8 and auto_nproc("cuda", 4) == 4
+    assert auto_nproc("auto", 0) == 1 and auto_nproc("auto", 1) == 1 and auto_nproc("cpu", 8) == 1
+    cfg = make_config(tmp_path, "hardware=auto")
+    assert cfg.hardware.nproc == auto_nproc("auto", torch.cuda.device_count())  # resolved from this machine
+    assert make_config(tmp_path, "hardware=auto", "hardware.nproc=3").hardware.nproc == 3
+
+
+def test_each_model_trains_at_its_native_input_on_imagenet_like_data(tmp_path):
+    """Inception v3 at 299, EfficientNet-B3 at 300 with its 0.904 crop, unless data.image_size says
+    otherwise; small-image sets keep their own size; create_model builds the native size by default."""
+    from cnnbench.models import create_model
+
+    def composed(*overrides):
+        cfg = make_config(tmp_path, "data=imagenet", "augmentation=imagenet", *overrides)
+        return cfg.data.image_size, cfg.augmentation.eval_crop_ratio
+
+    assert composed("model=inception_v3") == (299, 0.875)
+    assert composed("model=efficientnet_b3") == (300, 0.904)
+    assert composed("model=resnet50") == (224, 0.875)
+    assert composed("model=timm", "model.name=inception_v3") == (299, 0.875)  # timm's own default config
+    assert composed("model=inception_v3", "data.image_size=224")[0] == 224
+    assert make_config(tmp_path, "model=inception_v3", "data=fashion_mnist").data.image_size == 28
+    assert sum(p.numel() for p in create_model("lenet5", num_classes=10, in_chans=1).parameters()) == 61_706
+
+
+def test_evaluating_on_imagenet_like_data_takes_the_trained_size(tmp_path):
+    """evaluate data=imagenet without data.image_size: the checkpoint's size, not a model's native one."""
+    from omegaconf import OmegaConf
+
+    from cnnbench.engine.inference import evaluation_data
+
+    cfg = make_config(tmp_path, "checkpoint=last.pt", "data=imagenet", app="evaluate")
+    trained = OmegaConf.create({"data": {"channels": 3, "image_size": 32}})
+    assert evaluation_data(cfg, trained).image_size == 32

@@ -151,15 +151,14 @@ def test_a_failing_rank_stops_every_rank_and_is_named(tmp_path):
     make_image_tree(tmp_path / "images")
     corrupt = sorted((tmp_path / "images" / "val").rglob("*.*"))[-1]
     corrupt.write_bytes(b"not an image")
-    started = time.monotonic()
     run = subprocess.Popen(
         [sys.executable, "-m", "cnnbench.train", "data=imagefolder", f"data.root={tmp_path / 'images'}",
          "data.image_size=32", "data.batch_size=6", "data.workers=1", "data.on_bad_image=error", "model=lenet5", "train.epochs=1",
          *TWO_RANKS, "hardware.device=cpu", f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    returncode, stderr = finish(run, timeout=120)
-    assert returncode == 2 and time.monotonic() - started < 90
+    returncode, stderr = finish(run)  # no rank waits forever: a hang is the timeout, however fast the machine
+    assert returncode == 2
     last_line = stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"cnnbench: error: {corrupt}: not a readable image"), stderr
 

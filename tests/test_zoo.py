@@ -12,12 +12,13 @@ import torchvision
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
+from cnnbench.engine.trainer import train
 from cnnbench.errors import ConfigError
 from cnnbench.models import create_model, get_entry, list_models
 from cnnbench.models.__main__ import main as list_zoo
 from cnnbench.models.registry import GENERIC_KNOBS, compound_image_size
 
-from .conftest import CONF
+from .conftest import CONF, SMOKE, make_config
 
 LIBRARIES = ("timm", "torchvision")
 ZOO = [name for name in list_models() if get_entry(name).family not in LIBRARIES]
@@ -76,6 +77,9 @@ def test_parameters_and_state_dict_match_the_reference(name):
     ("fmnist_cnn", dict(num_classes=10, in_chans=1, image_size=28), 1_413_834),
     ("lenet5", dict(num_classes=10, in_chans=1, image_size=32), 61_706),
     ("compact_cnn", dict(num_classes=10, in_chans=1, image_size=28), 401_978),
+    ("zfnet", dict(num_classes=1000), 62_357_608),  # AlexNet 2012's 62,378,344 less the 11x11 kernels
+    ("wrn28_10", dict(num_classes=10, image_size=32), 36_479_194),
+    ("wrn40_4", dict(num_classes=10, image_size=32), 8_949_210),
 ])
 def test_exact_parameter_counts(name, kwargs, params):
     assert count(on_meta(lambda: create_model(name, **kwargs))) == params
@@ -241,6 +245,9 @@ def test_resnet_shortcut_options_and_se():
     ("vgg11", dict(depths=[1, 1]), "depths"),
     ("compact_cnn", dict(depths=[1, 1]), "depths"),
     ("compact_cnn", dict(widths=[8] * 8, depths=[1] * 8), "widths"),
+    ("wrn28_10", dict(depth=27), "depth"),
+    ("wrn40_4", dict(depth=4), "depth"),
+    ("wrn28_10", dict(widen_factor=0), "widen_factor"),
 ])
 def test_bad_knobs_name_their_key(name, knobs, key):
     with pytest.raises(ConfigError, match=rf"^model\.{key}: "):
@@ -253,6 +260,73 @@ def test_alexnet_2012_and_lrn():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_zfnet_follows_the_papers_figure_3():
+    """Zeiler and Fergus's figure 3 at 224: 7x7/2 and 5x5/2 convs, pools of 3/2 (Caffe's ceil mode),
+    contrast normalization after the first two layers, 4096-4096 with dropout."""
+    model = on_meta(lambda: create_model("zfnet"))
+    x, maps = torch.empty(1, 3, 224, 224, device="meta"), []
+    for layer in model.features:
+        x = layer(x)
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+            maps.append(tuple(x.shape[1:]))
+    assert maps == [(96, 110, 110), (96, 55, 55), (256, 26, 26), (256, 13, 13), (384, 13, 13), (384, 13, 13),
+                    (256, 13, 13), (256, 6, 6)]
+    assert [m.kernel_size for m in model.features if isinstance(m, nn.Conv2d)][:2] == [(7, 7), (5, 5)]
+    assert sum(isinstance(m, nn.LocalResponseNorm) for m in model.modules()) == 2
+    assert [m.out_features for m in model.classifier if isinstance(m, nn.Linear)] == [4096, 4096, 1000]
+    assert sum(isinstance(m, nn.Dropout) for m in model.classifier) == 2
+
+
+def test_wide_resnets_have_the_papers_parameter_counts():
+    """Zagoruyko and Komodakis's CIFAR-10 table, in millions: WRN-28-10 36.5, WRN-40-4 8.9; other WRN-d-k
+    through depth and widen_factor (WRN-16-8 11.0, WRN-40-10 55.8)."""
+    def millions(name, **knobs):
+        return round(count(on_meta(lambda: create_model(name, num_classes=10, image_size=32, **knobs))) / 1e6, 1)
+    assert millions("wrn28_10") == 36.5 and millions("wrn40_4") == 8.9
+    assert millions("wrn28_10", depth=16, widen_factor=8) == 11.0
+    assert millions("wrn40_4", widen_factor=10) == 55.8
+
+
+@pytest.mark.parametrize("in_chans, size", [(1, 28), (3, 32), (3, 224)])
+def test_zfnet_and_wrn_forward_at_the_data_sizes(in_chans, size):
+    """Fashion-MNIST, CIFAR and ImageNet sizes; the last maps are not collapsed: ZFNet's cifar stem keeps 28
+    and 32 at 3x3 and 4x4 before its 6x6 pool, WRN's groups take 32 to the paper's 8x8."""
+    torch.manual_seed(0)
+    x = torch.randn(2, in_chans, size, size)
+    zfnet = create_model("zfnet", num_classes=10, in_chans=in_chans, image_size=size, width_mult=0.125).eval()
+    wrn = create_model("wrn28_10", num_classes=10, in_chans=in_chans, image_size=size, depth=10,
+                       widen_factor=1).eval()
+    with torch.no_grad():
+        assert zfnet(x).shape == wrn(x).shape == (2, 10)
+        assert zfnet.features(x).shape[-1] == {28: 3, 32: 4, 224: 6}[size]
+        assert wrn.layer3(wrn.layer2(wrn.layer1(wrn.conv1(x)))).shape[-1] == size // 4
+
+
+def test_zfnet_and_wrn_width_and_depth_multipliers():
+    zfnet = {(w, d): on_meta(lambda: create_model("zfnet", width_mult=w, depth_mult=d))
+             for w, d in [(1.0, 1.0), (0.5, 1.0), (1.0, 2.0)]}
+    assert zfnet[0.5, 1.0].features[0].out_channels == 48 and zfnet[0.5, 1.0].classifier[1].out_features == 2048
+    assert [sum(isinstance(m, nn.Conv2d) for m in model.modules()) for model in zfnet.values()] == [5, 5, 8]
+    assert count(zfnet[0.5, 1.0]) < count(zfnet[1.0, 1.0]) < count(zfnet[1.0, 2.0])
+    wrn = on_meta(lambda: create_model("wrn28_10", num_classes=10, image_size=32, width_mult=0.5, depth_mult=2.0))
+    assert [len(wrn.layer1), len(wrn.layer2), len(wrn.layer3)] == [8, 8, 8]  # WRN-28's 4 per group, doubled
+    assert [wrn.conv1.out_channels, wrn.layer1[0].conv1.out_channels, wrn.fc.in_features] == [8, 80, 320]
+    tiny = on_meta(lambda: create_model("wrn40_4", depth=10, widen_factor=1))
+    assert [len(tiny.layer1), tiny.layer1[0].shortcut, tiny.layer2[0].shortcut.stride] == [1, None, (2, 2)]
+    assert tiny.layer1[0].dropout.p == 0.3  # between the convs, the paper's CIFAR rate
+
+
+@pytest.mark.parametrize("name, knobs", [("zfnet", dict(width_mult=0.125)),
+                                         ("wrn28_10", dict(depth=10, widen_factor=1))])
+def test_zfnet_and_wrn_train_through_the_trainer(tmp_path, name, knobs):
+    """Two batches of synthetic 32x32 images through the real trainer (WRN-10-1 for WRN-28-10)."""
+    overrides = [o for o in SMOKE if not o.startswith("model")] + [f"model={name}"]
+    overrides += [f"model.{key}={value}" for key, value in knobs.items()]
+    summary = train(make_config(tmp_path, *overrides, "train.epochs=1", "train.limit_train_batches=2"))
+    assert summary["status"] == "completed" and summary["model"] == name
+    assert summary["params"] == count(on_meta(lambda: create_model(name, num_classes=10, image_size=32, **knobs)))
+
+
 def test_torchvision_entry():
     model = create_model("mobilenet_v3_small", source="torchvision", num_classes=10, in_chans=1)
     assert model.eval()(torch.randn(2, 1, 32, 32)).shape == (2, 10)
@@ -261,8 +335,8 @@ def test_torchvision_entry():
 
 
 @pytest.mark.parametrize("path", sorted((CONF / "model").glob("*.yaml")), ids=lambda p: p.stem)
-def test_model_config_lists_exactly_the_knobs(path):
-    config = OmegaConf.to_container(OmegaConf.load(path))
+def test_model_config_lists_exactly_the_knobs(path, tmp_path):
+    config = OmegaConf.to_container(make_config(tmp_path, f"model={path.stem}").model)
     entry = get_entry(config["source"] if config.get("source") else config["name"])
     knobs = {**GENERIC_KNOBS, **entry.knobs()}
     knobs.pop("arch", None)  # a library entry's `name` is its arch
@@ -278,7 +352,13 @@ def test_every_model_has_a_config():
 def test_listing(capsys):
     assert list_zoo(["family=mobilenet", "input_size=32", "num_classes=10"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "multiply-adds" in lines[0] and lines[1].split() == ["name", "family", "params", "GFLOPs"]
+    assert "multiply-adds" in lines[0] and lines[1].split() == ["name", "family", "input", "crop", "params", "GFLOPs"]
     assert [line.split()[0] for line in lines[2:]] == list_models("mobilenet")
+    assert list_zoo(["family=wrn", "input_size=32", "num_classes=10"]) == 0
+    rows = {line.split()[0]: line.split()[4] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows == {"wrn28_10": "36,479,194", "wrn40_4": "8,949,210"}
+    assert list_zoo(["family=efficientnet"]) == 0  # without input_size: each at its paper's image side
+    native = {line.split()[0]: line.split()[2:4] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert native["efficientnet_b0"] == ["224", "0.875"] and native["efficientnet_b3"] == ["300", "0.904"]
     assert list_zoo(["family=nope"]) == 2 and list_zoo(["size=3"]) == 2
     assert capsys.readouterr().err.count("error: ") == 2

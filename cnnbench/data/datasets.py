@@ -19,6 +19,8 @@ from PIL import Image
 
 from cnnbench.errors import DataError
 
+from . import imagenet
+
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
@@ -234,6 +236,33 @@ def image_folder(name: str, root: str | None, train: bool, download: bool, *, on
     return Split(ds, list(ds.classes), warnings)
 
 
+class ListedFiles(ImageFiles):
+    """ImageFiles over listed (path, class index) samples instead of class folders."""
+
+    def __init__(self, root: str, classes: list[str], samples: list[tuple[str, int]], **kwargs):
+        self.listed = classes, samples
+        super().__init__(root, **kwargs)
+
+    def find_classes(self, directory):
+        return self.listed[0], {c: i for i, c in enumerate(self.listed[0])}
+
+    def make_dataset(self, directory, class_to_idx, **kwargs):
+        return self.listed[1]
+
+
+def labelled_val(root: str, labels_file: Path) -> Split:
+    """ImageNet's val split as it ships (root/val/*.JPEG and a labels file, imagenet.py), in the classes of
+    root/train's folders; without root/train (evaluating elsewhere), the classes the labels name."""
+    train_folder, val_folder = Path(root) / "train", Path(root) / "val"
+    labels = imagenet.read_val_labels(labels_file)
+    classes = (torchvision.datasets.folder.find_classes(train_folder)[0] if train_folder.is_dir()
+               else sorted(set(labels.values())))
+    samples, not_images = imagenet.val_samples(val_folder, labels, labels_file, classes)
+    warnings = [f"data: {len(not_images)} files in {val_folder} are not images by their names, left out: "
+                f"{', '.join(not_images[:5])}{', ...' if len(not_images) > 5 else ''}"] if not_images else []
+    return Split(ListedFiles(str(val_folder), classes, samples, loader=_open_image), classes, warnings)
+
+
 def synthetic(name: str, root, train: bool, download, *, size: int, image_size: int, channels: int,
               num_classes: int) -> Split:
     """Random images around one random prototype per class: learnable, so a smoke run shows learning."""
@@ -259,6 +288,9 @@ def load_split(data_cfg, train: bool, transform) -> Split:
         size = (data_cfg.train_size if train else data_cfg.val_size) or (1024 if train else 256)
         split = synthetic(data_cfg.name, root, train, False, size=size, image_size=data_cfg.image_size,
                           channels=data_cfg.channels, num_classes=data_cfg.num_classes or 10)
+    elif (SOURCES[data_cfg.name] is image_folder and not train and root
+          and (labels_file := imagenet.val_labels_file(Path(root), data_cfg.get("val_labels")))):
+        split = labelled_val(root, labels_file)
     elif SOURCES[data_cfg.name] is image_folder:
         split = image_folder(data_cfg.name, root, train, data_cfg.download, on_bad_image=data_cfg.on_bad_image)
     else:

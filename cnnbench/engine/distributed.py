@@ -32,6 +32,8 @@ from cnnbench.config import check_config
 from cnnbench.errors import (EXIT_CTRL_C, EXIT_INTERRUPTED, EXIT_USER_ERROR, CnnbenchError, ConfigError,
                              Interrupted, RankFailed)
 
+log = logging.getLogger("cnnbench")
+
 # The launcher passes these on to every rank: SIGUSR1 is SLURM's warning before preemption.
 FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -107,6 +109,7 @@ def run_ranks(fn, cfg: DictConfig):
         return fn(cfg)
     check_config(cfg)  # a bad value: one line from here, not one from every rank
     check_cpu_rank_count(cfg.hardware)
+    log.info(f"training on {nproc} DDP ranks of this node (hardware.nproc={nproc}; hardware.nproc=1 for one process)")
     # Resolved once, here: each process would resolve run_dir (and Hydra's ${now:}) on its own.
     cfg = copy.deepcopy(cfg)
     OmegaConf.resolve(cfg)

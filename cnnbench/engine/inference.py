@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 
 from cnnbench.config import TTA
 from cnnbench.data.datasets import load_split
+from cnnbench.data.imagenet import class_name, display_name
 from cnnbench.data.loader import ValBatches, loader_workers
 from cnnbench.data.transforms import Normalize, build_transforms
 from cnnbench.errors import CheckpointError, ConfigError, DataError
@@ -58,6 +59,8 @@ def evaluation_data(cfg: DictConfig, config: DictConfig) -> DictConfig:
     if cfg.data is None:
         return config.data
     data = cfg.data
+    if OmegaConf.is_interpolation(data, "image_size"):  # data=imagenet's "the model's native size": the trained one
+        data.image_size = config.data.image_size
     if (data.channels, data.image_size) != (config.data.channels, config.data.image_size):
         raise ConfigError(f"data: the model takes {config.data.channels}-channel {config.data.image_size} px "
                           f"images; pass data.channels={config.data.channels} data.image_size={config.data.image_size}")
@@ -97,8 +100,8 @@ def evaluate(cfg: DictConfig) -> dict:
         "checkpoint": str(cfg.checkpoint), "data": data.name, "tta": cfg.eval.tta.value, "samples": int(total),
         "top1": 100 * sum(top1) / total, "top5": 100 * sum(topk_hits) / total, "top5_k": topk,
         "loss": loss.item() / total,
-        "per_class": [{"class": name, "samples": int(n), "top1": 100 * hit / n if n else None}
-                      for name, n, hit in zip(classes, samples, top1)],
+        "per_class": [{"class": label, "name": class_name(label), "samples": int(n),
+                       "top1": 100 * hit / n if n else None} for label, n, hit in zip(classes, samples, top1)],
     }
     print(evaluation_table(result))
     text = json.dumps(result, indent=2)
@@ -111,12 +114,13 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 def evaluation_table(result: dict) -> str:
-    width = max(len("class"), *(len(c["class"]) for c in result["per_class"]))
+    shown = [display_name(c["class"]) for c in result["per_class"]]
+    width = max(len("class"), *map(len, shown))
     lines = [f"{result['checkpoint']} on {result['data']} ({result['samples']} images, tta {result['tta']}): "
              f"top-1 {result['top1']:.2f}%, top-{result['top5_k']} {result['top5']:.2f}%, loss {result['loss']:.4f}",
              f"{'class':<{width}}  {'images':>6}  {'top-1':>6}"]
-    for c in result["per_class"]:
-        lines.append(f"{c['class']:<{width}}  {c['samples']:>6}  "
+    for c, label in zip(result["per_class"], shown):
+        lines.append(f"{label:<{width}}  {c['samples']:>6}  "
                      + (f"{c['top1']:>6.2f}" if c["top1"] is not None else f"{'-':>6}"))
     return "\n".join(lines)
 
@@ -166,7 +170,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         else:
             probabilities = logits[0].softmax(0)
         scores, indices = probabilities.topk(k)
-        result["topk"] = [{"class": classes[i], "probability": p} for p, i in zip(scores.tolist(), indices.tolist())]
+        result["topk"] = [{"class": classes[i], "name": class_name(classes[i]), "probability": p}
+                          for p, i in zip(scores.tolist(), indices.tolist())]
         results.append(result)
         print(prediction_text(result, classes))
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
@@ -181,7 +186,8 @@ def prediction_text(result: dict, classes: list[str]) -> str:
         lines.append(f"  class map ({len(class_map)}x{len(class_map[0])} windows; class indices):")
         lines += ["    " + " ".join(f"{c:>2}" for c in row) for row in class_map]
         seen = sorted({c for row in class_map for c in row})
-        lines.append("    " + ", ".join(f"{c}: {classes[c]}" for c in seen))
+        lines.append("    " + ", ".join(f"{c}: {display_name(classes[c])}" for c in seen))
         lines.append("  mean over the windows:")
-    lines += [f"  #{rank} {p['probability'] * 100:6.2f}% {p['class']}" for rank, p in enumerate(result["topk"], 1)]
+    lines += [f"  #{rank} {p['probability'] * 100:6.2f}% {display_name(p['class'])}"
+              for rank, p in enumerate(result["topk"], 1)]
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """`python -m cnnbench.models [family=resnet] [input_size=224] [num_classes=1000] [in_chans=3]` prints the
-zoo: name, family, parameters and GFLOPs on one image (torch.utils.flop_counter, counted on the meta
-device so even the largest models cost nothing). The `timm` and `torchvision` entries, which stand for
+zoo: name, family, native input (image side and evaluation crop), parameters and GFLOPs on one image at
+that input, or at `input_size` where given (torch.utils.flop_counter, counted on the meta device so even
+the largest models cost nothing). The `timm` and `torchvision` entries, which stand for
 any model of those libraries, are not listed."""
 import sys
 
@@ -10,8 +11,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from cnnbench.errors import ConfigError
 
 from . import create_model, get_entry, list_models
+from .registry import native_input
 
-DEFAULTS = {"family": None, "input_size": 224, "num_classes": 1000, "in_chans": 3}
+DEFAULTS = {"family": None, "input_size": None, "num_classes": 1000, "in_chans": 3}
 LIBRARIES = ("timm", "torchvision")
 
 
@@ -50,17 +52,21 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    size = args["input_size"]
     names = [n for n in list_models(args["family"]) if get_entry(n).family not in LIBRARIES]
-    print(f"# {size}x{size} images, {args['in_chans']} channels, {args['num_classes']} classes; "
+    given = args["input_size"]
+    print(f"# {'each model at its native input' if given is None else f'{given}x{given} images'}, "
+          f"{args['in_chans']} channels, {args['num_classes']} classes; "
           f"GFLOPs = 2 x multiply-adds / 1e9, for one image")
-    rows = [("name", "family", "params", "GFLOPs")]
+    rows = [("name", "family", "input", "crop", "params", "GFLOPs")]
     for name in names:
+        native, crop_pct = native_input(name)
+        size = given or native
         params, gflops = measure(name, size, args["num_classes"], args["in_chans"])
-        rows.append((name, get_entry(name).family, f"{params:,}", "n/a" if gflops is None else f"{gflops:.3f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        rows.append((name, get_entry(name).family, str(size), f"{crop_pct:.3f}", f"{params:,}",
+                     "n/a" if gflops is None else f"{gflops:.3f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}")
+        print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
     return 0
 
 

@@ -20,7 +20,7 @@ from .registry import register_model
 from .scaling import scale_depth, scale_width
 
 
-@register_model("compact")
+@register_model("compact", input_size=28)
 def compact_cnn(num_classes=10, in_chans=1, image_size=28, stem_width: int = 16,
                 widths: tuple = (64, 128, 256), depths: tuple = (1, 1, 1),
                 width_mult: float = 1.0, depth_mult: float = 1.0):

@@ -53,10 +53,13 @@ def efficientnet(num_classes=1000, in_chans=3, image_size=224, dropout: float = 
     return model
 
 
-# (width_mult, depth_mult, dropout) of B0-B7, as torchvision
+# (width_mult, depth_mult, dropout) of B0-B7, as torchvision; (image side, eval crop) as the paper's
+# reference code (timm's tf_efficientnet_b* configs): compound scaling grows the images too.
 SCALES = [(1.0, 1.0, 0.2), (1.0, 1.1, 0.2), (1.1, 1.2, 0.3), (1.2, 1.4, 0.3), (1.4, 1.8, 0.4), (1.6, 2.2, 0.4),
           (1.8, 2.6, 0.5), (2.0, 3.1, 0.5)]
-for _b, (_width, _depth, _dropout) in enumerate(SCALES):
+INPUTS = [(224, 0.875), (240, 0.882), (260, 0.890), (300, 0.904), (380, 0.922), (456, 0.934), (528, 0.942),
+          (600, 0.949)]
+for _b, ((_width, _depth, _dropout), (_size, _crop)) in enumerate(zip(SCALES, INPUTS)):
     _tf_bn = dict(bn_eps=1e-3, bn_momentum=0.01) if _b >= 5 else {}
-    register_model("efficientnet", f"efficientnet_b{_b}", f"torchvision:efficientnet_b{_b}", width_mult=_width,
-                   depth_mult=_depth, dropout=_dropout, **_tf_bn)(efficientnet)
+    register_model("efficientnet", f"efficientnet_b{_b}", f"torchvision:efficientnet_b{_b}", input_size=_size,
+                   crop_pct=_crop, width_mult=_width, depth_mult=_depth, dropout=_dropout, **_tf_bn)(efficientnet)

@@ -12,7 +12,7 @@ from .registry import register_model
 from .scaling import scale_depth, scale_width
 
 
-@register_model("fmnist_cnn")
+@register_model("fmnist_cnn", input_size=28)
 def fmnist_cnn(num_classes=10, in_chans=1, image_size=28, width_mult: float = 1.0,
                depth_mult: float = 1.0, norm: str = "none", drop_rate: float = 0.5):
     if norm not in ("none", "batch"):

@@ -230,7 +230,7 @@ class AuxV3(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.conv1(self.conv0(x)), 1).flatten(1))
 
 
-@register_model("inception", reference="torchvision:inception_v3")
+@register_model("inception", reference="torchvision:inception_v3", input_size=299)
 def inception_v3(num_classes=1000, in_chans=3, image_size=299, aux_logits: bool = True, dropout: float = 0.5,
                  width_mult: float = 1.0, depth_mult: float = 1.0, stem: str = "auto"):
     small = resolve_stem(stem, image_size) == "cifar"
@@ -286,7 +286,7 @@ def v4_c():
             [("branch3", [nn.AvgPool2d(3, 1, 1, count_include_pad=False), (256, 1)])]]
 
 
-@register_model("inception", reference="timm:inception_v4")
+@register_model("inception", reference="timm:inception_v4", input_size=299)
 def inception_v4(num_classes=1000, in_chans=3, image_size=299, dropout: float = 0.2, width_mult: float = 1.0,
                  depth_mult: float = 1.0, stem: str = "auto"):
     small = resolve_stem(stem, image_size) == "cifar"

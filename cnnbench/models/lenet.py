@@ -11,7 +11,7 @@ from .registry import register_model
 from .scaling import scale_width
 
 
-@register_model("lenet")
+@register_model("lenet", input_size=32)
 def lenet5(num_classes=10, in_chans=1, image_size=32, variant: str = "classic", width_mult: float = 1.0):
     if variant not in ("classic", "modern"):
         raise ConfigError(f"model.variant: 'classic' or 'modern', got {variant!r}")

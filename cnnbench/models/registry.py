@@ -24,6 +24,7 @@ import timm
 import torch
 import torch.nn as nn
 import torchvision
+from hydra.utils import get_object
 from timm.models import adapt_input_conv
 from timm.utils.model import freeze
 
@@ -50,6 +51,10 @@ class ModelEntry:
     family: str
     fn: Callable[..., nn.Module]
     reference: str | None = None  # "torchvision:NAME" or "timm:NAME": the model it mirrors, weights included
+    # What the model was designed for, as timm's default configs say it: the side of its training images on
+    # ImageNet-like data, and the centre crop's share of the resized image when it is evaluated.
+    input_size: int = 224
+    crop_pct: float = 0.875
 
     def knobs(self) -> dict:
         """The constructor's keyword arguments and defaults, less those the data provides."""
@@ -61,15 +66,30 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(family: str, name: str | None = None, reference: str | None = None, **defaults):
+def register_model(family: str, name: str | None = None, reference: str | None = None, *,
+                   input_size: int = 224, crop_pct: float = 0.875, **defaults):
     """Decorator: register a constructor under `name` (default: its function name) in `family`;
     `defaults` make a variant (resnet50 is the resnet constructor with its stage depths); `reference`
-    names the torchvision or timm model whose parameters and state dict this one matches."""
+    names the torchvision or timm model whose parameters and state dict this one matches; `input_size`
+    and `crop_pct` are its native image side and evaluation crop (ModelEntry)."""
     def wrap(fn):
         key = name or fn.__name__
-        _REGISTRY[key] = ModelEntry(key, family, functools.partial(fn, **defaults) if defaults else fn, reference)
+        _REGISTRY[key] = ModelEntry(key, family, functools.partial(fn, **defaults) if defaults else fn, reference,
+                                    input_size, crop_pct)
         return fn
     return wrap
+
+
+def native_input(name: str, source: str = "cnnbench") -> tuple[int, float]:
+    """(input_size, crop_pct) the model was designed for: its registry entry's, or timm's default config for
+    a timm model (torchvision's classifiers are 224 / 0.875 but Inception v3's 299)."""
+    if source == "timm":
+        cfg = timm.models.get_pretrained_cfg(name)
+        return (cfg.input_size[-1], cfg.crop_pct) if cfg else (224, 0.875)
+    if source == "torchvision":
+        return (299, 0.875) if name == "inception_v3" else (224, 0.875)
+    entry = get_entry(name)
+    return entry.input_size, entry.crop_pct
 
 
 def list_models(family: str | None = None) -> list[str]:
@@ -87,9 +107,24 @@ def check_choice(key: str, value: str, choices) -> None:
         raise ConfigError(f"model.{key}: one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
-def check_knobs(name: str, knobs: dict) -> None:
+def user_entry(name: str, target: str) -> ModelEntry:
+    """A model class of the user's own package (`model._target_: mypkg.nets.MyNet`): the keyword arguments
+    of its constructor are its knobs, and it receives num_classes, in_chans and image_size where it takes them."""
+    try:
+        cls = get_object(target)
+    except Exception as e:  # ImportError, AttributeError, ... all say the same to the user
+        raise ConfigError(f"model._target_: cannot import {target} ({str(e).splitlines()[0]})") from None
+    accepted = inspect.signature(cls).parameters
+
+    @functools.wraps(cls)  # inspect.signature (ModelEntry.knobs) follows __wrapped__ to cls
+    def build(**kwargs):
+        return cls(**{k: v for k, v in kwargs.items() if k in accepted or k not in DATA_ARGS})
+    return ModelEntry(name, "user", build)
+
+
+def check_knobs(entry: ModelEntry, knobs: dict) -> None:
     """Reject knobs the model does not take, and values of the wrong type, naming the key."""
-    accepted = {**GENERIC_KNOBS, **get_entry(name).knobs()}
+    name, accepted = entry.name, {**GENERIC_KNOBS, **entry.knobs()}
     for key, value in knobs.items():
         if key not in accepted:
             raise ConfigError(f"model.{key}: not a knob of {name} (knobs: {', '.join(sorted(accepted))})")
@@ -114,19 +149,22 @@ def compound_image_size(image_size: int, phi: int, gamma: float = 1.15) -> int:
     return image_size if phi == 0 else 4 * round(image_size * gamma ** phi / 4)
 
 
-def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_size: int = 224,
+def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_size: int | None = None,
                  weights: str | None = None, source: str = "cnnbench", classes: list[str] | None = None,
                  **knobs) -> nn.Module:
     """Build model `name` for the data's class count, channels and image size. `source=timm` (or
     `torchvision`) takes `name` from that library instead of cnnbench's zoo; `weights` is a state dict
     file to start from (`classes`, the data's class names, are checked against a checkpoint's); `phi` > 0
     multiplies depth_mult by alpha**phi and width_mult by beta**phi (the trainer scales the image by
-    `compound_image_size`)."""
+    `compound_image_size`). Without `image_size`, the model is built for its native input (`native_input`)."""
+    if image_size is None:
+        image_size = native_input(name, source)[0]
     label = name  # for messages: the library's model, not the library
     if source != "cnnbench":
         name, knobs = source, {"arch": name, **knobs}
-    check_knobs(name, knobs)
-    entry = get_entry(name)
+    target = knobs.pop("_target_", None)
+    entry = user_entry(name, target) if target else get_entry(name)
+    check_knobs(entry, knobs)
     own = entry.knobs()
     generic = {k: knobs.pop(k, d) for k, d in GENERIC_KNOBS.items() if k not in own}
     if generic["phi"]:
@@ -136,7 +174,7 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
             knobs[key] = knobs.get(key, own[key]) * base ** generic["phi"]
     check_choice("freeze", generic["freeze"], ("none", "backbone"))
     model = entry.fn(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **knobs)
-    designed_for = inspect.signature(entry.fn).parameters["image_size"].default
+    designed_for = native_input(label, source)[0] if source != "cnnbench" else entry.input_size
     if image_size < designed_for and not takes_images(model, in_chans, image_size):  # smaller than its paper's
         unfetched = {**knobs, "pretrained": False} if "pretrained" in knobs else knobs  # timm's own knob
         check_image_size(label, in_chans, image_size, lambda size: entry.fn(
