@@ -24,37 +24,32 @@ from cnnbench.errors import CheckpointError, ConfigError
 from cnnbench.models import create_model
 
 from .conftest import SMOKE, make_config, run_cli
+from .test_faults import one_error_line, tiny_disk  # noqa: F401 (a fixture)
 from .test_train import make_image_tree
-
-
-def one_error_line(result):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.stderr.strip().splitlines()[-1]
 
 
 def test_linked_folders_are_followed_but_never_into_a_loop_or_another_class(tmp_path):
     root = tmp_path / "images"
     make_image_tree(root)
-    train = root / "train"
-    os.symlink("..", train / "n01440764" / "loop")  # every class again, under the first
-    os.symlink("../n01443537", train / "n01440764" / "sibling")
+    split = root / "train"
+    os.symlink("..", split / "n01440764" / "loop")  # every class again, under the first
+    os.symlink("../n01443537", split / "n01440764" / "sibling")
     # Legitimate links: a class folder kept elsewhere, a linked folder and a linked image inside a class.
-    shutil.move(train / "n01484850", tmp_path / "shared")
-    os.symlink(tmp_path / "shared", train / "n01484850")
+    shutil.move(split / "n01484850", tmp_path / "shared")
+    os.symlink(tmp_path / "shared", split / "n01484850")
     (tmp_path / "more").mkdir()
     shutil.copy(tmp_path / "shared" / "0.JPEG", tmp_path / "more" / "extra.JPEG")
-    os.symlink(tmp_path / "more", train / "n01484850" / "more")
-    os.symlink(tmp_path / "shared" / "1.jpg", train / "n01443537" / "linked.jpg")
+    os.symlink(tmp_path / "more", split / "n01484850" / "more")
+    os.symlink(tmp_path / "shared" / "1.jpg", split / "n01443537" / "linked.jpg")
 
-    split = image_folder("imagefolder", str(root), True, False, on_bad_image="skip")
-    assert split.classes == ["n01440764", "n01443537", "n01484850"]
-    assert Counter(split.dataset.targets) == {0: 6, 1: 7, 2: 7}
-    for path, label in split.dataset.samples:
-        assert path.startswith(str(train / split.classes[label])), path
-    (warning,) = [w for w in split.warnings if "linked" in w]
-    assert f"{train / 'n01440764' / 'loop'} -> {train}" in warning
-    assert f"{train / 'n01440764' / 'sibling'} -> {train / 'n01443537'}" in warning
+    found = image_folder("imagefolder", str(root), True, False, on_bad_image="skip")
+    assert found.classes == ["n01440764", "n01443537", "n01484850"]
+    assert Counter(found.dataset.targets) == {0: 6, 1: 7, 2: 7}
+    for path, label in found.dataset.samples:
+        assert path.startswith(str(split / found.classes[label])), path
+    (warning,) = [w for w in found.warnings if "linked" in w]
+    assert f"{split / 'n01440764' / 'loop'} -> {split}" in warning
+    assert f"{split / 'n01440764' / 'sibling'} -> {split / 'n01443537'}" in warning
 
 
 def test_a_model_too_big_for_the_images_names_the_smallest_size(tmp_path):
@@ -162,14 +157,10 @@ def test_predict_names_a_decompression_bomb_and_bounds_dense_scale(tmp_path):
 
 
 @pytest.fixture
-def read_only_dir(tmp_path):
+def read_only_dir(tiny_disk):
     """A read-only tmpfs: chmod stops no root, a read-only mount stops everyone."""
-    disk = tmp_path / "read_only"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs needs root")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    return tiny_disk
 
 
 def test_paths_that_cannot_be_used_end_in_one_line(tmp_path, read_only_dir):
