@@ -330,6 +330,8 @@ def check_config(cfg: DictConfig) -> None:
                           f"seed + r; here {ranks} ranks), got {cfg.seed}")
     if cfg.hardware.compile not in (True, False, "auto"):
         raise ConfigError(f"hardware.compile: true, false or auto, got {cfg.hardware.compile!r}")
+    if cfg.data.decode_device == Device.cuda and cfg.hardware.device == Device.cpu:
+        raise ConfigError("data.decode_device: cuda decodes where a GPU trains, and hardware.device is cpu")
     if cfg.data.prefetch_factor is not None and cfg.data.workers == 0:
         raise ConfigError("data.prefetch_factor: workers load ahead, and data.workers=0 has none")
     if not (isinstance(cfg.data.device_resident, bool) or cfg.data.device_resident == "auto"):

@@ -26,9 +26,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 COLUMNS = ["model", "params", "gflops", "best_val_top1", "best_val_top5", "final_val_top1", "final_val_top5",
            "best_epoch", "epochs", "wall_time_s", "train_img_per_s", "status"]
 BENCH_COLUMNS = ["model", "params", "gflops", "image_size", "batch_size", "device", "precision", "train_img_per_s",
-                 "trainer_img_per_s", "trainer_ratio", "trainer_tflops", "trainer_peak_fraction", "input_img_per_s",
+                 "trainer_img_per_s", "trainer_ratio", "trainer_tflops", "trainer_matmul_fraction", "input_img_per_s",
                  "input_workers", "bottleneck", "bottleneck_factor", "infer_img_per_s", "peak_memory_mb",
-                 "matmul_tflops", "train_peak_fraction", "infer_peak_fraction", "status"]
+                 "matmul_tflops", "train_matmul_fraction", "infer_matmul_fraction", "status"]
 
 
 def read_run(run_dir: Path, record: str) -> dict:

@@ -186,6 +186,23 @@ def test_convolutionize_keeps_outputs_and_maps_larger_images(name, knobs, channe
         assert dense(large).shape == (1, 10, grown + 1, grown + 1)
 
 
+@pytest.mark.parametrize("name, knobs, channels, size", [
+    ("alexnet", {"width_mult": 0.25}, 3, 32), ("fmnist_cnn", {"width_mult": 0.25, "norm": "batch"}, 1, 28)])
+def test_convolutionize_builds_on_the_models_device_and_dtype(name, knobs, channels, size):
+    # predict dense=true moves the model to the GPU before convolutionizing it (issue 20, item 1):
+    # the meta device stands in for CUDA, float64 shows the dtype and that the outputs still match.
+    with torch.device("meta"):
+        on_meta = create_model(name, num_classes=10, in_chans=channels, image_size=size, **knobs).eval()
+    dense = convolutionize(on_meta, (channels, size, size))
+    assert {t.device.type for t in [*dense.parameters(), *dense.buffers()]} == {"meta"}
+    model = create_model(name, num_classes=10, in_chans=channels, image_size=size, **knobs).double().eval()
+    dense = convolutionize(model, (channels, size, size))
+    assert {t.dtype for t in [*dense.parameters(), *dense.buffers()] if t.is_floating_point()} == {torch.float64}
+    x = torch.randn(2, channels, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(dense(x).flatten(1), model(x), atol=1e-10)
+
+
 def test_convolutionize_refuses_a_model_that_is_not_a_stack():
     with pytest.raises(ConfigError, match="^convolutionize: ResNet is not a stack of layers"):
         convolutionize(create_model("resnet18", width_mult=0.25, image_size=32), (3, 32, 32))

@@ -4,8 +4,10 @@ import json
 import os
 import statistics
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnbench.bench import TRAIN_FLOP_FORMULAS
@@ -48,7 +50,7 @@ def test_bench_trainer_columns_are_consistent(tmp_path, capsys):
     assert len(b["trainer_round_ratios"]) == 2 and all(r > 0 for r in b["trainer_round_ratios"])
     assert b["trainer_ratio"] == pytest.approx(statistics.median(b["trainer_round_ratios"]))
     assert b["trainer_tflops"] == pytest.approx(b["train_gflops"] * b["trainer_img_per_s"] / 1e3, rel=1e-3)
-    assert b["trainer_peak_fraction"] == pytest.approx(b["trainer_tflops"] / b["matmul_tflops"], rel=2e-3, abs=1e-4)
+    assert b["trainer_matmul_fraction"] == pytest.approx(b["trainer_tflops"] / b["matmul_tflops"], rel=2e-3, abs=1e-4)
     report([str(tmp_path)])
     header, _, row = (tmp_path / "bench.md").read_text().splitlines()
     cells = dict(zip(header.strip("| ").split(" | "), row.strip("| ").split(" | ")))
@@ -82,6 +84,21 @@ def test_decode_on_a_device_matches_pil_and_skips_the_same_files(image_tree):
     assert sorted(decoded.skipped_images) == sorted(pil.skipped_images) == bad
     with pytest.raises(DataError, match="not a readable image"):
         list(loaders(root, "data.decode_device=cpu", "data.on_bad_image=error").train_loader)
+
+
+def test_decode_on_a_device_takes_a_batch_without_jpegs(tmp_path):
+    for split, count in (("train", 6), ("val", 2)):  # PNGs only: no batch holds a JPEG (issue 20, item 2)
+        for c in range(2):
+            (tmp_path / split / f"class_{c}").mkdir(parents=True)
+            for i in range(count):
+                pixels = np.random.default_rng(i).integers(0, 255, (40, 48, 3), np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / f"class_{c}" / f"{i}.png")
+    pil, decoded = loaders(tmp_path), loaders(tmp_path, "data.decode_device=cpu")
+    for loader in ("val_loader", "train_loader"):
+        pairs = list(zip(getattr(pil, loader), getattr(decoded, loader), strict=True))
+        assert pairs
+        for (pil_images, pil_labels), (images, labels) in pairs:  # lossless files: the same pixels
+            assert torch.equal(pil_labels, labels) and torch.equal(pil_images, images)
 
 
 def test_training_with_decode_device_auto_names_the_bad_files(image_tree, tmp_path):

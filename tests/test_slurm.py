@@ -107,6 +107,7 @@ NodeName={host} NodeAddr=127.0.0.1 CPUs=8 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:8
 """)
     env = {**os.environ, "SLURM_CONF": str(base / "slurm.conf"), "PYTHONPATH": str(ROOT),
+           "SBATCH_GPUS_PER_NODE": "0",  # the scripts ask for GPUs; this cluster has none
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # the jobs' python and torchrun
     subprocess.run(["mungekey", "--create", f"--keyfile={base}/munge.key"], check=True)
     daemons = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for command in (

@@ -16,9 +16,9 @@ from cnnbench.engine.trainer import train
 from cnnbench.errors import ConfigError
 from cnnbench.models import create_model, get_entry, list_models
 from cnnbench.models.__main__ import main as list_zoo
-from cnnbench.models.registry import GENERIC_KNOBS, compound_image_size
+from cnnbench.models.registry import GENERIC_KNOBS, classifier_name, compound_image_size
 
-from .conftest import CONF, SMOKE, make_config
+from .conftest import CONF, SMOKE, make_config, run_cli
 
 LIBRARIES = ("timm", "torchvision")
 ZOO = [name for name in list_models() if get_entry(name).family not in LIBRARIES]
@@ -362,3 +362,139 @@ def test_listing(capsys):
     assert native["efficientnet_b0"] == ["224", "0.875"] and native["efficientnet_b3"] == ["300", "0.904"]
     assert list_zoo(["family=nope"]) == 2 and list_zoo(["size=3"]) == 2
     assert capsys.readouterr().err.count("error: ") == 2
+
+
+def output_layer(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """What module `name` outputs when the model sees `x` (its class maps averaged, for NiN's and BiT's conv
+    heads)."""
+    seen = []
+    handle = model.get_submodule(name).register_forward_hook(lambda module, args, out: seen.append(out))
+    model.eval()(x)
+    handle.remove()
+    return seen[0] if seen[0].dim() == 2 else seen[0].mean((2, 3))
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_every_model_declares_its_classifier(name):
+    """timm's way: the family names its head (ModelEntry.classifier) and create_model puts it in
+    pretrained_cfg, where freeze=backbone, new_head and optimizer.layer_decay read it."""
+    model = on_meta(lambda: create_model(name, num_classes=7))
+    assert model.pretrained_cfg["classifier"] == get_entry(name).classifier
+    head = model.get_submodule(get_entry(name).classifier)
+    last = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+    assert (last.out_features if isinstance(last, nn.Linear) else last.out_channels) == 7
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("vgg11", dict(image_size=32, width_mult=0.125)),  # its 4096-unit hidden layers, narrowed to 512
+    ("fmnist_cnn", dict(in_chans=1, image_size=28)),  # Dense 128-64
+])
+def test_the_declared_classifier_is_the_output_layer_even_at_a_hidden_width(name, kwargs):
+    """With as many classes as the last hidden layer has units, the declared head is still the one whose
+    output is the logits, and freeze=backbone trains it alone."""
+    layout = on_meta(lambda: create_model(name, **kwargs))
+    hidden = [m for n, m in layout.named_modules() if isinstance(m, nn.Linear) and n != get_entry(name).classifier]
+    model = create_model(name, num_classes=hidden[-1].out_features, freeze="backbone", **kwargs)
+    x = torch.randn(2, kwargs.get("in_chans", 3), kwargs["image_size"], kwargs["image_size"])
+    head = model.pretrained_cfg["classifier"]
+    assert torch.equal(output_layer(model, head, x), model(x))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {f"{head}.weight", f"{head}.bias"}
+
+
+def test_nin_fine_tunes_its_class_maps_onto_other_classes(tmp_path):
+    """NiN's classifier is its last mlpconv block, every conv of which has one channel per class (the old
+    guess, the last layer with num_classes outputs, named only its last 1x1 conv, so new weights for other
+    classes did not fit: "7.2.bias is [10] there, [4] here"): new_head starts the whole block afresh,
+    freeze=backbone trains it all."""
+    kwargs = dict(image_size=32, width_mult=0.25)
+    trained = create_model("nin", num_classes=10, **kwargs)
+    save_file(trained.state_dict(), tmp_path / "nin.safetensors")
+    model = create_model("nin", num_classes=4, weights=str(tmp_path / "nin.safetensors"), new_head=True,
+                         freeze="backbone", **kwargs)
+    assert model.pretrained_cfg["classifier"] == "classifier"
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in trained.state_dict().items() if not k.startswith("classifier."))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.classifier.named_parameters(prefix="classifier")}
+    assert len([m for m in model.classifier.modules() if isinstance(m, nn.Conv2d)]) == 3
+    assert output_layer(model, "classifier", torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+class HeadFirst(nn.Module):
+    """A user's network that registers its head before its stem: with as many classes as stem channels, the
+    guess (the last layer with num_classes outputs) names the stem; the class's `classifier` names the head."""
+    classifier = "head"
+
+    def __init__(self, num_classes=10, in_chans=3, width: int = 16):
+        super().__init__()
+        self.head = nn.Linear(width, num_classes)
+        self.stem = nn.Conv2d(in_chans, width, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(self.stem(x).mean((2, 3)))
+
+
+class Unnamed(HeadFirst):
+    classifier = None
+
+
+class Misnamed(HeadFirst):
+    classifier = "fc"
+
+
+def test_a_user_model_names_its_classifier_or_has_it_guessed():
+    target = f"{__name__}.HeadFirst"
+    model = create_model("headfirst", num_classes=16, image_size=8, _target_=target, freeze="backbone")
+    assert classifier_name(model, 16) == "stem"  # what the guess alone would have trained
+    assert model.pretrained_cfg["classifier"] == "head"
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"head.weight", "head.bias"}
+    guessed = create_model("unnamed", num_classes=10, image_size=8, _target_=f"{__name__}.Unnamed")
+    assert guessed.pretrained_cfg["classifier"] == "head"  # no other layer has 10 outputs
+    with pytest.raises(ConfigError, match=r"^model\._target_: misnamed names its classifier 'fc', which it does "
+                                          r"not have$"):
+        create_model("misnamed", num_classes=10, image_size=8, _target_=f"{__name__}.Misnamed")
+
+
+@pytest.mark.parametrize("name, knobs, message", [
+    ("resnet18", dict(groups=32), "model.groups: ResNet's basic blocks take groups=1 and width_per_group=64 "
+                                  "(ResNeXt needs block=bottleneck), got 32"),
+    ("resnet34", dict(width_per_group=128), "model.width_per_group: ResNet's basic blocks take groups=1 and "
+                                            "width_per_group=64 (ResNeXt needs block=bottleneck), got 128"),
+    ("googlenet", dict(branch3_kernel=4), "model.branch3_kernel: one of 3, 5, got 4"),
+    ("inception_v3", dict(source="torchvision", kwargs={"aux_logits": True}),
+     "model.kwargs: torchvision's aux_logits outputs are not cnnbench's; model=googlenet and model=inception_v3 "
+     "train auxiliary classifiers"),
+    ("resnet18", dict(pretrained=True, weights="resnet18.pt"),
+     "model.pretrained: model.weights replaces the library weights; pass one or the other"),
+    ("resnet10t", dict(source="timm", pretrained=True, weights="resnet10t.pt"),
+     "model.pretrained: model.weights replaces the library weights; pass one or the other"),
+])
+def test_knobs_a_model_cannot_honour_are_refused(name, knobs, message):
+    with pytest.raises(ConfigError) as error:
+        on_meta(lambda: create_model(name, **knobs))
+    assert str(error.value) == message
+
+
+def test_basic_blocks_refuse_resnext_groups_from_the_command_line(tmp_path):
+    result = run_cli("data=synthetic", "model=resnet18", "model.groups=32", "hardware=cpu",
+                     f"hydra.run.dir={tmp_path}", timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "cnnbench: error: model.groups: ResNet's basic blocks take groups=1 and width_per_group=64 "
+        "(ResNeXt needs block=bottleneck), got 32")
+
+
+@pytest.mark.parametrize("name", ["lenet5", "fmnist_cnn", "compact_cnn", "nin"])
+def test_checkpoints_from_before_the_head_had_a_name_still_load(name, tmp_path):
+    """lenet5, fmnist_cnn, compact_cnn and nin key their head by name now (fc, classifier); the state
+    dicts written when it was keyed by its position load through load_state_dict and model.weights=."""
+    model = create_model(name, num_classes=10, in_chans=1, image_size=28)
+    positions = {name: str(i) for i, name in enumerate(model._modules)}
+    old = {".".join([positions[k.split(".")[0]], *k.split(".")[1:]]): v.clone() + 1 for k, v in model.state_dict().items()}
+    assert not any(k.startswith(("fc.", "classifier.")) for k in old)
+    fresh = create_model(name, num_classes=10, in_chans=1, image_size=28)
+    fresh.load_state_dict(dict(old))
+    torch.save(old, tmp_path / "old.pt")
+    loaded = create_model(name, num_classes=10, in_chans=1, image_size=28, weights=str(tmp_path / "old.pt"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value + 1) and torch.equal(loaded.state_dict()[key], value + 1), key

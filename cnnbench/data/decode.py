@@ -31,7 +31,8 @@ def decode(files: list[tuple[str, bytes, int]], device: torch.device) -> tuple[l
     jpegs = [i for i, d in enumerate(data) if bytes(d[:2]) == JPEG_START and len(d) > 2]
     decoded = {}
     try:
-        decoded = dict(zip(jpegs, decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)))
+        if jpegs:  # decode_jpeg([]) raises: a batch of PNGs has none
+            decoded = dict(zip(jpegs, decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)))
     except RuntimeError:
         pass  # a corrupt JPEG among them: each is tried alone below, and the culprit named
     images, labels, bad = [], [], []

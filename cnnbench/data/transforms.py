@@ -78,7 +78,9 @@ class Lighting(torch.nn.Module):
         shift = 255 * self.EIGVEC @ (alpha * self.EIGVAL)
         if image.shape[-3] == 1:
             shift = shift.mean(0, keepdim=True)
-        return (image.float() + shift.view(-1, 1, 1).to(image.device)).round_().clamp_(0, 255).to(torch.uint8)
+        # Drawn on the CPU as the PIL path draws it (the same images); on a GPU copied without a host sync.
+        shift = shift.view(-1, 1, 1).to(image.device, non_blocking=True)
+        return (image.float() + shift).round_().clamp_(0, 255).to(torch.uint8)
 
 
 class Normalize(torch.nn.Module):

@@ -94,26 +94,43 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def rng_state() -> dict:
-    """Every RNG the run draws from, as types `weights_only` loading accepts."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """Every RNG the run draws from, as types `weights_only` loading accepts: on CUDA, the run's own
+    device's generator only (a resume may see fewer GPUs). `device`: the run's; None: the current CUDA
+    device where this process has initialised CUDA, else none (a CPU run never initialises it)."""
     numpy_state = np.random.get_state(legacy=False)
+    cuda = cuda_rng_device(device)
     return {
         "python": random.getstate(),
         "numpy": {**numpy_state, "state": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
                                            "pos": numpy_state["state"]["pos"]}},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(cuda) if cuda is not None else None,
     }
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     random.setstate(state["python"])
     numpy_state = state["numpy"]
     np.random.set_state({**numpy_state, "state": {"key": numpy_state["state"]["key"].numpy().astype(np.uint32),
                                                   "pos": numpy_state["state"]["pos"]}})
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda, saved = cuda_rng_device(device), state.get("cuda")
+    if cuda is None or saved is None:
+        return
+    if isinstance(saved, list):  # checkpoints before issue 20: one state per visible GPU; this device's
+        index = cuda.index if cuda.index is not None else torch.cuda.current_device()
+        if index >= len(saved):
+            return
+        saved = saved[index]
+    torch.cuda.set_rng_state(saved, cuda)
+
+
+def cuda_rng_device(device: torch.device | None) -> torch.device | None:
+    """The CUDA device whose generator a checkpoint holds, or None: no torch.cuda call in a CPU run."""
+    if device is None:
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_initialized() else None
+    return device if device.type == "cuda" else None
 
 
 def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:

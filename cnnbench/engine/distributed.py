@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import timm.layers
 import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
@@ -65,11 +66,15 @@ def init_distributed(device_type: str) -> Dist:
         # restarted for a membership change keeps its count, so scripts/slurm sets
         # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: each rendezvous round then gets a fresh store of its own.
         store = dist.PrefixStore(f"cnnbench/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
-    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", store=store, rank=rank,
-                            world_size=world_size)
+    local_rank, device = int(os.environ.get("LOCAL_RANK", "0")), None
     if device_type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    ctx = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+        # This rank's GPU before NCCL starts: its communicator is bound to it, nothing lands on cuda:0.
+        check_gpu_count(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count())
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", store=store, rank=rank,
+                            world_size=world_size, device_id=device)
+    ctx = Dist(dist.get_rank(), dist.get_world_size(), local_rank,
                dist.new_group(backend="gloo") if device_type == "cuda" else None)
     if not ctx.is_main:
         logging.getLogger("cnnbench").setLevel(logging.WARNING)  # one copy of each log line: rank 0's
@@ -78,6 +83,20 @@ def init_distributed(device_type: str) -> Dist:
             "torchrun --max-restarts over many nodes: export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before "
             "torchrun (as scripts/slurm/train_multinode.sbatch does), or a restart may fail to connect")
     return ctx
+
+
+def check_gpu_count(ranks: int, gpus: int) -> None:
+    """One rank per GPU: more ranks on a node than its GPUs would end in CUDA's "invalid device ordinal"."""
+    if ranks > gpus:
+        raise ConfigError(f"hardware.nproc: {ranks} ranks on this node, but it has {gpus} CUDA "
+                          f"device{'s' if gpus != 1 else ''}: one rank per GPU")
+
+
+def sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """hardware.sync_batchnorm: every batch norm as its synchronized variant, through timm's converter:
+    torch's turns timm's BatchNormAct2d (compact_cnn, cspresnet50, timm models) into a plain
+    SyncBatchNorm and drops the activation it carries."""
+    return timm.layers.convert_sync_batchnorm(model)
 
 
 def all_reduce_sum(t: torch.Tensor, ctx: Dist) -> torch.Tensor:
@@ -109,6 +128,8 @@ def run_ranks(fn, cfg: DictConfig):
         return fn(cfg)
     check_config(cfg)  # a bad value: one line from here, not one from every rank
     check_cpu_rank_count(cfg.hardware)
+    if cfg.hardware.device == "cuda" or cfg.hardware.device == "auto" and torch.cuda.is_available():
+        check_gpu_count(nproc, torch.cuda.device_count())
     log.info(f"training on {nproc} DDP ranks of this node (hardware.nproc={nproc}; hardware.nproc=1 for one process)")
     # Resolved once, here: each process would resolve run_dir (and Hydra's ${now:}) on its own.
     cfg = copy.deepcopy(cfg)

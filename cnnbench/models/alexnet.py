@@ -12,6 +12,7 @@ max pools; the adaptive 6x6 pooling before the classifier then takes any size.
 """
 import torch.nn as nn
 
+from .pooling import AdaptiveAvgPool2d
 from .registry import check_choice, register_model
 from .scaling import resolve_stem, scale_stage, scale_width
 
@@ -24,7 +25,7 @@ class ConvNet(nn.Module):
     def __init__(self, features, pool_size, classifier):
         super().__init__()
         self.features = features
-        self.avgpool = nn.AdaptiveAvgPool2d(pool_size)
+        self.avgpool = AdaptiveAvgPool2d(pool_size)  # skipped at 224 px: deterministic on CUDA
         self.classifier = classifier
 
     def forward(self, x):
@@ -58,7 +59,7 @@ def features(in_chans, convs, stack, depth_mult, lrn, pool):
     return nn.Sequential(*layers, pool()), cin
 
 
-@register_model("alexnet", reference="torchvision:alexnet")
+@register_model("alexnet", reference="torchvision:alexnet", classifier="classifier.6")
 def alexnet(num_classes=1000, in_chans=3, image_size=224, channels: str = "torchvision", lrn: bool = False,
             dropout: float = 0.5, width_mult: float = 1.0, depth_mult: float = 1.0, stem: str = "auto"):
     check_choice("channels", channels, sorted(CHANNELS))
@@ -70,7 +71,7 @@ def alexnet(num_classes=1000, in_chans=3, image_size=224, channels: str = "torch
                                          dropout_first=True))
 
 
-@register_model("alexnet")
+@register_model("alexnet", classifier="classifier.6")
 def zfnet(num_classes=1000, in_chans=3, image_size=224, lrn: bool = True, dropout: float = 0.5,
           width_mult: float = 1.0, depth_mult: float = 1.0, stem: str = "auto"):
     """The paper's figure 3: 96 7x7/2 convs (padding 1) and 256 5x5/2 ones, pooled as Caffe does (ceil

@@ -42,7 +42,7 @@ class PreActBottleneck(nn.Module):
         return self.conv3(self.norm3(self.conv2(self.norm2(self.conv1(x_preact))))) + shortcut
 
 
-@register_model("bit", reference="timm:resnetv2_50x1_bit")
+@register_model("bit", reference="timm:resnetv2_50x1_bit", classifier="head.fc")
 def bit_resnet50x1(num_classes=1000, in_chans=3, image_size=224, layers=(3, 4, 6, 3), width_factor: int = 1,
                    width_mult: float = 1.0, depth_mult: float = 1.0, stem: str = "auto"):
     if width_factor < 1:

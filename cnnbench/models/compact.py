@@ -16,11 +16,11 @@ from timm.layers import BatchNormAct2d, create_conv2d
 
 from cnnbench.errors import ConfigError
 
-from .registry import register_model
+from .registry import positional_keys_load, register_model
 from .scaling import scale_depth, scale_width
 
 
-@register_model("compact", input_size=28)
+@register_model("compact", input_size=28, classifier="fc")
 def compact_cnn(num_classes=10, in_chans=1, image_size=28, stem_width: int = 16,
                 widths: tuple = (64, 128, 256), depths: tuple = (1, 1, 1),
                 width_mult: float = 1.0, depth_mult: float = 1.0):
@@ -39,4 +39,6 @@ def compact_cnn(num_classes=10, in_chans=1, image_size=28, stem_width: int = 16,
                 layers.append(BatchNormAct2d(cout))
             layers.append(create_conv2d(cin if i == 0 else cout, cout, 3))
         cin = cout
-    return nn.Sequential(*layers, BatchNormAct2d(cin), nn.Flatten(), nn.Linear(cin * side * side, num_classes))
+    model = nn.Sequential(*layers, BatchNormAct2d(cin), nn.Flatten())
+    model.add_module("fc", nn.Linear(cin * side * side, num_classes))
+    return positional_keys_load(model)

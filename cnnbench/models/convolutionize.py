@@ -5,7 +5,8 @@ the feature extractor's work between neighbouring windows.
 The first Linear becomes a conv whose kernel covers the whole feature map it saw at the training size;
 the later ones become 1x1 convs. An adaptive average pool in front of the classifier (AlexNet's and
 VGG's 6x6 and 7x7, ResNet's global pool) is a fixed linear map at the training size: it is folded into
-that first kernel, so the outputs at the training size are unchanged, whatever the pool's size.
+that first kernel, so the outputs at the training size are unchanged, whatever the pool's size. The new
+layers are built on the model's device and in its dtype (predict moves the model to the GPU first).
 """
 import torch
 import torch.nn as nn
@@ -24,14 +25,21 @@ def layers_in_order(model: nn.Module) -> list[nn.Module]:
                       f"(an nn.Sequential or features/avgpool/classifier, as AlexNet and VGG)")
 
 
+def placement(module: nn.Module) -> dict:
+    """The device and dtype of a module's floating-point tensors: where its replacement is built."""
+    tensor = next((t for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()), torch.empty(0))
+    return {"device": tensor.device, "dtype": tensor.dtype}
+
+
 def pooled_linear_as_conv(linear: nn.Linear, feature_shape: torch.Size, pool: nn.Module | None) -> nn.Conv2d:
     """`linear(flatten(pool(x)))` for x of `feature_shape` (C, H, W), as one conv with an H x W kernel."""
     channels, height, width = feature_shape
     # The pool's own map from each input cell to each output cell, read off by pooling one-hot images.
-    basis = torch.eye(height * width, device=linear.weight.device).view(height * width, 1, height, width)
+    like = placement(linear)
+    basis = torch.eye(height * width, **like).view(height * width, 1, height, width)
     pooling = pool(basis) if pool is not None else basis  # (H*W, 1, h, w)
     weight = linear.weight.detach().view(linear.out_features, channels, *pooling.shape[2:])
-    conv = nn.Conv2d(channels, linear.out_features, (height, width))
+    conv = nn.Conv2d(channels, linear.out_features, (height, width), **like)
     with torch.no_grad():
         conv.weight.copy_(torch.einsum("ocij,pij->ocp", weight, pooling[:, 0]).view(conv.weight.shape))
         conv.bias.copy_(linear.bias)
@@ -39,7 +47,7 @@ def pooled_linear_as_conv(linear: nn.Linear, feature_shape: torch.Size, pool: nn
 
 
 def linear_as_1x1(linear: nn.Linear) -> nn.Conv2d:
-    conv = nn.Conv2d(linear.in_features, linear.out_features, 1)
+    conv = nn.Conv2d(linear.in_features, linear.out_features, 1, **placement(linear))
     with torch.no_grad():
         conv.weight.copy_(linear.weight[:, :, None, None])
         conv.bias.copy_(linear.bias)
@@ -47,7 +55,8 @@ def linear_as_1x1(linear: nn.Linear) -> nn.Conv2d:
 
 
 def batchnorm_as_2d(norm: nn.BatchNorm1d) -> nn.BatchNorm2d:
-    norm2d = nn.BatchNorm2d(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats)
+    norm2d = nn.BatchNorm2d(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats,
+                            **placement(norm))
     norm2d.load_state_dict(norm.state_dict())
     return norm2d
 
@@ -57,7 +66,7 @@ def convolutionize(model: nn.Module, input_size: tuple[int, int, int]) -> nn.Seq
     """`model` (for (C, H, W) inputs of `input_size`) as a fully convolutional nn.Sequential: the same
     logits, as (N, classes, 1, 1), at `input_size`; a (N, classes, h, w) map of them on larger images."""
     layers, pool, feature_shape, first_done = [], None, None, False
-    x = torch.zeros(1, *input_size, device=next(model.parameters()).device)
+    x = torch.zeros(1, *input_size, **placement(model))
     was_training = model.training
     model.eval()
     for m in layers_in_order(model):

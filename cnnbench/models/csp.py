@@ -49,7 +49,7 @@ class CrossStage(nn.Module):
         return self.conv_transition(torch.cat([shortcut, self.conv_transition_b(self.blocks(x))], 1))
 
 
-@register_model("csp", reference="timm:cspresnet50", input_size=256, crop_pct=0.887)
+@register_model("csp", reference="timm:cspresnet50", input_size=256, crop_pct=0.887, classifier="head.fc")
 def cspresnet50(num_classes=1000, in_chans=3, image_size=224, dropout: float = 0.0, width_mult: float = 1.0,
                 depth_mult: float = 1.0, stem: str = "auto"):
     cin = scale_width(64, width_mult)

@@ -77,7 +77,7 @@ def densenet(num_classes=1000, in_chans=3, image_size=224, growth_rate: int = 32
     return DenseNet(features, channels, num_classes)
 
 
-register_model("densenet", "densenet121", "torchvision:densenet121", block_config=(6, 12, 24, 16))(densenet)
-register_model("densenet", "densenet169", "torchvision:densenet169", block_config=(6, 12, 32, 32))(densenet)
-register_model("densenet", "densenet201", "torchvision:densenet201", block_config=(6, 12, 48, 32))(densenet)
-register_model("densenet", "densenet264", block_config=(6, 12, 64, 48))(densenet)
+for _name, _blocks in {"densenet121": (6, 12, 24, 16), "densenet169": (6, 12, 32, 32),
+                       "densenet201": (6, 12, 48, 32), "densenet264": (6, 12, 64, 48)}.items():
+    _reference = None if _name == "densenet264" else f"torchvision:{_name}"  # torchvision has no densenet264
+    register_model("densenet", _name, _reference, classifier="classifier", block_config=_blocks)(densenet)

@@ -62,4 +62,5 @@ INPUTS = [(224, 0.875), (240, 0.882), (260, 0.890), (300, 0.904), (380, 0.922), 
 for _b, ((_width, _depth, _dropout), (_size, _crop)) in enumerate(zip(SCALES, INPUTS)):
     _tf_bn = dict(bn_eps=1e-3, bn_momentum=0.01) if _b >= 5 else {}
     register_model("efficientnet", f"efficientnet_b{_b}", f"torchvision:efficientnet_b{_b}", input_size=_size,
-                   crop_pct=_crop, width_mult=_width, depth_mult=_depth, dropout=_dropout, **_tf_bn)(efficientnet)
+                   crop_pct=_crop, classifier="classifier.1", width_mult=_width, depth_mult=_depth, dropout=_dropout,
+                   **_tf_bn)(efficientnet)

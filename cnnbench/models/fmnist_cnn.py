@@ -8,11 +8,11 @@ import torch.nn as nn
 
 from cnnbench.errors import ConfigError
 
-from .registry import register_model
+from .registry import positional_keys_load, register_model
 from .scaling import scale_depth, scale_width
 
 
-@register_model("fmnist_cnn", input_size=28)
+@register_model("fmnist_cnn", input_size=28, classifier="fc")
 def fmnist_cnn(num_classes=10, in_chans=1, image_size=28, width_mult: float = 1.0,
                depth_mult: float = 1.0, norm: str = "none", drop_rate: float = 0.5):
     if norm not in ("none", "batch"):
@@ -32,9 +32,10 @@ def fmnist_cnn(num_classes=10, in_chans=1, image_size=28, width_mult: float = 1.
         layers.append(nn.MaxPool2d(2))
         cin = cout
     side = image_size // 8
-    return nn.Sequential(
+    model = nn.Sequential(
         *layers, nn.Flatten(),
         nn.Linear(cin * side * side, 128), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
         nn.Linear(128, 64), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
-        nn.Linear(64, num_classes),
     )
+    model.add_module("fc", nn.Linear(64, num_classes))
+    return positional_keys_load(model)

@@ -1,6 +1,9 @@
 """Models from other libraries: `model=timm model.name=resnet10t` builds timm's resnet10t, and
 `model=torchvision model.name=resnet18` torchvision's resnet18, for the data's classes and channels.
-Their config says `source: timm` or `source: torchvision`; `create_model` passes `name` on as `arch`."""
+Their config says `source: timm` or `source: torchvision`; `create_model` passes `name` on as `arch`.
+A timm model names its classifier in its own pretrained_cfg; torchvision's do not, and theirs is taken to be
+the last layer with as many outputs as classes (registry.classifier_name: torchvision registers its heads
+last)."""
 import timm
 import torch
 import torch.nn as nn
@@ -17,6 +20,7 @@ def timm_model(num_classes=1000, in_chans=3, image_size=224, arch: str = "resnet
                pretrained: bool = False, kwargs: dict | None = None):
     if not timm.is_model(arch):
         raise ConfigError(f"model.name: timm has no model '{arch}'")
+    check_no_aux("timm", kwargs)
     if timm.models.get_pretrained_cfg_value(arch, "fixed_input_size"):  # a ViT's patch grid: built for the data's size
         kwargs = {"img_size": image_size, **(kwargs or {})}
     try:
@@ -33,7 +37,7 @@ def torchvision_model(num_classes=1000, in_chans=3, image_size=224, arch: str = 
     """torchvision's `arch`; for other input channels its first conv is rebuilt (pretrained: adapted)."""
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise ConfigError(f"model.name: torchvision has no classification model '{arch}'")
-    # their auxiliary outputs are torchvision's named tuples, not cnnbench's (logits, [aux]): model=googlenet has those
+    check_no_aux("torchvision", kwargs)
     no_aux = {"aux_logits": False} if arch in ("googlenet", "inception_v3") else {}
     model = torchvision.models.get_model(arch, num_classes=num_classes, **{**no_aux, **(kwargs or {})})
     if pretrained:
@@ -41,6 +45,14 @@ def torchvision_model(num_classes=1000, in_chans=3, image_size=224, arch: str = 
     if in_chans != 3:
         set_input_channels(model, in_chans)
     return model
+
+
+def check_no_aux(library, kwargs):
+    """The libraries' auxiliary outputs are their own tuples, not cnnbench's (logits, [aux]): the loss would
+    misread them."""
+    if (kwargs or {}).get("aux_logits"):
+        raise ConfigError(f"model.kwargs: {library}'s aux_logits outputs are not cnnbench's; "
+                          f"model=googlenet and model=inception_v3 train auxiliary classifiers")
 
 
 def set_input_channels(model, in_chans):

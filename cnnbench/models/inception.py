@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import register_model
+from .pooling import adaptive_avg_pool2d
+from .registry import check_choice, register_model
 from .scaling import resolve_stem, scale_depth, scale_stage, scale_width
 
 
@@ -146,17 +147,18 @@ class AuxV1(nn.Module):
         self.dropout = nn.Dropout(0.7)
 
     def forward(self, x):
-        x = self.conv(F.adaptive_avg_pool2d(x, 4)).flatten(1)
+        x = self.conv(adaptive_avg_pool2d(x, 4)).flatten(1)
         return self.fc2(self.dropout(F.relu(self.fc1(x), inplace=True)))
 
 
-@register_model("inception", reference="torchvision:googlenet")
+@register_model("inception", reference="torchvision:googlenet", classifier="fc")
 def googlenet(num_classes=1000, in_chans=3, image_size=224, aux_logits: bool = True, branch3_kernel: int = 3,
               lrn: bool = False, dropout: float = 0.2, width_mult: float = 1.0, depth_mult: float = 1.0,
               stem: str = "auto"):
     """`branch3_kernel`: 5 is the paper's 5x5 branch; torchvision (and its weights) use 3. `lrn`: the
     paper's local response normalization after the first max pool and after conv3 (torchvision has
     none; it holds no parameters, so the weights still load)."""
+    check_choice("branch3_kernel", branch3_kernel, (3, 5))
     small = resolve_stem(stem, image_size) == "cifar"
     c = partial(scale_width, width_mult=width_mult)
     pool = partial(nn.Identity) if small else partial(nn.MaxPool2d, 3, 2, ceil_mode=True)
@@ -226,11 +228,11 @@ class AuxV3(nn.Module):
 
     def forward(self, x):
         # the paper's pool sees 17x17 maps (299 px input); smaller ones pool to the 5x5 that conv1 needs
-        x = F.avg_pool2d(x, 5, 3) if x.shape[-1] >= 17 else F.adaptive_avg_pool2d(x, 5)
+        x = F.avg_pool2d(x, 5, 3) if x.shape[-1] >= 17 else adaptive_avg_pool2d(x, 5)
         return self.fc(F.adaptive_avg_pool2d(self.conv1(self.conv0(x)), 1).flatten(1))
 
 
-@register_model("inception", reference="torchvision:inception_v3", input_size=299)
+@register_model("inception", reference="torchvision:inception_v3", input_size=299, classifier="fc")
 def inception_v3(num_classes=1000, in_chans=3, image_size=299, aux_logits: bool = True, dropout: float = 0.5,
                  width_mult: float = 1.0, depth_mult: float = 1.0, stem: str = "auto"):
     small = resolve_stem(stem, image_size) == "cifar"
@@ -286,7 +288,7 @@ def v4_c():
             [("branch3", [nn.AvgPool2d(3, 1, 1, count_include_pad=False), (256, 1)])]]
 
 
-@register_model("inception", reference="timm:inception_v4", input_size=299)
+@register_model("inception", reference="timm:inception_v4", input_size=299, classifier="last_linear")
 def inception_v4(num_classes=1000, in_chans=3, image_size=299, dropout: float = 0.2, width_mult: float = 1.0,
                  depth_mult: float = 1.0, stem: str = "auto"):
     small = resolve_stem(stem, image_size) == "cifar"

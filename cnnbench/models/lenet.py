@@ -7,11 +7,11 @@ import torch.nn as nn
 
 from cnnbench.errors import ConfigError
 
-from .registry import register_model
+from .registry import positional_keys_load, register_model
 from .scaling import scale_width
 
 
-@register_model("lenet", input_size=32)
+@register_model("lenet", input_size=32, classifier="fc")
 def lenet5(num_classes=10, in_chans=1, image_size=32, variant: str = "classic", width_mult: float = 1.0):
     if variant not in ("classic", "modern"):
         raise ConfigError(f"model.variant: 'classic' or 'modern', got {variant!r}")
@@ -27,10 +27,11 @@ def lenet5(num_classes=10, in_chans=1, image_size=32, variant: str = "classic", 
     # C1 pads a 28x28 image to the paper's 32x32 so C5 still sees 5x5.
     pad = 2 if image_size == 28 else 0
     size = ((image_size + 2 * pad - 4) // 2 - 4) // 2 - 4  # C5's output side
-    return nn.Sequential(
+    model = nn.Sequential(
         *conv(in_chans, c1, pad), pool(2),
         *conv(c1, c3), pool(2),
         *conv(c3, c5), nn.Flatten(),
         nn.Linear(c5 * size * size, 84), act(),
-        nn.Linear(84, num_classes),
     )
+    model.add_module("fc", nn.Linear(84, num_classes))
+    return positional_keys_load(model)

@@ -50,7 +50,7 @@ class DepthwiseSeparable(nn.Module):
 V1 = [(64, 1, 1), (128, 2, 2), (256, 2, 2), (512, 6, 2), (1024, 2, 2)]
 
 
-@register_model("mobilenet", reference="timm:mobilenetv1_100")
+@register_model("mobilenet", reference="timm:mobilenetv1_100", classifier="classifier")
 def mobilenet_v1(num_classes=1000, in_chans=3, image_size=224, dropout: float = 0.0, width_mult: float = 1.0,
                  depth_mult: float = 1.0, stem: str = "auto"):
     cin = scale_width(32, width_mult)
@@ -89,7 +89,7 @@ class InvertedResidualV2(nn.Module):
 V2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
 
-@register_model("mobilenet", reference="torchvision:mobilenet_v2")
+@register_model("mobilenet", reference="torchvision:mobilenet_v2", classifier="classifier.1")
 def mobilenet_v2(num_classes=1000, in_chans=3, image_size=224, dropout: float = 0.2, width_mult: float = 1.0,
                  depth_mult: float = 1.0, stem: str = "auto"):
     cin = scale_width(32, width_mult)
@@ -167,5 +167,7 @@ def mobilenet_v3(num_classes=1000, in_chans=3, image_size=224, size: str = "larg
         nn.Linear(hidden, num_classes))))
 
 
-register_model("mobilenet", "mobilenet_v3_large", "torchvision:mobilenet_v3_large", size="large")(mobilenet_v3)
-register_model("mobilenet", "mobilenet_v3_small", "torchvision:mobilenet_v3_small", size="small")(mobilenet_v3)
+register_model("mobilenet", "mobilenet_v3_large", "torchvision:mobilenet_v3_large", classifier="classifier.3",
+               size="large")(mobilenet_v3)
+register_model("mobilenet", "mobilenet_v3_small", "torchvision:mobilenet_v3_small", classifier="classifier.3",
+               size="small")(mobilenet_v3)

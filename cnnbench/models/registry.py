@@ -4,8 +4,9 @@
 network; the knobs a constructor accepts are its design space, read from its signature. Every model
 also takes the generic knobs `pretrained` (its reference library's weights), `freeze` and `new_head`
 (fine-tuning) and `phi`, `alpha`, `beta`, `gamma` (compound scaling, seed 000).
-Every model names its classifier as timm's do, in `model.pretrained_cfg["classifier"]`: `freeze=backbone`
-and timm's layer-wise learning rates (`optimizer.layer_decay`) read it.
+Every model names its classifier as timm's do, in `model.pretrained_cfg["classifier"]`: each family declares
+it (`register_model(..., classifier="fc")`); `freeze=backbone`, `new_head` and timm's layer-wise learning
+rates (`optimizer.layer_decay`) read it.
 A model with auxiliary classifiers (googlenet, inception_v3) has an `aux_weight` attribute and, in
 training mode with `aux_logits`, returns `(logits, [aux_logits, ...])`: the trainer adds
 `aux_weight * loss(aux)` for each; in eval mode it returns the logits alone.
@@ -55,6 +56,9 @@ class ModelEntry:
     # ImageNet-like data, and the centre crop's share of the resized image when it is evaluated.
     input_size: int = 224
     crop_pct: float = 0.875
+    # The classifier's module name(s), as timm's default configs give them: what `freeze=backbone` keeps
+    # training and `new_head` starts afresh. None: the model names its own (timm's) or it is guessed.
+    classifier: str | tuple[str, ...] | None = None
 
     def knobs(self) -> dict:
         """The constructor's keyword arguments and defaults, less those the data provides."""
@@ -67,15 +71,16 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(family: str, name: str | None = None, reference: str | None = None, *,
-                   input_size: int = 224, crop_pct: float = 0.875, **defaults):
+                   input_size: int = 224, crop_pct: float = 0.875, classifier: str | tuple[str, ...] | None = None,
+                   **defaults):
     """Decorator: register a constructor under `name` (default: its function name) in `family`;
     `defaults` make a variant (resnet50 is the resnet constructor with its stage depths); `reference`
-    names the torchvision or timm model whose parameters and state dict this one matches; `input_size`
-    and `crop_pct` are its native image side and evaluation crop (ModelEntry)."""
+    names the torchvision or timm model whose parameters and state dict this one matches; `input_size`,
+    `crop_pct` and `classifier` are its native image side, evaluation crop and head (ModelEntry)."""
     def wrap(fn):
         key = name or fn.__name__
         _REGISTRY[key] = ModelEntry(key, family, functools.partial(fn, **defaults) if defaults else fn, reference,
-                                    input_size, crop_pct)
+                                    input_size, crop_pct, classifier)
         return fn
     return wrap
 
@@ -109,7 +114,10 @@ def check_choice(key: str, value: str, choices) -> None:
 
 def user_entry(name: str, target: str) -> ModelEntry:
     """A model class of the user's own package (`model._target_: mypkg.nets.MyNet`): the keyword arguments
-    of its constructor are its knobs, and it receives num_classes, in_chans and image_size where it takes them."""
+    of its constructor are its knobs, and it receives num_classes, in_chans and image_size where it takes them.
+    Its classifier is the class's `classifier` attribute where that is a module name (or a tuple of them), or
+    its instances' `pretrained_cfg["classifier"]` (timm's), else guessed: the last Linear or Conv2d layer
+    with num_classes outputs (`classifier_name`)."""
     try:
         cls = get_object(target)
     except Exception as e:  # ImportError, AttributeError, ... all say the same to the user
@@ -119,7 +127,8 @@ def user_entry(name: str, target: str) -> ModelEntry:
     @functools.wraps(cls)  # inspect.signature (ModelEntry.knobs) follows __wrapped__ to cls
     def build(**kwargs):
         return cls(**{k: v for k, v in kwargs.items() if k in accepted or k not in DATA_ARGS})
-    return ModelEntry(name, "user", build)
+    declared = getattr(cls, "classifier", None)
+    return ModelEntry(name, "user", build, classifier=declared if isinstance(declared, (str, tuple)) else None)
 
 
 def check_knobs(entry: ModelEntry, knobs: dict) -> None:
@@ -173,27 +182,26 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
                 raise ConfigError(f"model.phi: {name} has no {key} knob to scale")
             knobs[key] = knobs.get(key, own[key]) * base ** generic["phi"]
     check_choice("freeze", generic["freeze"], ("none", "backbone"))
+    if weights and (generic.get("pretrained") or knobs.get("pretrained")):  # the file's would replace them
+        raise ConfigError("model.pretrained: model.weights replaces the library weights; pass one or the other")
     model = entry.fn(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **knobs)
     designed_for = native_input(label, source)[0] if source != "cnnbench" else entry.input_size
     if image_size < designed_for and not takes_images(model, in_chans, image_size):  # smaller than its paper's
         unfetched = {**knobs, "pretrained": False} if "pretrained" in knobs else knobs  # timm's own knob
         check_image_size(label, in_chans, image_size, lambda size: entry.fn(
             num_classes=num_classes, in_chans=in_chans, image_size=size, **unfetched))
+    declare_classifier(model, entry, num_classes)
     if generic.get("pretrained"):
         if entry.reference is None:
             raise ConfigError(f"model.pretrained: {name} has no torchvision or timm counterpart; "
                               f"pass model.weights=PATH")
         fit_state_dict(model, reference_state_dict(entry.reference), entry.reference, "pretrained")
     if weights:
-        load_weights(model, weights, num_classes, classes, generic["new_head"])
-    library_cfg = getattr(model, "pretrained_cfg", None) or {}
-    if not library_cfg.get("classifier") and (head := classifier_name(model, num_classes)):  # timm's name theirs
-        model.pretrained_cfg = {**library_cfg, "classifier": head}
+        load_weights(model, weights, classes, generic["new_head"])
     if generic["freeze"] == "backbone":
-        heads = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
-        if not heads:
+        if not (heads := classifier_names(model)):
             raise ConfigError(f"model.freeze: {name} has no layer with {num_classes} outputs to keep training")
-        freeze(model, outside(model, (heads,) if isinstance(heads, str) else tuple(heads)))
+        freeze(model, outside(model, heads))
     return model
 
 
@@ -233,9 +241,30 @@ def check_image_size(name: str, in_chans: int, image_size: int, build: Callable[
         fails, works = (fails, middle) if fits(middle) else (middle, works)
     raise ConfigError(f"model.name={name}: needs data.image_size >= {works}, got {image_size}")
 
+def declare_classifier(model: nn.Module, entry: ModelEntry, num_classes: int) -> None:
+    """Name the model's classifier in `model.pretrained_cfg` (timm's place): its entry's, else the one its
+    library gave it (timm's models), else the guess (torchvision's and user models that name none)."""
+    library_cfg = getattr(model, "pretrained_cfg", None) or {}
+    if head := entry.classifier:
+        modules = dict(model.named_modules())
+        if missing := [module for module in ((head,) if isinstance(head, str) else head) if module not in modules]:
+            key = "model._target_" if entry.family == "user" else "model.name"
+            raise ConfigError(f"{key}: {entry.name} names its classifier {missing[0]!r}, which it does not have")
+    elif not (head := library_cfg.get("classifier") or classifier_name(model, num_classes)):
+        return
+    model.pretrained_cfg = {**library_cfg, "classifier": head}
+
+
+def classifier_names(model: nn.Module) -> tuple[str, ...]:
+    """The module names of the model's classifier(s) (`declare_classifier`), () for none."""
+    head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    return (head,) if isinstance(head, str) else tuple(head or ())
+
 
 def classifier_name(model: nn.Module, num_classes: int) -> str | None:
-    """The last Linear or conv layer that outputs the classes (after any auxiliary classifier's)."""
+    """The guess for models that do not name their classifier: the last Linear or conv layer that outputs
+    the classes (after any auxiliary classifier's). A hidden layer of as many units registered after the
+    head would fool it: cnnbench's families declare theirs."""
     names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes
              or isinstance(m, nn.Conv2d) and m.out_channels == num_classes]
     return names[-1] if names else None
@@ -263,8 +292,7 @@ def reference_state_dict(reference: str) -> dict:
                           f"offline, save them once and pass model.weights=PATH") from None
 
 
-def load_weights(model: nn.Module, path: str, num_classes: int, classes: list[str] | None = None,
-                 new_head: bool = False) -> None:
+def load_weights(model: nn.Module, path: str, classes: list[str] | None = None, new_head: bool = False) -> None:
     """Load a state dict file as data (never code); a mismatch names the file and the keys. A checkpoint's
     classifier is kept only for the same classes: as many other ones would be silently misnamed."""
     path = os.path.expanduser(path)  # a quoted '~/...' reaches here as it was typed
@@ -288,9 +316,27 @@ def load_weights(model: nn.Module, path: str, num_classes: int, classes: list[st
     if trained_on and classes and len(trained_on) == len(classes) and trained_on != classes and not new_head:
         raise ConfigError(f"model.weights: {path} was trained on other classes ({short_list(trained_on)}; here "
                           f"{short_list(classes)}); model.new_head=true trains a new classifier for these")
-    if new_head and (head := classifier_name(model, num_classes)):
-        state |= {k: v for k, v in model.state_dict().items() if k.startswith(head + ".")}
+    if new_head:
+        heads = tuple(head + "." for head in classifier_names(model))
+        state |= {k: v for k, v in model.state_dict().items() if k.startswith(heads)}
     fit_state_dict(model, state, path, "weights")
+
+
+def positional_keys_load(model: nn.Sequential) -> nn.Sequential:
+    """Checkpoints written before this Sequential named some of its layers (the head `fc`, NiN's `classifier`)
+    keyed them by position: they still load, through load_state_dict and model.weights= alike."""
+    model.positional_names = {str(i): name for i, name in enumerate(model._modules) if name != str(i)}
+    model.register_load_state_dict_pre_hook(lambda module, state, prefix, *_: by_name(module, state, prefix))
+    return model
+
+
+def by_name(model: nn.Module, state: dict, prefix: str = "") -> dict:
+    """`state` with positional keys renamed to `model`'s layer names (positional_keys_load), in place."""
+    for key in [k for k in state if k.startswith(prefix)]:
+        index, _, rest = key[len(prefix):].partition(".")
+        if index in getattr(model, "positional_names", {}):
+            state[f"{prefix}{model.positional_names[index]}.{rest}"] = state.pop(key)
+    return state
 
 
 def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None:
@@ -298,7 +344,7 @@ def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None
     conv for other channels is adapted (timm's adapt_input_conv), so ImageNet weights start a Fashion-MNIST
     run; any other difference is an error naming `source`."""
     own = model.state_dict()
-    state = {k: v for k, v in state.items() if k in own or not k.startswith(AUX_HEADS)}
+    state = {k: v for k, v in by_name(model, dict(state)).items() if k in own or not k.startswith(AUX_HEADS)}
     # a fine-tuned model's frozen batch norms count no batches
     state |= {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state}
     if own.keys() != state.keys():
@@ -309,12 +355,13 @@ def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None
              if name.endswith("weight") and value.dim() in (2, 4) and value.shape[0] != own[name].shape[0]
              and value.shape[1:] == own[name].shape[1:]}
     first_conv = next((name for name, value in own.items() if value.dim() == 4), None)
+    declared = tuple(head + "." for head in classifier_names(model))  # NiN's class-wide 1x1 convs too
     fitted = {}
     for name, value in state.items():
         target = own[name]
         if value.shape == target.shape:
             fitted[name] = value
-        elif name.rsplit(".", 1)[0] in heads:
+        elif name.rsplit(".", 1)[0] in heads or name.startswith(declared):
             fitted[name] = target
         elif name == first_conv and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
             # timm's rule (channels summed, or repeated and scaled): a gray image and its RGB copy respond alike

@@ -82,7 +82,7 @@ def regnet(num_classes=1000, in_chans=3, image_size=224, depth: int = 22, w0: in
     return RegNet(stem_layer, nn.Sequential(OrderedDict(stages)), cin, num_classes)
 
 
-register_model("regnet", "regnet_x_400mf", "torchvision:regnet_x_400mf", depth=22, w0=24, wa=24.48, wm=2.54,
-               group_width=16)(regnet)
-register_model("regnet", "regnet_y_400mf", "torchvision:regnet_y_400mf", depth=16, w0=48, wa=27.89, wm=2.09,
-               group_width=8, se_ratio=0.25)(regnet)
+register_model("regnet", "regnet_x_400mf", "torchvision:regnet_x_400mf", classifier="fc", depth=22, w0=24,
+               wa=24.48, wm=2.54, group_width=16)(regnet)
+register_model("regnet", "regnet_y_400mf", "torchvision:regnet_y_400mf", classifier="fc", depth=16, w0=48,
+               wa=27.89, wm=2.09, group_width=8, se_ratio=0.25)(regnet)

@@ -42,6 +42,10 @@ class BasicBlock(nn.Module):
 
     def __init__(self, cin, planes, stride, downsample, groups=1, width_per_group=64, se=False, drop_path=0.0):
         super().__init__()
+        if groups != 1 or width_per_group != 64:  # timm's BasicBlock asserts the same
+            key, value = ("groups", groups) if groups != 1 else ("width_per_group", width_per_group)
+            raise ConfigError(f"model.{key}: ResNet's basic blocks take groups=1 and width_per_group=64 "
+                              f"(ResNeXt needs block=bottleneck), got {value}")
         self.conv1, self.bn1 = conv_bn(cin, planes, 3, stride)
         self.conv2, self.bn2 = conv_bn(planes, planes, 3)
         self.se = SEModule(planes) if se else nn.Identity()
@@ -135,7 +139,7 @@ def resnet(num_classes=1000, in_chans=3, image_size=224, layers=(2, 2, 2, 2), bl
 
 
 def variant(name, reference, **defaults):
-    register_model("resnet", name, reference, **defaults)(resnet)
+    register_model("resnet", name, reference, classifier="fc", **defaults)(resnet)
 
 
 variant("resnet18", "torchvision:resnet18", layers=(2, 2, 2, 2), block="basic")

@@ -40,5 +40,6 @@ def vgg(num_classes=1000, in_chans=3, image_size=224, depths=(1, 1, 2, 2, 2), wi
 
 DEPTHS = {"vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 for _name, _depths in DEPTHS.items():
-    register_model("vgg", _name, f"torchvision:{_name}", depths=_depths)(vgg)
-    register_model("vgg", f"{_name}_bn", f"torchvision:{_name}_bn", depths=_depths, batch_norm=True)(vgg)
+    register_model("vgg", _name, f"torchvision:{_name}", classifier="classifier.6", depths=_depths)(vgg)
+    register_model("vgg", f"{_name}_bn", f"torchvision:{_name}_bn", classifier="classifier.6", depths=_depths,
+                   batch_norm=True)(vgg)

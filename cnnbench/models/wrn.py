@@ -68,5 +68,5 @@ def wrn(num_classes=1000, in_chans=3, image_size=224, depth: int = 28, widen_fac
 
 
 # dropout 0.3: the paper's CIFAR setting (its WRN-28-10-dropout)
-register_model("wrn", "wrn28_10", input_size=32, depth=28, widen_factor=10)(wrn)
-register_model("wrn", "wrn40_4", input_size=32, depth=40, widen_factor=4)(wrn)
+register_model("wrn", "wrn28_10", input_size=32, classifier="fc", depth=28, widen_factor=10)(wrn)
+register_model("wrn", "wrn40_4", input_size=32, classifier="fc", depth=40, widen_factor=4)(wrn)

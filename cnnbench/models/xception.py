@@ -47,7 +47,7 @@ class Block(nn.Module):
         return self.rep(x) + (x if self.skip is None else self.skipbn(self.skip(x)))
 
 
-@register_model("xception", reference="timm:legacy_xception", input_size=299, crop_pct=0.8975)
+@register_model("xception", reference="timm:legacy_xception", input_size=299, crop_pct=0.8975, classifier="fc")
 def xception(num_classes=1000, in_chans=3, image_size=299, dropout: float = 0.5, width_mult: float = 1.0,
              depth_mult: float = 1.0, stem: str = "auto"):
     c = partial(scale_width, width_mult=width_mult)
