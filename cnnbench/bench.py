@@ -38,10 +38,10 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 from cnnbench.config import CONFIG_PATH, check_config, register_configs
 from cnnbench.data import build_data
 from cnnbench.engine.device import job_settings, matmul_precision_of_convolutions
-from cnnbench.engine.recorder import write_json
 from cnnbench.engine.losses import Objective
 from cnnbench.engine.trainer import compiles, count_flops, mixed_precision, resolve_device, train
 from cnnbench.errors import ConfigError
+from cnnbench.files import write_json
 from cnnbench.models import create_model
 from cnnbench.models.registry import compound_image_size
 from cnnbench.sweep import run_job

@@ -17,12 +17,17 @@ class CheckpointError(CnnbenchError):
     """A file is not a usable cnnbench checkpoint; the message names the file."""
 
 
+class WriteError(CnnbenchError):
+    """A file could not be written (disk full, over quota, an I/O error); the message names it."""
+
+
 class NonfiniteLoss(CnnbenchError):
     """The training loss became NaN or Inf (train.on_nonfinite=error); the message names the step."""
 
 
 class Interrupted(Exception):
-    """SIGTERM or SIGUSR1 arrived; a checkpoint was written at the step boundary."""
+    """A stop signal arrived (engine/resume.py, StopSignals): a checkpoint was written at the step boundary,
+    or the run had already completed."""
 
 
 class RankFailed(Exception):

@@ -10,6 +10,7 @@ runs (`cnnbench.bench`, a bench.json each) get their own table: DIR/bench.csv an
 """
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from omegaconf import OmegaConf
 
 from cnnbench.cli import run_reporting_errors
 from cnnbench.errors import CnnbenchError
-from cnnbench.sweep import read_record
+from cnnbench.files import read_json, write_file, write_text
 
 matplotlib.use("Agg")  # headless: files, never a window
 import matplotlib.pyplot as plt  # noqa: E402
@@ -39,7 +40,7 @@ def read_run(run_dir: Path, record: str) -> dict:
     if (run_dir / "metrics.csv").exists():
         with open(run_dir / "metrics.csv") as f:
             curve = [(int(r["epoch"]), float(r["val_top1"])) for r in csv.DictReader(f)]
-    return {"dir": run_dir, "summary": read_record(run_dir / record), "curve": curve,
+    return {"dir": run_dir, "summary": read_json(run_dir / record), "curve": curve,
             "overrides": dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("hydra.", "run_dir"))),
             "width_mult": model.get("width_mult"), "depth_mult": model.get("depth_mult")}
 
@@ -81,7 +82,7 @@ def save(fig, ax, path: Path, legend: bool = True, **labels):
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_file(path, lambda f: fig.savefig(f, dpi=120, format=path.suffix[1:]))
     plt.close(fig)
 
 
@@ -125,11 +126,12 @@ def plot_learning_curves(runs, varying, path: Path):
 def write_tables(root: Path, name: str, runs: list[dict], varying: list[str], columns: list[str]) -> str:
     """DIR/<name>.csv (with each run's directory, for scripts) and DIR/<name>.md; returns the markdown."""
     header, rows = table(runs, varying, columns)
-    with open(root / f"{name}.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["run", *header], *([str(r["dir"].relative_to(root)), *row]
-                                                      for r, row in zip(runs, rows))])
+    lines = io.StringIO()
+    csv.writer(lines).writerows([["run", *header], *([str(r["dir"].relative_to(root)), *row]
+                                                     for r, row in zip(runs, rows))])
+    write_text(root / f"{name}.csv", lines.getvalue())
     text = markdown(header, rows)
-    (root / f"{name}.md").write_text(text)
+    write_text(root / f"{name}.md", text)
     return text
 
 

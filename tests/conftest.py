@@ -45,3 +45,16 @@ def assert_same_weights_and_optimizer(a: dict, b: dict) -> None:
     for param, state in a["optimizer"]["state"].items():
         for key, tensor in state.items():
             assert torch.equal(tensor, b["optimizer"]["state"][param][key]), (param, key)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path, request):
+    """A tmpfs (root only) of 2 MiB, or of the size given by indirect parametrization: a disk that really
+    fills up."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size = getattr(request, "param", "2m")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)

@@ -66,17 +66,6 @@ def test_a_live_writers_temp_file_is_kept(tmp_path):
     assert live.read_bytes() == b"partial"
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 2 MiB tmpfs (root only): a disk that really fills up."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs needs root")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
-
-
 def test_a_full_disk_ends_with_one_line_and_the_checkpoint_kept(tiny_disk):
     run = tiny_disk / "run"
     train(make_config(run, *SMOKE, "train.epochs=1"))

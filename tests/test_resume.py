@@ -1,19 +1,22 @@
 """Checkpoints: exact resume after a real SIGKILL, and refusal of anything that is not ours."""
 import csv
 import json
+import math
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import torch
 
 from cnnbench.engine.checkpoint import load_checkpoint, save_checkpoint
+from cnnbench.engine.resume import resume_path
 from cnnbench.engine.trainer import train
-from cnnbench.errors import CheckpointError, ConfigError
+from cnnbench.errors import CheckpointError, ConfigError, Interrupted
 
 from .conftest import ROOT, SMOKE, assert_same_weights_and_optimizer, make_config
 
@@ -157,3 +160,113 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(tmp_path):
     assert at_stop["step"] == summary["step"] < 64
     assert launch(tmp_path, "data.device_resident=false", "resume=auto").wait(timeout=300) == 0
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_training_longer_rebuilds_the_schedule_from_the_step(tmp_path):
+    """1 epoch, then resumed for 3: a cosine schedule over 24 steps from step 8, not the old one's lr 0."""
+    train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
+    first = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    train(make_config(tmp_path, *SMOKE, "train.epochs=3", "resume=auto"))
+    assert "train.epochs 1 -> 3: the schedule is rebuilt for 3 epochs from step 8" in (tmp_path / "train.log").read_text()
+    rows = metrics_without_timing(tmp_path)
+    peak = first["config"]["optimizer"]["lr"]
+    assert float(rows[1]["lr"]) == pytest.approx(peak * (1 + math.cos(math.pi * 16 / 24)) / 2)
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert last["step"] == 24 and last["config"]["train"]["epochs"] == 3
+    assert any(not torch.equal(first["model"][k], last["model"][k]) for k in first["model"])
+
+
+def interrupt_mid_epoch(run_dir, signum):
+    """A run of EXACT stopped by `signum` at a step boundary after its first checkpoint; its exit status."""
+    victim = launch(run_dir, "data.device_resident=false")
+    wait_for_checkpoint(victim, run_dir / "checkpoints" / "last.pt")
+    victim.send_signal(signum)
+    return victim.wait(timeout=60)
+
+
+def test_ctrl_c_checkpoints_and_config_changes_are_applied_or_refused(tmp_path):
+    """Ctrl-C writes last.pt as SIGTERM does (exit 130). Resuming it mid-epoch: keys that cannot change are
+    refused in one line naming each, before any work; those that can are applied and named in train.log."""
+    assert interrupt_mid_epoch(tmp_path, signal.SIGINT) == 130
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    last = tmp_path / "checkpoints" / "last.pt"
+    at_stop = load_checkpoint(last)
+    assert summary["status"] == "interrupted" and at_stop["step"] == summary["step"] and at_stop["batch_in_epoch"]
+    assert "interrupted (SIGINT)" in (tmp_path / "train.log").read_text()
+
+    resumed = [*EXACT, "data.device_resident=false", "resume=auto"]
+    with pytest.raises(CheckpointError) as refused:
+        train(make_config(tmp_path, *resumed, "data.batch_size=64", "seed=1", "augmentation=none",
+                          "model.width_mult=2.0", "optimizer.lr=0.02"))
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{last}: trained with a different model (model.width_mult=1.0")
+    for phrase in ("written with data.batch_size=32, resumed with 64 (it changes where an epoch starts only",
+                   "written with seed=0, resumed with 1", "written with augmentation.name=basic, resumed with none"):
+        assert phrase in message
+    assert "optimizer.lr" not in message and load_checkpoint(last)["step"] == at_stop["step"]
+
+    summary = train(make_config(tmp_path, *resumed, "optimizer.lr=0.02", "scheduler=constant",
+                                "train.log_every_steps=1", "hardware.precision=fp16"))
+    assert summary["status"] == "completed"
+    log = (tmp_path / "train.log").read_text()
+    for line in (f"optimizer.lr 0.05 -> 0.02: the schedule is rebuilt from step {at_stop['step']}",
+                 f"scheduler.sched cosine -> constant: the schedule is rebuilt from step {at_stop['step']}",
+                 "hardware.precision fp32 -> fp16: from step", "a fresh GradScaler starts",
+                 f"step {at_stop['step'] + 1}: loss"):
+        assert line in log
+    assert f"step {at_stop['step'] + 1}: loss" in log and ", lr 0.02\n" in log
+    recorded = load_checkpoint(last)["config"]
+    assert (recorded["optimizer"]["lr"], recorded["scheduler"]["sched"], recorded["hardware"]["precision"]) == \
+        (0.02, "constant", "fp16")
+
+
+def test_a_signal_after_the_last_step_is_not_swallowed(tmp_path):
+    """SIGTERM while the last epoch validates (a large val set): the run completes, says so, and exits 143."""
+    victim = launch(tmp_path, "train.epochs=1", "train.limit_train_batches=3", "data.val_size=2000",
+                    "data.device_resident=false")
+    wait_for_checkpoint(victim, tmp_path / "checkpoints" / "last.pt")  # step 3: the last
+    victim.send_signal(signal.SIGTERM)
+    assert victim.wait(timeout=300) == 143
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+    assert "SIGTERM after the last step: the run is complete" in (tmp_path / "train.log").read_text()
+
+
+def test_a_torchrun_restart_continues_from_the_runs_own_last_checkpoint(tmp_path, monkeypatch):
+    """resume=PATH under torchrun --max-restarts: the first attempt starts from PATH, a restart (torchrun's
+    TORCHELASTIC_RESTART_COUNT > 0) from the last.pt the failed attempt left, not from PATH again."""
+    given = tmp_path / "given.pt"
+    cfg = make_config(tmp_path, *SMOKE, f"resume={given}")
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert resume_path(cfg, run_dir) == given  # the failed attempt left no checkpoint yet
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").touch()
+    assert resume_path(cfg, run_dir) == run_dir / "checkpoints" / "last.pt"
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert resume_path(cfg, run_dir) == given
+
+
+def test_submitits_handler_is_called_after_the_checkpoint(tmp_path):
+    """A handler installed before the run (submitit's requeue on SIGUSR2, its warning before a time limit) is
+    called with the signal once last.pt holds the run, and is back in place afterwards."""
+    calls = []
+
+    def requeue(signum, frame):
+        calls.append((signum, load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"]))
+
+    def signal_after_the_first_checkpoint():
+        while not (tmp_path / "checkpoints" / "last.pt").exists():
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        threading.Thread(target=signal_after_the_first_checkpoint, daemon=True).start()
+        with pytest.raises(Interrupted, match="SIGUSR2"):
+            train(make_config(tmp_path, *EXACT))
+        assert signal.getsignal(signal.SIGUSR2) is requeue
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and calls == [(signal.SIGUSR2, summary["step"])]

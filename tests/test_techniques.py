@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import safetensors.torch
 import torch
 
 from cnnbench.config import check_config
@@ -13,6 +14,8 @@ from cnnbench.data import build_data
 from cnnbench.data.datasets import load_split
 from cnnbench.data.transforms import Lighting, Normalize, build_transforms
 from cnnbench.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from cnnbench.engine.distill import load_teacher
+from cnnbench.engine.inference import evaluate
 from cnnbench.engine.losses import Objective, distillation_loss
 from cnnbench.engine.trainer import train
 from cnnbench.errors import CheckpointError, ConfigError, DataError
@@ -57,6 +60,29 @@ def test_resume_with_ema_mixup_and_randaugment_is_bit_identical(tmp_path):
         [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(resumed)]
     with pytest.raises(CheckpointError, match="train.ema_decay=0.8, resumed with None"):
         train(make_config(resumed, *SMOKE, "train.epochs=3", "resume=auto", "hardware.deterministic=true"))
+
+
+def test_with_an_ema_best_pt_and_its_users_follow_the_weights_that_validate_best(tmp_path):
+    """A constant, large learning rate: the raw weights swing, their EMA validates better. best.pt names the
+    EMA as its best, and evaluate, a teacher, model.weights= and model.safetensors all take the EMA's weights."""
+    summary = train(make_config(tmp_path, *SMOKE, "train.epochs=2", "train.ema_decay=0.8", "optimizer.lr=0.3",
+                                "scheduler=constant"))
+    rows = read_metrics(tmp_path)
+    assert summary["best_weights"] == "ema"
+    assert summary["best_val_top1"] == max(float(r["ema_val_top1"]) for r in rows) > max(float(r["val_top1"]) for r in rows)
+    best_pt = tmp_path / "checkpoints" / "best.pt"
+    best = load_checkpoint(best_pt)
+    assert best["best"]["weights"] == "ema" and best["epoch"] == summary["best_epoch"] + 1
+    result = evaluate(make_config(tmp_path / "eval", f"checkpoint={best_pt}", "hardware=cpu", app="evaluate"))
+    assert result["top1"] == pytest.approx(summary["best_val_top1"], abs=1e-9)
+    teacher, _ = load_teacher(str(best_pt), best["classes"], 3, torch.device("cpu"))
+    fine_tune = create_model("lenet5", num_classes=10, in_chans=3, image_size=32, variant="modern",
+                             weights=str(best_pt), classes=best["classes"])
+    exported = safetensors.torch.load_file(tmp_path / "checkpoints" / "model.safetensors")
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    for name, tensor in best["ema"].items():
+        assert torch.equal(teacher.state_dict()[name], tensor) and torch.equal(fine_tune.state_dict()[name], tensor)
+        assert torch.equal(exported[name], last["ema"][name])
 
 
 @pytest.mark.parametrize("preset", ["alexnet", "randaugment", "trivialaugment", "autoaugment"])

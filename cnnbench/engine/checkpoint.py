@@ -1,5 +1,4 @@
 """Checkpoints: written atomically, read as data only (`weights_only=True`), checked before use."""
-import os
 import pickle
 import random
 import zipfile
@@ -10,65 +9,24 @@ import safetensors.torch
 import torch
 
 from cnnbench.errors import CheckpointError
+from cnnbench.files import write_bytes, write_file
 from cnnbench.models import create_model
+from cnnbench.models.registry import trained_weights
 from cnnbench.paths import FORMAT_PROBLEMS, file_format, unpickling_reason
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config")
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Temp file in the same directory, flushed and fsynced, then renamed over `path`: a crash at any
-    moment leaves either the old checkpoint or the new one, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        # torch.save reports a failed write (ENOSPC, EDQUOT, EIO) as a RuntimeError raised from the OSError.
-        os_error = e if isinstance(e, OSError) else e.__context__
-        if isinstance(os_error, OSError) and os_error.errno:
-            raise CheckpointError(f"{path}: could not be written ({os.strerror(os_error.errno)}); "
-                                  f"the previous {path.name}, if any, is kept whole") from None
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-    remove_stale_temp_files(path)
-
-
-def remove_stale_temp_files(path: Path) -> None:
-    """The temp files of writers killed mid-write (SIGKILL, OOM: no clean-up ran), never read, are
-    removed once a write of the same file succeeds; a live writer's (its pid still running) is kept."""
-    for temp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = temp.name.removeprefix(f".{path.name}.").removesuffix(".tmp")
-        if pid.isdigit() and not process_exists(int(pid)):
-            temp.unlink(missing_ok=True)
-
-
-def process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        pass
-    return True
+    """Atomically (cnnbench.files): a crash at any moment leaves either the old checkpoint or the new one, whole."""
+    write_file(path, lambda f: torch.save(state, f))
 
 
 def export_weights(model: torch.nn.Module, path: Path) -> None:
     """The bare model's weights as safetensors (what timm and the Hub read), written atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # safetensors wants contiguous, unshared tensors: channels_last weights are neither contiguous.
     state = {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
-    safetensors.torch.save_file(state, str(tmp))
-    os.replace(tmp, path)
+    write_bytes(path, safetensors.torch.save(state))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -142,5 +100,5 @@ def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
     model_cfg = {k: v for k, v in config["model"].items() if k not in ("weights", "pretrained")}
     model = create_model(**model_cfg, num_classes=len(state["classes"]), in_chans=config["data"]["channels"],
                          image_size=config["data"]["image_size"])
-    model.load_state_dict(state["model"])
+    model.load_state_dict(trained_weights(state))
     return model.eval(), state

@@ -35,8 +35,9 @@ from cnnbench.errors import (EXIT_CTRL_C, EXIT_INTERRUPTED, EXIT_USER_ERROR, Cnn
 
 log = logging.getLogger("cnnbench")
 
-# The launcher passes these on to every rank: SIGUSR1 is SLURM's warning before preemption.
-FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1")
+# The launcher passes these on to every rank: SIGUSR1 is SLURM's warning before preemption, SIGUSR2
+# submitit's before a time limit.
+FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 CPU_RANKS_PER_CORE = 4  # beyond it, CPU ranks only wait on each other
 CPU_RANK_MEMORY_GB = 0.5  # a CPU rank's process: torch, a small model, its data (12 ranks of lenet5: 6 GB)
@@ -146,15 +147,19 @@ def run_ranks(fn, cfg: DictConfig):
             rdzv_backend="c10d", rdzv_endpoint="localhost:0", local_addr="localhost",  # torchrun --standalone
             max_restarts=0, logs_specs=DefaultLogsSpecs(log_dir=log_dir),
             signals_to_handle=",".join(FORWARDED_SIGNALS))
+        received = None
         try:
             return elastic_launch(launch, _rank_main)(fn, cfg, log_config)[0]
         except SignalException as e:  # the launcher passed it on; the ranks checkpointed and stopped
             failure = KeyboardInterrupt() if e.sigval == signal.SIGINT else Interrupted(e.sigval.name)
+            received = e.sigval
         except ChildFailedError as e:
             failure = _first_failure(e, Path(log_dir))
         finally:
             for name, handler in handlers.items():
                 signal.signal(getattr(signal, name), handler)
+    if received not in (None, signal.SIGINT) and callable(handler := handlers[received.name]):
+        handler(received, None)  # submitit's requeue, now that last.pt holds the run (as engine/resume.py's StopSignals)
     raise failure  # outside the except clause, whose traceback would keep the launcher's queues alive
 
 

@@ -5,7 +5,6 @@ comes from its checkpoint: architecture, class names, data config and val transf
     python -m cnnbench.evaluate checkpoint=outputs/fmnist/checkpoints/best.pt eval.tta=tencrop
     python -m cnnbench.predict checkpoint=outputs/fmnist/checkpoints/best.pt images=[shoe.png] topk=3
 """
-import json
 import logging
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cnnbench.data.imagenet import class_name, display_name
 from cnnbench.data.loader import ValBatches, loader_workers
 from cnnbench.data.transforms import Normalize, build_transforms
 from cnnbench.errors import CheckpointError, ConfigError, DataError
+from cnnbench.files import write_json
 from cnnbench.models import convolutionize
 
 from .checkpoint import model_from_checkpoint
@@ -104,12 +104,9 @@ def evaluate(cfg: DictConfig) -> dict:
                        "top1": 100 * hit / n if n else None} for label, n, hit in zip(classes, samples, top1)],
     }
     print(evaluation_table(result))
-    text = json.dumps(result, indent=2)
-    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.run_dir) / "evaluation.json").write_text(text)
+    write_json(Path(cfg.run_dir) / "evaluation.json", result)
     if cfg.output:
-        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.output).write_text(text)
+        write_json(Path(cfg.output), result)
     return result
 
 
@@ -174,8 +171,7 @@ def predict(cfg: DictConfig) -> list[dict]:
                           for p, i in zip(scores.tolist(), indices.tolist())]
         results.append(result)
         print(prediction_text(result, classes))
-    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.run_dir) / "predictions.json").write_text(json.dumps(results, indent=2))
+    write_json(Path(cfg.run_dir) / "predictions.json", results)
     return results
 
 

@@ -11,7 +11,6 @@ from any checkpoint continues bit for bit as if never stopped.
 import contextlib
 import logging
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -32,11 +31,13 @@ from cnnbench.errors import CheckpointError, ConfigError, Interrupted, Nonfinite
 from cnnbench.models import create_model
 from cnnbench.models.registry import compound_image_size
 
-from .checkpoint import export_weights, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import export_weights, rng_state, save_checkpoint, set_rng_state
 from .distill import load_teacher
 from .distributed import all_reduce_sum, any_rank, init_distributed, restartable
 from .losses import Objective
 from .recorder import EMA_METRICS, METRICS, Recorder
+from .resume import (StopSignals, config_changes, load_resume_state, restore_training_state,
+                     resume_path)
 from .tta import tta_logits
 
 log = logging.getLogger("cnnbench")
@@ -79,49 +80,12 @@ def count_flops(model: torch.nn.Module, shape: tuple, device) -> int:
     return counter.get_total_flops()
 
 
-def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
-    last = run_dir / "checkpoints" / "last.pt"
-    if cfg.resume is None:
-        if last.exists():
-            raise ConfigError(f"resume: {run_dir} already holds a run (checkpoints/last.pt); "
-                              f"pass resume=auto to continue it, or choose another hydra.run.dir")
-        return None
-    if cfg.resume == "auto":
-        return last if last.exists() else None
-    return Path(cfg.resume)
-
-
-def load_resume_state(path: Path, cfg: DictConfig) -> tuple[dict, Path, str | None]:
-    """The checkpoint to resume from, its path, and what to log; an unreadable last.pt under resume=auto
-    names the newest valid checkpoint beside it, and resumes from that one with resume_fallback=true."""
-    try:
-        return load_checkpoint(path), path, None
-    except CheckpointError as e:
-        if cfg.resume != "auto":
-            raise
-        valid = []
-        for other in sorted(path.parent.glob("*.pt")):
-            with contextlib.suppress(CheckpointError):
-                valid.append((load_checkpoint(other), other))
-        if not valid:
-            raise
-        state, fallback = max(valid, key=lambda found: found[0]["step"])
-        if not cfg.resume_fallback:
-            raise CheckpointError(f"{e}; {fallback.name} beside it is valid (step {state['step']}): "
-                                  f"resume_fallback=true resumes from it") from None
-        return state, fallback, f"{e}; resume_fallback=true: resuming from {fallback} (step {state['step']}) instead"
-
-
-def check_same_model(state: dict, cfg_model: dict, path: Path) -> None:
-    """Resuming takes the architecture from the checkpoint: a different one is an error, not a surprise."""
-    saved = state["config"]["model"]
-    diff = sorted(k for k in set(saved) | set(cfg_model) if k not in ("weights", "new_head") and saved.get(k) != cfg_model.get(k))
-    if diff:
-        raise CheckpointError(f"{path}: trained with a different model ("
-                              + ", ".join(f"model.{k}={saved.get(k)!r}, not {cfg_model.get(k)!r}" for k in diff) + ")")
-
-
 def train(cfg: DictConfig) -> dict:
+    with StopSignals() as stops:  # a signal while the data or the model is built stops at the first step
+        return train_until_stopped(cfg, stops)
+
+
+def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
     check_config(cfg)
     if cfg.model.get("phi"):
         # Compound scaling (seed 000) grows the images with depth and width: alpha, beta, gamma ** phi.
@@ -138,6 +102,10 @@ def train(cfg: DictConfig) -> dict:
     if restartable():  # torchrun restarts the ranks in the same run dir: the failed attempt left its last.pt
         cfg.resume = cfg.resume or "auto"
     resume_from = resume_path(cfg, run_dir)
+    config_record = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    if resume_from is not None:  # a config the checkpoint cannot continue is refused before any work
+        state, resume_from, fallback_note = load_resume_state(resume_from, cfg)
+        changes = config_changes(state, config_record, resume_from, ctx.world_size)
 
     # Data, and what it tells the model: classes, channels, image size.
     data = build_data(cfg, ctx.rank, ctx.world_size, device)
@@ -179,23 +147,10 @@ def train(cfg: DictConfig) -> dict:
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # train loss sum, correct, samples
     faults = {"skipped_images": data.skipped_images, "nonfinite_skipped_steps": 0, "scaler_skipped_steps": 0}
     if resume_from is not None:
-        state, resume_from, fallback_note = load_resume_state(resume_from, cfg)
-        check_same_model(state, model_cfg, resume_from)
-        if state["world_size"] != ctx.world_size:
-            raise CheckpointError(f"{resume_from}: written by {state['world_size']} ranks, resumed with "
-                                  f"{ctx.world_size}; the data order would change, so resume with the same count")
         if state["classes"] != data.classes:
             raise CheckpointError(f"{resume_from}: trained on other classes than {cfg.data.name}'s (there "
                                   f"{short_list(state['classes'])}; here {short_list(data.classes)})")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if (ema is None) != (state["ema"] is None):
-            raise CheckpointError(f"{resume_from}: written with train.ema_decay="
-                                  f"{state['config']['train'].get('ema_decay')}, resumed with {cfg.train.ema_decay}")
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
+        changes += restore_training_state(state, model, optimizer, scheduler, scaler, ema)
         epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
         history, best, elapsed = state["history"], state["best"], state["wall_time_s"]
         sums = state["epoch_sums"][ctx.rank].to(device)
@@ -217,7 +172,8 @@ def train(cfg: DictConfig) -> dict:
         if fallback_note:
             log.warning(fallback_note)
         log.info(f"resumed from {resume_from}: epoch {epoch}, batch {batch_in_epoch}, step {step}")
-    config_record = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        for change in changes:
+            log.info(change)
 
     def checkpoint(name: str, epoch: int, batch_in_epoch: int):
         # Each rank's own: its RNGs, and its part of the epoch's train sums.
@@ -242,10 +198,6 @@ def train(cfg: DictConfig) -> dict:
             "world_size": ctx.world_size, "classes": data.classes, "config": config_record,
         }, run_dir / "checkpoints" / name)
 
-    stop_signal = []  # SIGTERM / SIGUSR1 (preemption): checkpoint at the next step boundary, then stop
-    previous_handlers = {sig: signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
-                         for sig in (signal.SIGTERM, signal.SIGUSR1)}
-
     def summary(status: str) -> dict:
         final = history[-1] if history else {}
         return {
@@ -255,7 +207,8 @@ def train(cfg: DictConfig) -> dict:
             "final_val_top1": final.get("val_top1"), "final_val_top5": final.get("val_top5"),
             "top5_k": topk, "epochs": len(history), "step": step,
             "train_img_per_s": final.get("train_img_per_s"),
-            **({"best_ema_val_top1": max((r["ema_val_top1"] for r in history), default=None),
+            **({"best_weights": best.get("weights"),
+                "best_ema_val_top1": max((r["ema_val_top1"] for r in history), default=None),
                 "final_ema_val_top1": final.get("ema_val_top1")} if ema else {}),
             "wall_time_s": round(elapsed + time.perf_counter() - started, 3), "status": status,
             "skipped_image_count": len(faults["skipped_images"]), **faults,
@@ -271,6 +224,8 @@ def train(cfg: DictConfig) -> dict:
     status = "failed"
     scale = scaler.get_scale()  # falls when fp16 gradients overflow and the GradScaler skips an update
     try:
+        if ctx.is_main:
+            recorder.start(summary("running"))
         while epoch < cfg.train.epochs:
             # Train one epoch (or what is left of it).
             epoch_started = time.perf_counter()
@@ -306,7 +261,7 @@ def train(cfg: DictConfig) -> dict:
                 # touch the weights (free on the CPU, the one device sync of a step on a GPU; fp16 adds the
                 # GradScaler's own), and with DDP one all-reduce on the CPU carrying it and the stop signal.
                 # Everything else (loss, metrics, lr) is read at log intervals and epoch ends.
-                nonfinite_anywhere, stop = any_rank((bool(nonfinite), bool(stop_signal)), ctx)
+                nonfinite_anywhere, stop = any_rank((bool(nonfinite), bool(stops)), ctx)
                 if nonfinite_anywhere:
                     where = f"at step {step + 1} (epoch {epoch}, batch {i + 1})"
                     if cfg.train.on_nonfinite == "error":
@@ -343,7 +298,7 @@ def train(cfg: DictConfig) -> dict:
                 if stop or cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
                     checkpoint("last.pt", epoch, i + 1)
                 if stop:
-                    raise Interrupted(signal.Signals(stop_signal[0]).name if stop_signal else "another rank's signal")
+                    raise Interrupted(stops.name if stops else "another rank's signal")
             bar.close()
             train_time = time.perf_counter() - epoch_started
             train_loss, train_correct, train_count = all_reduce_sum(sums.clone(), ctx).tolist()
@@ -366,29 +321,43 @@ def train(cfg: DictConfig) -> dict:
                      f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f} top{topk} {row['val_top5']:.2f} | "
                      + (f"ema val top1 {row['ema_val_top1']:.2f} | " if ema else "")
                      + f"{row['train_img_per_s']:.0f} img/s, {row['epoch_time_s']:.1f}s")
-            if row["val_top1"] > best["val_top1"]:
-                best = {"val_top1": row["val_top1"], "val_top5": row["val_top5"], "epoch": row["epoch"]}
+            if (candidate := best_of(row))["val_top1"] > best["val_top1"]:
+                best = candidate
                 checkpoint("best.pt", epoch, 0)
             checkpoint("last.pt", epoch, 0)
         if ctx.is_main:
-            export_weights(bare_model, run_dir / "checkpoints" / "model.safetensors")
+            export_weights(ema.module if best.get("weights") == "ema" else bare_model,
+                           run_dir / "checkpoints" / "model.safetensors")
         status = "completed"
-    except (Interrupted, KeyboardInterrupt) as e:
+        if stops:
+            log.info(f"{stops.name} after the last step: the run is complete, and stops there")
+    except Interrupted as e:
         status = "interrupted"
-        log.info(f"interrupted ({e or 'Ctrl-C'}) at step {step}: checkpoints/last.pt holds the run, "
-                 f"resume=auto continues it")
+        log.info(f"interrupted ({e}) at step {step}: checkpoints/last.pt holds the run, resume=auto continues it")
+        raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        log.info(f"stopped at once by a second Ctrl-C at step {step}, without a checkpoint: resume=auto "
+                 f"continues from the last one")
         raise
     finally:
         result = summary(status)
         if ctx.is_main:
             recorder.finish(result, hparam_record(cfg))
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
         if ctx.world_size > 1:
             torch.distributed.destroy_process_group()
     log.info(f"done: best val top1 {result['best_val_top1']:.2f} (epoch {result['best_epoch']}), "
              f"{result['wall_time_s']:.0f}s; results in {run_dir}")
     return result
+
+
+def best_of(row: dict) -> dict:
+    """An epoch's better validated weights: the raw model's, or with train.ema_decay the EMA's if they
+    validate better. best.pt, evaluate, predict and a teacher use the kind the run's best names."""
+    weights = "ema" if row.get("ema_val_top1", -math.inf) > row["val_top1"] else "model"
+    prefix = "ema_" if weights == "ema" else ""
+    return {"val_top1": row[f"{prefix}val_top1"], "val_top5": row[f"{prefix}val_top5"], "epoch": row["epoch"],
+            "weights": weights}
 
 
 def hparam_record(cfg: DictConfig) -> dict:

@@ -312,7 +312,7 @@ def load_weights(model: nn.Module, path: str, classes: list[str] | None = None, 
     if not isinstance(state, dict):
         raise ConfigError(f"model.weights: {path} is not a state dict (it holds a {type(state).__name__})")
     trained_on = state.get("classes")  # a cnnbench checkpoint's; a bare state dict names none
-    state = state.get("model", state)
+    state = trained_weights(state)
     if trained_on and classes and len(trained_on) == len(classes) and trained_on != classes and not new_head:
         raise ConfigError(f"model.weights: {path} was trained on other classes ({short_list(trained_on)}; here "
                           f"{short_list(classes)}); model.new_head=true trains a new classifier for these")
@@ -320,6 +320,12 @@ def load_weights(model: nn.Module, path: str, classes: list[str] | None = None, 
         heads = tuple(head + "." for head in classifier_names(model))
         state |= {k: v for k, v in model.state_dict().items() if k.startswith(heads)}
     fit_state_dict(model, state, path, "weights")
+
+
+def trained_weights(state: dict) -> dict:
+    """A cnnbench checkpoint's weights that its run names best (the EMA's where they validated better, with
+    train.ema_decay), or a bare state dict itself."""
+    return state["ema"] if state.get("best", {}).get("weights") == "ema" else state.get("model", state)
 
 
 def positional_keys_load(model: nn.Sequential) -> nn.Sequential:
