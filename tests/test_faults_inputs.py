@@ -24,7 +24,7 @@ from cnnbench.errors import CheckpointError, ConfigError
 from cnnbench.models import create_model
 
 from .conftest import SMOKE, make_config, run_cli
-from .test_faults import one_error_line, tiny_disk  # noqa: F401 (a fixture)
+from .test_faults import one_error_line
 from .test_train import make_image_tree
 
 
