@@ -8,10 +8,10 @@ APT    := $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteracti
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test clean
+.PHONY: help setup train test clean clean-outputs
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed $(FMNIST) $(SLURM) ## create .venv with the exact dependencies of constraints.txt, install Fashion-MNIST and SLURM
 
@@ -32,5 +32,9 @@ train: setup ## the Fashion-MNIST speedrun: 93% test top-1 in minutes on a lapto
 test: setup ## run the test suite
 	$(PY) -m pytest -q
 
-clean: ## remove the venv and the runs under outputs/
-	rm -rf $(VENV) outputs
+clean: ## remove the venv and the caches; the runs under outputs/ stay
+	rm -rf $(VENV) .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-outputs: ## delete every run under outputs/ (checkpoints, metrics, sweeps): there is no undo
+	rm -rf outputs

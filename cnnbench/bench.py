@@ -260,7 +260,7 @@ def input_images_per_s(data, batch_size: int, step_rate: float, device: torch.de
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench")
 def main(cfg: DictConfig) -> float | None:
-    result = run_job(cfg, bench, cfg, record="bench.json")
+    result = run_job(cfg, bench, cfg, record="bench.json", check=check_config)
     return result and result["train_img_per_s"]
 
 

@@ -1,11 +1,16 @@
 """The structured schema of a run: one typed, commented tree, registered in Hydra's ConfigStore.
 
-Hydra rejects unknown keys and wrong types while composing; `check_config` rejects impossible
-values before any work, each with one line that names the key.
+Hydra rejects unknown keys and wrong types while composing, except keys added with `+`, which it
+writes into the typed tree regardless: `check_keys` refuses those. `check_config` rejects impossible
+values before any work, each with one line that names the key; the optimizer, the schedule and the
+model's knobs are checked by timm's and the registry's own code, on a stand-in, before data or model.
 """
+import dataclasses
+import difflib
 import functools
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -13,6 +18,7 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.object_type import ObjectType
+from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cnnbench.errors import ConfigError
@@ -128,7 +134,9 @@ class HardwareConfig:
     device: Device = Device.auto
     precision: Precision = Precision.auto
     channels_last: bool = True  # NHWC convolutions: faster on CPU and GPU alike
-    compile: Any = "auto"  # torch.compile the model: true | false | auto (on a GPU; off on CPU, where it costs more than it gains)
+    # torch.compile the model: true | false | auto (on a GPU without sync_batchnorm; off on CPU, where it costs
+    # more than it gains, and with SyncBatchNorm, which breaks the graph at every layer)
+    compile: Any = "auto"
     deterministic: bool = False  # bitwise-reproducible kernels (slower on GPU)
     nproc: int = 1  # DDP processes on this node, started by cnnbench (ignored under torchrun, which sets it)
     sync_batchnorm: bool = False  # DDP: batch norm statistics over the global batch, not each rank's share
@@ -245,6 +253,9 @@ def register_configs() -> None:
     # ${model_input:size} / ${model_input:crop_pct} (conf/data/imagenet.yaml, conf/augmentation/imagenet.yaml):
     # the chosen model's native image side and evaluation crop, as timm's default configs carry them.
     OmegaConf.register_new_resolver("model_input", model_input, replace=True)
+    from cnnbench.sweep import point_subdir  # the sweep imports this module's checks
+    # ${point_name:${hydra.sweep.dir},${hydra.overrides.task}}: a sweep point's directory (conf/train.yaml).
+    OmegaConf.register_new_resolver("point_name", point_subdir, replace=True)
 
 
 def model_input(what: str, *, _root_: DictConfig) -> int | float:
@@ -289,8 +300,77 @@ def cuda_device_count() -> int:
     return torch.cuda.device_count()
 
 
+def check_keys(cfg: DictConfig, prefix: str = "") -> None:
+    """Every key is a field of its schema: a `+key=value` Hydra added to a typed node is refused.
+    model.* is free-form (each family has its own knobs): the registry checks it."""
+    schema = OmegaConf.get_type(cfg)
+    fields = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in cfg.keys():
+        if fields is not None and key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            raise ConfigError(f"{prefix}{key}: not a key of the config{f' (did you mean {prefix}{close[0]}?)' if close else ''}")
+        node = cfg._get_node(key)
+        if OmegaConf.is_dict(node) and not node._is_none() and not node._is_missing():
+            check_keys(node, f"{prefix}{key}.")
+
+
+def check_model_knobs(model: DictConfig) -> None:
+    """What create_model would refuse, before the data is loaded: unknown knobs, wrong types."""
+    from cnnbench.models.registry import checked_entry  # torch: for a run, not for --help
+
+    knobs = OmegaConf.to_container(model, resolve=True)
+    name, source = knobs.pop("name"), knobs.pop("source", "cnnbench")
+    knobs.pop("weights", None)
+    checked_entry(name, source, knobs)
+
+
+def check_optimization(cfg: DictConfig) -> None:
+    """The optimizer and its schedule, built by timm's factories on a one-layer stand-in: a name timm
+    does not know, or a value its optimizer refuses (torch's range checks), is named by its key."""
+    for key in ("warmup_lr", "min_lr"):
+        if cfg.scheduler[key] < 0:
+            raise ConfigError(f"scheduler.{key}: must be >= 0, got {cfg.scheduler[key]}")
+    for key in ("decay_rate", "decay_epochs"):
+        if cfg.scheduler[key] <= 0:
+            raise ConfigError(f"scheduler.{key}: must be > 0, got {cfg.scheduler[key]}")
+    import timm.optim  # torch: for a run, not for --help
+    import torch
+
+    names = timm.optim.list_optimizers()
+    if str(cfg.optimizer.opt).lower().split("_")[-1] not in names:  # timm reads "lookahead_adamw" as adamw
+        close = ", ".join(difflib.get_close_matches(str(cfg.optimizer.opt), names, n=3))
+        raise ConfigError(f"optimizer.opt: timm has no optimizer {cfg.optimizer.opt!r} ("
+                          + (f"did you mean {close}? " if close else "")
+                          + f"timm.optim.list_optimizers() names all {len(names)})")
+    optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    optimizer_cfg.pop("lr_reference_batch")
+    optimizer_cfg.pop("layer_decay")  # needs the real model's layers; its range is checked below
+    stand_in = torch.nn.Linear(1, 1)
+    try:
+        optimizer = instantiate(optimizer_cfg)(stand_in)
+    except (ValueError, TypeError) as e:  # torch: "Invalid momentum value: -1"
+        key = next((k for k in optimizer_cfg if k in str(e)), "opt")
+        raise ConfigError(f"optimizer.{key}: {e}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scheduler, _ = instantiate(cfg.scheduler)(optimizer, num_epochs=cfg.train.epochs, step_on_epochs=False,
+                                                      updates_per_epoch=1)
+    except (ValueError, AssertionError) as e:  # timm: "Unknown scheduler 'nosuch'."
+        key = next((k for k in cfg.scheduler if k != "sched" and k in str(e)), "sched")
+        raise ConfigError(f"scheduler.{key}: {str(e).rstrip('.') or 'not stepped per update'} (timm schedules "
+                          f"stepped per update: {', '.join(TIMM_SCHEDULES)})") from None
+    if scheduler is None:
+        raise ConfigError("scheduler.sched: none keeps no schedule to checkpoint; scheduler=constant holds the lr")
+
+
+# The names timm.scheduler.create_scheduler_v2 (timm 1.0) builds per update; for the message only, the check is timm's.
+TIMM_SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "wsd", "rsqrt", "constant")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Impossible values, each named by its key: what the types alone cannot say."""
+    check_keys(cfg)
     positive = {
         "train.epochs": cfg.train.epochs, "data.batch_size": cfg.data.batch_size,
         "data.image_size": cfg.data.image_size, "data.channels": cfg.data.channels,
@@ -359,3 +439,5 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"resume: null, auto or a checkpoint .pt path, got {cfg.resume!r}")
     if "name" not in cfg.model:
         raise ConfigError("model.name: missing; pick a model with model=NAME")
+    check_model_knobs(cfg.model)
+    check_optimization(cfg)

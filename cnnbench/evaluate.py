@@ -3,8 +3,8 @@ per-class accuracy of a trained model; the work is `cnnbench.engine.inference.ev
 import hydra
 from omegaconf import DictConfig
 
-from cnnbench.cli import run_reporting_errors
 from cnnbench.config import CONFIG_PATH, register_configs
+from cnnbench.sweep import run_job
 
 register_configs()
 
@@ -13,7 +13,8 @@ register_configs()
 def main(cfg: DictConfig) -> float:
     from cnnbench.engine.inference import evaluate  # here: --help and --cfg import no torch
 
-    return run_reporting_errors(evaluate, cfg)["top1"]
+    result = run_job(cfg, evaluate, cfg, record=None)
+    return result and result["top1"]
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ of each image; the work is `cnnbench.engine.inference.predict(cfg)`."""
 import hydra
 from omegaconf import DictConfig
 
-from cnnbench.cli import run_reporting_errors
 from cnnbench.config import CONFIG_PATH, register_configs
+from cnnbench.sweep import run_job
 
 register_configs()
 
@@ -13,7 +13,7 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from cnnbench.engine.inference import predict  # here: --help and --cfg import no torch
 
-    run_reporting_errors(predict, cfg)
+    run_job(cfg, predict, cfg, record=None)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnbench.cli import run_reporting_errors
-from cnnbench.config import AugmentationConfig, CONFIG_PATH, register_configs
+from cnnbench.config import CONFIG_PATH, AugmentationConfig, register_configs
 from cnnbench.data.datasets import load_split
 from cnnbench.data.loader import loader_workers
 from cnnbench.data.pseudo_labels import save_pseudo_labels, unlabeled_pool
@@ -20,6 +19,7 @@ from cnnbench.data.transforms import Normalize, build_transforms
 from cnnbench.engine.distill import load_teacher
 from cnnbench.engine.trainer import mixed_precision, resolve_device
 from cnnbench.errors import ConfigError
+from cnnbench.sweep import run_job
 
 log = logging.getLogger("cnnbench")
 register_configs()
@@ -82,7 +82,7 @@ def balanced(keep: torch.Tensor, confidence: torch.Tensor, predicted: torch.Tens
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="pseudolabel")
 def main(cfg: DictConfig) -> None:
-    run_reporting_errors(pseudolabel, cfg)
+    run_job(cfg, pseudolabel, cfg, record=None)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ hardware.nproc ranks (`hardware=ddp`) or under torchrun.
 import hydra
 from omegaconf import DictConfig
 
-from cnnbench.config import CONFIG_PATH, register_configs
+from cnnbench.config import CONFIG_PATH, check_config, register_configs
 from cnnbench.sweep import run_job
 
 register_configs()
@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> float | None:
     from cnnbench.engine.distributed import run_ranks
     from cnnbench.engine.trainer import train
 
-    summary = run_job(cfg, run_ranks, train, cfg)
+    summary = run_job(cfg, run_ranks, train, cfg, check=check_config)
     return summary and summary["best_val_top1"]  # what a sweeper optimises; None for a failed sweep point
 
 

@@ -2,6 +2,7 @@
 import pytest
 
 from cnnbench.config import check_config
+from cnnbench.errors import ConfigError
 
 from .conftest import CONF, make_config, run_cli
 
@@ -95,3 +96,34 @@ def test_evaluating_on_imagenet_like_data_takes_the_trained_size(tmp_path):
     cfg = make_config(tmp_path, "checkpoint=last.pt", "data=imagenet", app="evaluate")
     trained = OmegaConf.create({"data": {"channels": 3, "image_size": 32}})
     assert evaluation_data(cfg, trained).image_size == 32
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+train.nosuchkey=1", "train.nosuchkey: not a key of the config"),
+    ("+nosuchtop=1", "nosuchtop: not a key of the config"),
+    ("+data.batch_sise=64", "data.batch_sise: not a key of the config (did you mean data.batch_size?)"),
+    ("+model.no_such_knob=1", "model.no_such_knob: not a knob of lenet5"),
+    ("optimizer.opt=nosuchopt", "optimizer.opt: timm has no optimizer 'nosuchopt'"),
+    ("optimizer.opt=adamx", "optimizer.opt: timm has no optimizer 'adamx' (did you mean adamax"),
+    ("optimizer.momentum=-1", "optimizer.momentum: Invalid momentum value: -1"),
+    ("scheduler.sched=nosuch", "scheduler.sched: Unknown scheduler 'nosuch' (timm schedules stepped per update: cosine"),
+    ("scheduler.sched=plateau", "scheduler.sched: Plateau LR only supports step per epoch"),
+    ("scheduler.sched=none", "scheduler.sched: none keeps no schedule"),
+    ("scheduler.warmup_lr=-1", "scheduler.warmup_lr: must be >= 0"),
+    ("scheduler.min_lr=-1e-5", "scheduler.min_lr: must be >= 0"),
+    ("scheduler.decay_rate=0", "scheduler.decay_rate: must be > 0"),
+])
+def test_every_key_and_the_optimizer_are_checked_by_the_schema_and_timm(override, message, tmp_path):
+    with pytest.raises(ConfigError) as error:
+        check_config(make_config(tmp_path, "model=lenet5", override))
+    assert str(error.value).startswith(message)
+
+
+def test_config_is_checked_before_the_data_is_looked_for(tmp_path):
+    """Hydra's own hint for train.nosuchkey is +train.nosuchkey; the optimizer fails before any data."""
+    for override in ("+train.nosuchkey=1", "optimizer.opt=nosuchopt"):
+        result = run_cli("data=imagefolder", f"data.root={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'run'}",
+                         override, timeout=120)
+        assert result.returncode == 2 and result.stderr.startswith(f"cnnbench: error: {override.lstrip('+')[:10]}")
+        assert "Traceback" not in result.stderr and "missing" not in result.stderr
+        assert not any((tmp_path / "run").iterdir())

@@ -9,6 +9,7 @@ import time
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import metadata
@@ -20,6 +21,7 @@ from cnnbench.engine.trainer import count_flops
 from cnnbench.errors import ConfigError
 from cnnbench.models import create_model
 from cnnbench.report import BENCH_COLUMNS, COLUMNS
+from cnnbench.sweep import point_name
 
 from .conftest import CONF, ROOT, SMOKE, make_config, run_cli
 
@@ -45,16 +47,19 @@ def grid(tmp_path_factory):
     return sweep_dir
 
 
-def test_a_sweep_runs_every_point_in_a_directory_named_by_its_overrides(grid):
+def test_a_sweep_runs_every_point_in_a_directory_named_by_its_swept_keys(grid):
     points = point_dirs(grid)
     assert len(points) == 4
     for point in points:
         summary = json.loads((point / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["epochs"] == 1 and summary["data"] == "fashion_mnist"
-    named = [dict(item.split("=") for item in p.name.split(",")) for p in points]
-    assert {(n["model.width_mult"], n["model.depth_mult"]) for n in named} == {
-        ("0.25", "0.5"), ("0.25", "1"), ("0.5", "0.5"), ("0.5", "1")}
-    assert all(n["data.train_size"] == "512" and n["model"] == "fmnist_cnn" for n in named)
+    assert sorted(p.name for p in points) == [  # the swept keys only; every override is in .hydra/overrides.yaml
+        "model.depth_mult=0.5,model.width_mult=0.25", "model.depth_mult=0.5,model.width_mult=0.5",
+        "model.depth_mult=1,model.width_mult=0.25", "model.depth_mult=1,model.width_mult=0.5"]
+    for point in points:
+        overrides = OmegaConf.load(point / ".hydra" / "overrides.yaml")
+        assert "data.train_size=512" in overrides and "model=fmnist_cnn" in overrides
+        assert all(item in overrides for item in point.name.split(","))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +75,7 @@ def test_report_rows_are_the_summaries(grid, reported):
     for row in rows:
         summary = json.loads((grid / row["run"] / "summary.json").read_text())
         assert {c: row[c] for c in COLUMNS} == {c: "" if summary[c] is None else str(summary[c]) for c in COLUMNS}
-        assert row["run"].endswith(f"model.width_mult={row['model.width_mult']},model=fmnist_cnn,train.epochs=1")
+        assert row["run"] == f"model.depth_mult={row['model.depth_mult']},model.width_mult={row['model.width_mult']}"
     table = (grid / "results.md").read_text()
     assert table.count("\n") == 2 + 4 and "| model.depth_mult | model.width_mult | model |" in table
     assert table in reported.stdout  # the terminal shows the same table
@@ -140,6 +145,43 @@ def test_an_interrupted_sweep_resumes_its_point(tmp_path):
     summary = json.loads((point / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 1 and summary["step"] == 512 // 32
     assert f"resumed from {point / 'checkpoints' / 'last.pt'}" in (point / "train.log").read_text()
+
+
+def test_a_point_is_rerun_when_its_config_changed(tmp_path):
+    """A completed point is skipped only when its recorded config equals the new one (keys that do not
+    change results aside); a changed one continues from its last.pt, naming what changed."""
+    sweep = ["-m", *SMOKE, "data.train_size=64", "model.width_mult=0.5,1", f"hydra.sweep.dir={tmp_path}"]
+    assert run_cli(*sweep, "train.epochs=1").returncode == 0
+    result = run_cli(*sweep, "train.epochs=1", "train.log_every_steps=1")  # inert: still the same point
+    assert result.stdout.count("completed by an earlier run of this sweep; skipped") == 2, result.stderr
+    result = run_cli(*sweep, "train.epochs=2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("completed with another config (train.epochs 1 -> 2); continuing it with "
+                               "resume=auto") == 2
+    for point in point_dirs(tmp_path):
+        assert json.loads((point / "summary.json").read_text())["epochs"] == 2
+        assert "train.epochs=2" in OmegaConf.load(point / ".hydra" / "overrides.yaml")
+
+
+def test_a_sweep_of_many_overrides_gets_short_stable_names(tmp_path):
+    """A dozen overrides, a path among them, no key swept: one point, named within the file-name limit."""
+    many = [*SMOKE, "train.epochs=1", "seed=3", "optimizer.lr=0.01", "optimizer.momentum=0.8",
+            "optimizer.weight_decay=0.0001", "scheduler.warmup_epochs=0.5", "augmentation.hflip=0.25",
+            f"data.root={tmp_path / 'no' / 'such' / 'dir'}"]
+    result = run_cli("-m", *many, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    [point] = point_dirs(tmp_path)
+    assert point.parent == tmp_path and len(point.name) <= 100 and point.name.startswith("augmentation.hflip=0.25,")
+    assert sorted(OmegaConf.load(point / ".hydra" / "overrides.yaml")) == sorted(many)
+    assert point.name == point_name(many, set())  # the same name on a rerun
+
+
+def test_point_names_are_the_swept_keys_cut_with_a_hash():
+    assert point_name(["model=resnet18", "model.width_mult=0.5", "seed=0"], {"model", "model.width_mult"}) \
+        == "model.width_mult=0.5,model=resnet18"
+    long = [f"model.knob{i}={'x' * 20}" for i in range(12)]
+    assert len(point_name(long, set())) == 100 and point_name(long, set()) == point_name(long[::-1], set())
+    assert point_name(long, set()) != point_name([*long[:-1], "model.knob11=y"], set())
 
 
 @pytest.mark.parametrize("preset, params", [

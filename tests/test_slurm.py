@@ -141,6 +141,13 @@ def jobs(slurm, tmp_path_factory):
          f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.cpus_per_task=1",
          "hydra.launcher.timeout_min=10"],
         cwd=slurm.base, env=slurm.env, stdout=sweep_log, stderr=subprocess.STDOUT)
+    # A one-point sweep that SLURM warns mid-run (SIGUSR2, as signal_delay_s before its time limit).
+    preempted_dir = tmp_path_factory.mktemp("preempted_sweep")
+    preempted_log = preempted_dir.with_suffix(".log").open("w+")
+    preempted_sweep = subprocess.Popen(
+        [sys.executable, "-m", "cnnbench.train", "-m", "hydra/launcher=slurm", *RUN, f"hydra.sweep.dir={preempted_dir}",
+         "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10"],
+        cwd=slurm.base, env=slurm.env, stdout=preempted_log, stderr=subprocess.STDOUT)
     submitted = {"straight": slurm.sbatch(str(script / "train.sbatch"), *RUN),
                  "preempted": slurm.sbatch(str(script / "train.sbatch"), *RUN),
                  "multinode": slurm.sbatch("--nodes=1", "--ntasks-per-node=2",
@@ -153,11 +160,19 @@ def jobs(slurm, tmp_path_factory):
     wait_for(last.exists, 120, "the first checkpoint")
     slurm("scancel", "--signal=USR1", "--batch", preempted)
 
+    # Time limits are too coarse for a test (SLURM may send --signal up to 60 s early): the same signal by hand.
+    wait_for(lambda: list(preempted_dir.rglob("last.pt")), 180, "the preempted sweep point's first checkpoint")
+    [task] = [d.name for d in (preempted_dir / ".submitit").iterdir() if d.is_dir()]  # one job: no array
+    slurm("scancel", "--signal=USR2", task)
+
     for job in submitted.values():
         wait_for(lambda: slurm.state(job) in ENDED, 240, f"job {job} to end")
     sweep.wait(timeout=240)
+    preempted_sweep.wait(timeout=300)
     sweep_log.seek(0)
-    return {**submitted, "sweep": (sweep.returncode, sweep_log.read(), sweep_dir)}
+    preempted_log.seek(0)
+    return {**submitted, "sweep": (sweep.returncode, sweep_log.read(), sweep_dir),
+            "preempted_sweep": (preempted_sweep.returncode, preempted_log.read(), preempted_dir, task)}
 
 
 def exit_code(slurm, job: str) -> str:
@@ -203,3 +218,15 @@ def test_sweep_on_slurm_runs_one_job_per_point(slurm, jobs):
                                                                    ("lenet5", "completed")]
     tasks = sorted(d.name for d in (sweep_dir / ".submitit").iterdir() if d.is_dir() and "_" in d.name)
     assert len(tasks) == 2 and all(slurm.state(task) == "COMPLETED" for task in tasks)  # a job array
+
+
+def test_a_sweep_point_warned_by_slurm_is_requeued_and_finishes(slurm, jobs):
+    """hydra/launcher=slurm: submitit catches SLURM's SIGUSR2 and requeues the job; the requeued job
+    continues its point from checkpoints/last.pt (resume=auto) and the sweep ends completed."""
+    returncode, output, sweep_dir, task = jobs["preempted_sweep"]
+    assert returncode == 0, output
+    [point] = [p.parent for p in sweep_dir.rglob("summary.json")]
+    summary = json.loads((point / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 64, output
+    assert "Restarts=1" in slurm("scontrol", "show", "job", task)
+    assert "resumed from" in (point / "train.log").read_text()

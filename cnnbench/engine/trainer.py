@@ -33,7 +33,8 @@ from cnnbench.models.registry import compound_image_size
 
 from .checkpoint import export_weights, rng_state, save_checkpoint, set_rng_state
 from .distill import load_teacher
-from .distributed import all_reduce_sum, any_rank, init_distributed, restartable
+from .device import bf16_native, use_deterministic_algorithms
+from .distributed import all_reduce_sum, any_rank, init_distributed, restartable, sync_batchnorm
 from .losses import Objective
 from .recorder import EMA_METRICS, METRICS, Recorder
 from .resume import (StopSignals, config_changes, load_resume_state, restore_training_state,
@@ -45,14 +46,25 @@ DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precisi
 
 
 def resolve_device(hw) -> tuple[torch.device, torch.dtype]:
+    """The device and autocast dtype of a one-process job (evaluate, predict, bench, pseudolabel)."""
+    device = device_of(hw)
+    return device, resolve_precision(hw, device)
+
+
+def device_of(hw) -> torch.device:
     if hw.device == Device.cuda and not torch.cuda.is_available():
         raise ConfigError("hardware.device: cuda asked for, but torch sees no CUDA device")
     cuda = hw.device == Device.cuda or hw.device == Device.auto and torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
+    return torch.device("cuda" if cuda else "cpu")
+
+
+def resolve_precision(hw, device: torch.device) -> torch.dtype:
+    """hardware.precision=auto: bf16 where the GPU runs it natively (its probe runs on this rank's GPU, so
+    after init_distributed's set_device), else fp32."""
     precision = hw.precision
     if precision == Precision.auto:
-        precision = Precision.bf16 if cuda and torch.cuda.is_bf16_supported() else Precision.fp32
-    return device, DTYPES[precision]
+        precision = Precision.bf16 if device.type == "cuda" and bf16_native() else Precision.fp32
+    return DTYPES[precision]
 
 
 def peak_lr(optimizer) -> float:
@@ -61,8 +73,9 @@ def peak_lr(optimizer) -> float:
 
 
 def compiles(hw, device: torch.device) -> bool:
-    """hardware.compile=auto: on a GPU; on CPU compiling costs a minute and gains nothing (docs/performance.md)."""
-    return device.type == "cuda" if hw.compile == "auto" else hw.compile
+    """hardware.compile=auto: on a GPU; on CPU compiling costs a minute and gains nothing (docs/performance.md).
+    Not with hardware.sync_batchnorm: SyncBatchNorm breaks the graph at every layer and syncs every forward."""
+    return device.type == "cuda" and not hw.sync_batchnorm if hw.compile == "auto" else hw.compile
 
 
 def mixed_precision(device: torch.device, amp_dtype: torch.dtype) -> torch.autocast:
@@ -92,13 +105,13 @@ def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
         cfg.data.image_size = compound_image_size(cfg.data.image_size, cfg.model.phi, cfg.model.gamma)
     started = time.perf_counter()
     run_dir = Path(cfg.run_dir)
-    device, amp_dtype = resolve_device(cfg.hardware)
+    device = device_of(cfg.hardware)
     ctx = init_distributed(device.type)
     if ctx.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
+    amp_dtype = resolve_precision(cfg.hardware, device)
     timm.utils.random_seed(cfg.seed, ctx.rank)  # torch, numpy (mixup, cutmix), random: each rank its own; data order is seeded apart
-    torch.use_deterministic_algorithms(cfg.hardware.deterministic)
-    torch.backends.cudnn.benchmark = not cfg.hardware.deterministic
+    use_deterministic_algorithms(cfg.hardware.deterministic)
     if restartable():  # torchrun restarts the ranks in the same run dir: the failed attempt left its last.pt
         cfg.resume = cfg.resume or "auto"
     resume_from = resume_path(cfg, run_dir)
@@ -117,7 +130,7 @@ def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
     if cfg.hardware.sync_batchnorm and ctx.world_size > 1:
         if device.type != "cuda":
             raise ConfigError("hardware.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = sync_batchnorm(model)
     image_shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
     params = sum(p.numel() for p in model.parameters())
     flops = count_flops(model, image_shape, device)
@@ -154,7 +167,7 @@ def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
         epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
         history, best, elapsed = state["history"], state["best"], state["wall_time_s"]
         sums = state["epoch_sums"][ctx.rank].to(device)
-        set_rng_state(state["rng"][ctx.rank])
+        set_rng_state(state["rng"][ctx.rank], device)
         if "faults" in state:  # checkpoints from before the fault counts
             data.skipped_images.update(state["faults"]["skipped_images"])
             faults.update(state["faults"], skipped_images=data.skipped_images)
@@ -179,9 +192,9 @@ def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
         # Each rank's own: its RNGs, and its part of the epoch's train sums.
         ranks = [None] * ctx.world_size
         if ctx.world_size > 1:
-            torch.distributed.all_gather_object(ranks, (rng_state(), sums.cpu(), data.skipped_images))
+            torch.distributed.all_gather_object(ranks, (rng_state(device), sums.cpu(), data.skipped_images))
         else:
-            ranks = [(rng_state(), sums.cpu(), {})]
+            ranks = [(rng_state(device), sums.cpu(), {})]
         if not ctx.is_main:
             return
         for rank, (_, _, skipped) in enumerate(ranks[1:], start=1):
@@ -382,6 +395,6 @@ def validate(model, loader, normalize, device, memory_format, autocast, topk: in
         hits = logits.topk(topk, 1).indices == targets[:, None]
         sums += torch.stack([F.cross_entropy(logits.float(), targets, reduction="sum").double(),
                              hits[:, 0].sum().double(), hits.any(1).sum().double(),
-                             torch.tensor(len(targets), dtype=torch.float64, device=device)])
+                             hits.new_full((), len(targets), dtype=torch.float64)])
     loss, top1, topk_hits, count = all_reduce_sum(sums, ctx).tolist()
     return {"val_loss": loss / count, "val_top1": 100 * top1 / count, "val_top5": 100 * topk_hits / count}

@@ -131,6 +131,18 @@ def user_entry(name: str, target: str) -> ModelEntry:
     return ModelEntry(name, "user", build, classifier=declared if isinstance(declared, (str, tuple)) else None)
 
 
+def checked_entry(name: str, source: str, knobs: dict) -> tuple[ModelEntry, dict]:
+    """The registry entry that builds model `name` of `source` (cnnbench's zoo, timm, torchvision, or the
+    user's `_target_`) and the knobs it receives, which it is checked to take."""
+    if source != "cnnbench":
+        name, knobs = source, {"arch": name, **knobs}
+    knobs = dict(knobs)
+    target = knobs.pop("_target_", None)
+    entry = user_entry(name, target) if target else get_entry(name)
+    check_knobs(entry, knobs)
+    return entry, knobs
+
+
 def check_knobs(entry: ModelEntry, knobs: dict) -> None:
     """Reject knobs the model does not take, and values of the wrong type, naming the key."""
     name, accepted = entry.name, {**GENERIC_KNOBS, **entry.knobs()}
@@ -169,11 +181,8 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
     if image_size is None:
         image_size = native_input(name, source)[0]
     label = name  # for messages: the library's model, not the library
-    if source != "cnnbench":
-        name, knobs = source, {"arch": name, **knobs}
-    target = knobs.pop("_target_", None)
-    entry = user_entry(name, target) if target else get_entry(name)
-    check_knobs(entry, knobs)
+    entry, knobs = checked_entry(name, source, knobs)
+    name = entry.name
     own = entry.knobs()
     generic = {k: knobs.pop(k, d) for k, d in GENERIC_KNOBS.items() if k not in own}
     if generic["phi"]:
