@@ -106,6 +106,8 @@ class RunDirCheck(Callback):
     @staticmethod
     def pin(config: DictConfig, mode: str) -> None:
         path = str(config.hydra[mode].dir)
+        if not path:  # unset: the entry point names that itself
+            return
         with read_write(config.hydra[mode]):
             config.hydra[mode].dir = path
         make_writable_dir(path, f"hydra.{mode}.dir")
