@@ -8,7 +8,7 @@ APT    := $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteracti
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test clean clean-outputs
+.PHONY: help setup train test test-quick lint clean clean-outputs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -29,8 +29,14 @@ $(SLURM): # the tests start a one-node SLURM of their own (tests/test_slurm.py)
 train: setup ## the Fashion-MNIST speedrun: 93% test top-1 in minutes on a laptop CPU (overrides: ARGS="key=value ...")
 	$(PY) -m cnnbench.train experiment=fmnist_speedrun $(ARGS)
 
-test: setup ## run the test suite
+test: setup ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
+
+test-quick: setup ## the tests that take no real cluster, GPU or long subprocess: about two minutes on 2 cores
+	$(PY) -m pytest -q -m "not slow and not cluster and not gpu"
+
+lint: setup ## ruff: pyflakes, pycodestyle and import order (pyproject.toml)
+	$(PY) -m ruff check cnnbench tests scripts hydra_plugins
 
 clean: ## remove the venv and the caches; the runs under outputs/ stay
 	rm -rf $(VENV) .pytest_cache

@@ -33,6 +33,14 @@ SMOKE = ["data=synthetic", "data.image_size=32", "data.train_size=256", "data.va
          "data.batch_size=32", "model=lenet5", "model.variant=modern", "hardware=cpu"]
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need a CUDA device: skipped, with the reason, where torch sees none (CI, a laptop)."""
+    if not torch.cuda.is_available():
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
 @pytest.fixture
 def smoke():
     return list(SMOKE)
