@@ -8,6 +8,7 @@ model's knobs are checked by timm's and the registry's own code, on a stand-in, 
 import dataclasses
 import difflib
 import functools
+import os
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -402,6 +403,11 @@ def check_config(cfg: DictConfig) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
+    # timm's random_seed seeds numpy (seeds in [0, 2**32)) with seed + rank on each rank
+    ranks = int(os.environ.get("WORLD_SIZE", 0)) or cfg.hardware.nproc
+    if not 0 <= cfg.seed <= 2**32 - ranks:
+        raise ConfigError(f"seed: in [0, {2**32 - ranks}] (numpy's range, less one per extra rank: rank r uses "
+                          f"seed + r; here {ranks} ranks), got {cfg.seed}")
     if cfg.hardware.compile not in (True, False, "auto"):
         raise ConfigError(f"hardware.compile: true, false or auto, got {cfg.hardware.compile!r}")
     if cfg.data.decode_device == Device.cuda and cfg.hardware.device == Device.cpu:

@@ -169,7 +169,32 @@ class BadImage(NamedTuple):
 
 class ImageFiles(torchvision.datasets.ImageFolder):
     """ImageFolder whose unreadable files (truncated, empty, not images) become BadImage samples, found
-    where they are decoded: in the DataLoader workers."""
+    where they are decoded: in the DataLoader workers. Linked folders are followed (data sets shared between
+    users), except into a loop or into another class, whose images would be mislabelled."""
+
+    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        self.skipped_links = []
+        if is_valid_file is None:
+            def is_valid_file(path):
+                return torchvision.datasets.folder.has_file_allowed_extension(path, extensions)
+        split = os.path.realpath(directory)
+        samples = []
+        for name, index in sorted(class_to_idx.items()):
+            top = os.path.join(directory, name)
+            own, visited = os.path.realpath(top), {os.path.realpath(top)}
+            for folder, subfolders, files in os.walk(top, followlinks=True):
+                for sub in list(subfolders):
+                    real = os.path.realpath(os.path.join(folder, sub))
+                    into_other_class = os.path.commonpath([real, split]) == split and \
+                        os.path.commonpath([real, own]) != own
+                    if real in visited or own.startswith(real + os.sep) or into_other_class:
+                        subfolders.remove(sub)
+                        self.skipped_links.append(f"{os.path.join(folder, sub)} -> {real}")
+                    visited.add(real)
+                subfolders.sort()
+                samples += [(path, index) for path in (os.path.join(folder, f) for f in sorted(files))
+                            if is_valid_file(path)]
+        return samples
 
     def __getitem__(self, index):
         try:
@@ -200,6 +225,9 @@ def image_folder(name: str, root: str | None, train: bool, download: bool, *, on
     if not_images:
         warnings.append(f"data: {len(not_images)} files in {split} are not images by their names, left out: "
                         f"{', '.join(not_images[:5])}{', ...' if len(not_images) > 5 else ''}")
+    if ds.skipped_links:
+        warnings.append(f"data: linked folders in {split} left out (a loop, or another class's images): "
+                        f"{', '.join(ds.skipped_links)}")
     empty = sorted(set(ds.classes) - {ds.classes[target] for target in ds.targets})
     if empty and on_bad_image == "error":
         raise DataError(f"data.root: class folders without images in {split}: {', '.join(empty)}")

@@ -12,6 +12,7 @@ from cnnbench.errors import CheckpointError
 from cnnbench.files import write_bytes, write_file
 from cnnbench.models import create_model
 from cnnbench.models.registry import trained_weights
+from cnnbench.paths import FORMAT_PROBLEMS, file_format, unpickling_reason
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config")
 
@@ -31,15 +32,19 @@ def export_weights(model: torch.nn.Module, path: Path) -> None:
 def load_checkpoint(path: Path) -> dict:
     """A cnnbench checkpoint as plain data; anything else is refused with the reason, and no code
     from the file ever runs."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
+    path = Path(path).expanduser()
+    kind = file_format(path)
+    if kind == "safetensors":
+        raise CheckpointError(f"{path}: holds a model's weights alone, not a training checkpoint; "
+                              f"model.weights={path} starts a run from them")
+    if kind != "torch":
+        raise CheckpointError(f"{path}: {FORMAT_PROBLEMS[kind].format(wants='.pt checkpoint')}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).splitlines()[0] if "Weights only load failed" not in str(e) else \
-            "it holds objects that are not plain data (refused: loading them could run code)"
-        raise CheckpointError(f"{path}: not a cnnbench checkpoint: {reason}") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:  # OSError: a truncated zip's reader
+        raise CheckpointError(f"{path}: not a cnnbench checkpoint: {unpickling_reason(e)}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError,  # OSError: a truncated zip's reader
+            KeyError, IndexError, TypeError) as e:  # a damaged pickle's opcodes
         raise CheckpointError(f"{path}: unreadable, truncated or not a checkpoint ({str(e).splitlines()[0]})") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:

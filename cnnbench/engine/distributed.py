@@ -4,6 +4,7 @@ cnnbench itself with hardware.nproc > 1, through torch's elastic launcher (what 
     torchrun --standalone --nproc_per_node=4 -m cnnbench.train hardware=ddp
     python -m cnnbench.train hardware=ddp hardware.nproc=4
 """
+import contextlib
 import copy
 import ctypes
 import json
@@ -45,6 +46,8 @@ log = logging.getLogger("cnnbench")
 # submitit's before a time limit.
 FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+CPU_RANKS_PER_CORE = 4  # beyond it, CPU ranks only wait on each other
+CPU_RANK_MEMORY_GB = 0.5  # a CPU rank's process: torch, a small model, its data (12 ranks of lenet5: 6 GB)
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ def run_ranks(fn, cfg: DictConfig):
     if nproc == 1 or "WORLD_SIZE" in os.environ:
         return fn(cfg)
     check_config(cfg)  # a bad value: one line from here, not one from every rank
+    check_cpu_rank_count(cfg.hardware)
     if cfg.hardware.device == "cuda" or cfg.hardware.device == "auto" and torch.cuda.is_available():
         check_gpu_count(nproc, torch.cuda.device_count())
     log.info(f"training on {nproc} DDP ranks of this node (hardware.nproc={nproc}; hardware.nproc=1 for one process)")
@@ -164,6 +168,30 @@ def run_ranks(fn, cfg: DictConfig):
     if received not in (None, signal.SIGINT) and callable(handler := handlers[received.name]):
         handler(received, None)  # submitit's requeue, now that last.pt holds the run (as engine/resume.py's StopSignals)
     raise failure  # outside the except clause, whose traceback would keep the launcher's queues alive
+
+
+def check_cpu_rank_count(hardware: DictConfig) -> None:
+    """CPU ranks beyond the cores only take turns: warned; beyond CPU_RANKS_PER_CORE per core, or the memory
+    their processes need, refused before any starts."""
+    if hardware.device == "cuda" or hardware.device == "auto" and torch.cuda.is_available():
+        return
+    nproc, cores = hardware.nproc, len(os.sched_getaffinity(0))
+    available_gb = available_memory() / 2**30
+    if nproc > CPU_RANKS_PER_CORE * cores or nproc * CPU_RANK_MEMORY_GB > available_gb:
+        raise ConfigError(f"hardware.nproc: {nproc} CPU ranks are too many for {cores} cores and {available_gb:.1f} GB "
+                          f"of free memory (at most {CPU_RANKS_PER_CORE} a core, about {CPU_RANK_MEMORY_GB} GB each); "
+                          f"{cores} run at full speed")
+    if nproc > cores:
+        logging.getLogger("cnnbench").warning(f"hardware.nproc: {nproc} CPU ranks share {cores} cores: they take "
+                                              f"turns, and the run is no faster than with {cores}")
+
+
+def available_memory() -> int:
+    """Bytes that can be had without swapping: Linux's MemAvailable (free memory plus the page cache it can drop)."""
+    with contextlib.suppress(OSError, StopIteration):
+        with open("/proc/meminfo") as f:
+            return int(next(line for line in f if line.startswith("MemAvailable:")).split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _rank_main(fn, cfg: DictConfig, log_config: dict | None):

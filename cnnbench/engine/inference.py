@@ -29,6 +29,8 @@ from .tta import tta_logits
 
 log = logging.getLogger("cnnbench")
 
+MAX_DENSE_SIDE = 4096  # dense prediction's resized image: 16 M pixels, a few GB of activations for a ResNet-50
+
 
 def check_given(cfg: DictConfig) -> None:
     """A mandatory key left out (checkpoint, images) is named in one line, not by OmegaConf's traceback."""
@@ -129,6 +131,8 @@ def read_image(path: str, channels: int) -> Image.Image:
         raise DataError(f"images: no such file {path}") from None
     except (UnidentifiedImageError, IsADirectoryError, OSError) as e:
         raise DataError(f"images: {path} is not an image ({str(e).splitlines()[0]})") from None
+    except Image.DecompressionBombError as e:  # what training skips too (data.on_bad_image)
+        raise DataError(f"images: {path} is too large to decode ({e}); shrink it or leave it out") from None
 
 
 @torch.no_grad()
@@ -136,11 +140,16 @@ def predict(cfg: DictConfig) -> list[dict]:
     """Per image, the top-k classes and their probabilities; with `dense`, the convolutionized model's
     map of classes over the image at dense_scale times the training size, and the map's mean prediction."""
     check_given(cfg)
+    if not cfg.images:
+        raise ConfigError("images: empty; pass the image files, images=[a.jpg,b.png]")
     if cfg.topk <= 0 or cfg.dense_scale < 1:
         raise ConfigError("topk: must be > 0" if cfg.topk <= 0 else f"dense_scale: must be >= 1, got {cfg.dense_scale}")
     device, _ = resolve_device(cfg.hardware)
     model, classes, config = load_trained(cfg.checkpoint, device)
     data = config.data
+    if cfg.dense and round(cfg.dense_scale * data.image_size) > MAX_DENSE_SIDE:
+        raise ConfigError(f"dense_scale: at most {MAX_DENSE_SIDE / data.image_size:g} for this model's "
+                          f"{data.image_size} px images (a {MAX_DENSE_SIDE} px side), got {cfg.dense_scale}")
     if cfg.dense:
         model = convolutionize(model, (data.channels, data.image_size, data.image_size))
         data = OmegaConf.merge(data, {"image_size": round(cfg.dense_scale * data.image_size)})

@@ -21,6 +21,8 @@ def timm_model(num_classes=1000, in_chans=3, image_size=224, arch: str = "resnet
     if not timm.is_model(arch):
         raise ConfigError(f"model.name: timm has no model '{arch}'")
     check_no_aux("timm", kwargs)
+    if timm.models.get_pretrained_cfg_value(arch, "fixed_input_size"):  # a ViT's patch grid: built for the data's size
+        kwargs = {"img_size": image_size, **(kwargs or {})}
     try:
         return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
                                  **(kwargs or {}))

@@ -13,8 +13,10 @@ training mode with `aux_logits`, returns `(logits, [aux_logits, ...])`: the trai
 """
 import functools
 import inspect
+import logging
 import os
 import pickle
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,6 +30,9 @@ from timm.models import adapt_input_conv
 from timm.utils.model import freeze
 
 from cnnbench.errors import ConfigError, short_list
+from cnnbench.paths import FORMAT_PROBLEMS, file_format, unpickling_reason
+
+log = logging.getLogger("cnnbench")
 
 # Arguments every constructor receives from the data, not from model.* keys.
 DATA_ARGS = ("num_classes", "in_chans", "image_size")
@@ -175,6 +180,7 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
     `compound_image_size`). Without `image_size`, the model is built for its native input (`native_input`)."""
     if image_size is None:
         image_size = native_input(name, source)[0]
+    label = name  # for messages: the library's model, not the library
     entry, knobs = checked_entry(name, source, knobs)
     name = entry.name
     own = entry.knobs()
@@ -188,6 +194,11 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
     if weights and (generic.get("pretrained") or knobs.get("pretrained")):  # the file's would replace them
         raise ConfigError("model.pretrained: model.weights replaces the library weights; pass one or the other")
     model = entry.fn(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **knobs)
+    designed_for = native_input(label, source)[0] if source != "cnnbench" else entry.input_size
+    if image_size < designed_for and not takes_images(model, in_chans, image_size):  # smaller than its paper's
+        unfetched = {**knobs, "pretrained": False} if "pretrained" in knobs else knobs  # timm's own knob
+        check_image_size(label, in_chans, image_size, lambda size: entry.fn(
+            num_classes=num_classes, in_chans=in_chans, image_size=size, **unfetched))
     declare_classifier(model, entry, num_classes)
     if generic.get("pretrained"):
         if entry.reference is None:
@@ -202,6 +213,42 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
         freeze(model, outside(model, heads))
     return model
 
+
+def takes_images(model: nn.Module, in_chans: int, image_size: int) -> bool:
+    """Whether a batch of (in_chans, image_size, image_size) images gets through the model: a forward on the
+    meta device (shapes only, no compute), its weights swapped for meta tensors."""
+    meta = {name: torch.empty_like(t, device="meta") for name, t in [*model.named_parameters(),
+                                                                      *model.named_buffers()]}
+    try:
+        with torch.no_grad():
+            torch.func.functional_call(model, meta, torch.empty(2, in_chans, image_size, image_size, device="meta"))
+    except (RuntimeError, ValueError, IndexError, AssertionError):  # "Output size is too small", "mat1 and mat2 ..."
+        return False
+    return True
+
+
+def check_image_size(name: str, in_chans: int, image_size: int, build: Callable[[int], nn.Module],
+                     largest: int = 4096) -> None:
+    """Stop, naming the smallest image size model `name` takes (models built on the meta device for each size
+    tried, as some size their layers by it); no message when no size up to `largest` gets through, as then the
+    failure is not the size's, and the model's own error says more."""
+    def fits(size):
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Initializing zero-element tensors" of a size that leaves nothing
+            try:
+                model = build(size)
+            except (RuntimeError, ValueError, ConfigError):
+                return False
+        return takes_images(model, in_chans, size)
+    fails, works = image_size, image_size * 2
+    while not fits(works):
+        fails, works = works, works * 2
+        if works > largest:
+            return
+    while works - fails > 1:  # bisection: sizes between a failing and a working one
+        middle = (fails + works) // 2
+        fails, works = (fails, middle) if fits(middle) else (middle, works)
+    raise ConfigError(f"model.name={name}: needs data.image_size >= {works}, got {image_size}")
 
 def declare_classifier(model: nn.Module, entry: ModelEntry, num_classes: int) -> None:
     """Name the model's classifier in `model.pretrained_cfg` (timm's place): its entry's, else the one its
@@ -257,15 +304,22 @@ def reference_state_dict(reference: str) -> dict:
 def load_weights(model: nn.Module, path: str, classes: list[str] | None = None, new_head: bool = False) -> None:
     """Load a state dict file as data (never code); a mismatch names the file and the keys. A checkpoint's
     classifier is kept only for the same classes: as many other ones would be silently misnamed."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"model.weights: no such file {path}")
+    path = os.path.expanduser(path)  # a quoted '~/...' reaches here as it was typed
+    kind = file_format(path)  # by its first bytes, whatever its name
+    if kind not in ("torch", "safetensors"):
+        raise ConfigError(f"model.weights: {path} {FORMAT_PROBLEMS[kind].format(wants='.pt or .safetensors')}")
     try:
-        if path.endswith(".safetensors"):
+        if kind == "safetensors":
             state = safetensors.torch.load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, AttributeError) as e:
+    except pickle.UnpicklingError as e:
+        raise ConfigError(f"model.weights: {path} is not a state dict: {unpickling_reason(e)}") from None
+    except (RuntimeError, EOFError, AttributeError, OSError, ValueError, KeyError, IndexError, TypeError,
+            safetensors.SafetensorError) as e:
         raise ConfigError(f"model.weights: {path} is not a state dict: {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"model.weights: {path} is not a state dict (it holds a {type(state).__name__})")
     trained_on = state.get("classes")  # a cnnbench checkpoint's; a bare state dict names none
     state = trained_weights(state)
     if trained_on and classes and len(trained_on) == len(classes) and trained_on != classes and not new_head:
@@ -315,6 +369,7 @@ def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None
     heads = {name.rsplit(".", 1)[0] for name, value in state.items()  # layers whose outputs are classes
              if name.endswith("weight") and value.dim() in (2, 4) and value.shape[0] != own[name].shape[0]
              and value.shape[1:] == own[name].shape[1:]}
+    first_conv = next((name for name, value in own.items() if value.dim() == 4), None)
     declared = tuple(head + "." for head in classifier_names(model))  # NiN's class-wide 1x1 convs too
     fitted = {}
     for name, value in state.items():
@@ -323,8 +378,11 @@ def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None
             fitted[name] = value
         elif name.rsplit(".", 1)[0] in heads or name.startswith(declared):
             fitted[name] = target
-        elif value.dim() == 4 and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
-            fitted[name] = adapt_input_conv(target.shape[1], value)
+        elif name == first_conv and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
+            # timm's rule (channels summed, or repeated and scaled): a gray image and its RGB copy respond alike
+            fitted[name] = adapt_input_conv(target.shape[1], value, base_chans=value.shape[1])
+            log.warning(f"model.{key}: {name} of {source} adapted from {value.shape[1]} input channels to "
+                        f"{target.shape[1]} (timm's adapt_input_conv)")
         else:
             raise ConfigError(f"model.{key}: {source} does not fit this model: {name} is "
                               f"{list(value.shape)} there, {list(target.shape)} here")
