@@ -239,7 +239,8 @@ def trainer_images_per_s(cfg: DictConfig, num_classes: int, batches: int) -> flo
 
 def input_data(cfg: DictConfig, device: torch.device):
     if cfg.data.name not in ("imagenet", "imagefolder"):
-        raise ConfigError(f"bench.input: times the loader of a file data set (imagenet, imagefolder), not {cfg.data.name}")
+        raise ConfigError(f"bench.input: times the loader of a file data set (imagenet, imagefolder), "
+                          f"not {cfg.data.name}")
     return build_data(cfg, device=device)
 
 

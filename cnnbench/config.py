@@ -308,7 +308,8 @@ def check_keys(cfg: DictConfig, prefix: str = "") -> None:
     for key in cfg.keys():
         if fields is not None and key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
-            raise ConfigError(f"{prefix}{key}: not a key of the config{f' (did you mean {prefix}{close[0]}?)' if close else ''}")
+            raise ConfigError(f"{prefix}{key}: not a key of the config"
+                              f"{f' (did you mean {prefix}{close[0]}?)' if close else ''}")
         node = cfg._get_node(key)
         if OmegaConf.is_dict(node) and not node._is_none() and not node._is_missing():
             check_keys(node, f"{prefix}{key}.")

@@ -41,7 +41,8 @@ def read_run(run_dir: Path, record: str) -> dict:
         with open(run_dir / "metrics.csv") as f:
             curve = [(int(r["epoch"]), float(r["val_top1"])) for r in csv.DictReader(f)]
     return {"dir": run_dir, "summary": read_json(run_dir / record), "curve": curve,
-            "overrides": dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("hydra.", "run_dir"))),
+            "overrides": dict(o.split("=", 1) for o in overrides
+                              if "=" in o and not o.startswith(("hydra.", "run_dir"))),
             "width_mult": model.get("width_mult"), "depth_mult": model.get("depth_mult")}
 
 

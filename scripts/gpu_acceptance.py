@@ -326,7 +326,8 @@ def compare_batches(root: str, device: str, *overrides: str) -> dict:
 
     from cnnbench.data import build_data
     workers = 2 if device == "cuda" else 0  # on CPU the check of the logic only: no worker start-up
-    run = ["data=imagefolder", f"data.root={root}", "data.image_size=64", "data.batch_size=16", f"data.workers={workers}",
+    run = ["data=imagefolder", f"data.root={root}", "data.image_size=64", "data.batch_size=16",
+           f"data.workers={workers}",
            "augmentation=imagenet", "augmentation.lighting=0.1", "hardware.device=cpu", "run_dir=/nonexistent"]
     reference = build_data(compose(*run))
     other = build_data(compose(*run, f"hardware.device={device}", *overrides), device=torch.device(device))

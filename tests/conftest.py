@@ -62,7 +62,8 @@ def tiny_disk(tmp_path, request):
     disk = tmp_path / "disk"
     disk.mkdir()
     size = getattr(request, "param", "2m")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
         pytest.skip("mounting a tmpfs needs root")
     yield disk
     subprocess.run(["umount", str(disk)], check=True)

@@ -14,7 +14,8 @@ OPTIONS = [(group.name, option.stem) for group in sorted(CONF.iterdir()) if grou
 def test_every_option_composes(group, option, tmp_path):
     cfg = make_config(tmp_path, f"{group}={option}")
     check_config(cfg)
-    if group not in ("model", "sweep", "experiment"):  # sweep and experiment presets set other groups' keys, no group of their own
+    # sweep and experiment presets set other groups' keys, no group of their own
+    if group not in ("model", "sweep", "experiment"):
         assert cfg[group].name == option if "name" in cfg[group] else True
 
 
@@ -106,7 +107,8 @@ def test_evaluating_on_imagenet_like_data_takes_the_trained_size(tmp_path):
     ("optimizer.opt=nosuchopt", "optimizer.opt: timm has no optimizer 'nosuchopt'"),
     ("optimizer.opt=adamx", "optimizer.opt: timm has no optimizer 'adamx' (did you mean adamax"),
     ("optimizer.momentum=-1", "optimizer.momentum: Invalid momentum value: -1"),
-    ("scheduler.sched=nosuch", "scheduler.sched: Unknown scheduler 'nosuch' (timm schedules stepped per update: cosine"),
+    ("scheduler.sched=nosuch",
+     "scheduler.sched: Unknown scheduler 'nosuch' (timm schedules stepped per update: cosine"),
     ("scheduler.sched=plateau", "scheduler.sched: Plateau LR only supports step per epoch"),
     ("scheduler.sched=none", "scheduler.sched: none keeps no schedule"),
     ("scheduler.warmup_lr=-1", "scheduler.warmup_lr: must be >= 0"),

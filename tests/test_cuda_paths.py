@@ -131,7 +131,8 @@ def test_the_synthetic_set_is_uint8_throughout():
 def test_decoding_on_a_gpu_for_a_cpu_run_is_refused(tmp_path):
     # item 16
     cfg = make_config(tmp_path, "data=imagefolder", "data.decode_device=cuda", "hardware=cpu")
-    with pytest.raises(ConfigError, match="^data.decode_device: cuda decodes where a GPU trains, and hardware.device is cpu$"):
+    with pytest.raises(ConfigError,
+                       match="^data.decode_device: cuda decodes where a GPU trains, and hardware.device is cpu$"):
         check_config(cfg)
 
 

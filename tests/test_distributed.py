@@ -153,7 +153,8 @@ def test_a_failing_rank_stops_every_rank_and_is_named(tmp_path):
     corrupt.write_bytes(b"not an image")
     run = subprocess.Popen(
         [sys.executable, "-m", "cnnbench.train", "data=imagefolder", f"data.root={tmp_path / 'images'}",
-         "data.image_size=32", "data.batch_size=6", "data.workers=1", "data.on_bad_image=error", "model=lenet5", "train.epochs=1",
+         "data.image_size=32", "data.batch_size=6", "data.workers=1", "data.on_bad_image=error", "model=lenet5",
+         "train.epochs=1",
          *TWO_RANKS, "hardware.device=cpu", f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

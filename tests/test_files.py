@@ -45,7 +45,8 @@ def test_a_disk_that_fills_up_while_metrics_are_written_ends_in_one_line_and_fai
         process.kill()  # a failed assertion must not leave it holding the disk
     assert process.returncode == 2 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == (f"cnnbench: error: {run / 'metrics.csv'}: could not be written (No "
-                                               f"space left on device); the previous metrics.csv, if any, is kept whole")
+                                               f"space left on device); the previous metrics.csv, if any, "
+                                               f"is kept whole")
     assert json.loads((run / "summary.json").read_text())["status"] == "failed"
     assert not list(run.rglob(".*.tmp"))
 

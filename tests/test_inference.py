@@ -26,7 +26,8 @@ FASHION = ["data.train_size=2000", "data.val_size=500", "data.batch_size=50", "m
            "optimizer=adamw", "optimizer.lr=0.01",  # a linear probe: Adam gets far in 40 steps
            "hardware=cpu", "train.epochs=1"]
 # lenet5's classifier: the last module of its Sequential
-HEAD = create_model("lenet5", num_classes=4, in_chans=1, image_size=28, variant="modern").pretrained_cfg["classifier"] + "."
+HEAD = create_model("lenet5", num_classes=4, in_chans=1, image_size=28,
+                    variant="modern").pretrained_cfg["classifier"] + "."
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,8 @@ def installed(tmp_path_factory):
             def forward(self, x):
                 return self.head(self.features(x))
         """))
-    (user / "conf" / "model" / "tinynet.yaml").write_text("name: tinynet\n_target_: usernets.TinyNet\nwidth_mult: 1.0\n")
+    (user / "conf" / "model" / "tinynet.yaml").write_text("name: tinynet\n_target_: usernets.TinyNet\n"
+                                                          "width_mult: 1.0\n")
     work = tmp / "elsewhere"
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": f"{tmp / 'site'}:{user}"}

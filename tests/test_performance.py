@@ -20,7 +20,8 @@ from cnnbench.report import main as report
 from .conftest import make_config, run_cli
 from .test_faults import bad_image_tree
 
-TINY_BENCH = ["model=lenet5", "data=synthetic", "data.image_size=28", "data.channels=1", "data.batch_size=16", "hardware=cpu",
+TINY_BENCH = ["model=lenet5", "data=synthetic", "data.image_size=28", "data.channels=1", "data.batch_size=16",
+              "hardware=cpu",
               "bench.warmup_steps=1", "bench.windows=2", "bench.steps_per_window=2", "bench.matmul_size=256"]
 
 
@@ -40,8 +41,8 @@ def test_a_convolutions_backward_counts_its_forward_once_per_gradient(groups):
 
 
 def test_bench_trainer_columns_are_consistent(tmp_path, capsys):
-    result = run_cli(*TINY_BENCH, "bench.trainer=true", "bench.trainer_rounds=2", f"hydra.run.dir={tmp_path / 'lenet5'}",
-                     module="cnnbench.bench")
+    result = run_cli(*TINY_BENCH, "bench.trainer=true", "bench.trainer_rounds=2",
+                     f"hydra.run.dir={tmp_path / 'lenet5'}", module="cnnbench.bench")
     assert result.returncode == 0, result.stderr
     assert "epoch 1: train loss" in result.stdout  # the timed numbers came from train()'s own epochs
     b = json.loads((tmp_path / "lenet5" / "bench.json").read_text())

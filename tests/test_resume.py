@@ -167,7 +167,8 @@ def test_training_longer_rebuilds_the_schedule_from_the_step(tmp_path):
     train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
     first = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     train(make_config(tmp_path, *SMOKE, "train.epochs=3", "resume=auto"))
-    assert "train.epochs 1 -> 3: the schedule is rebuilt for 3 epochs from step 8" in (tmp_path / "train.log").read_text()
+    assert ("train.epochs 1 -> 3: the schedule is rebuilt for 3 epochs from step 8"
+            in (tmp_path / "train.log").read_text())
     rows = metrics_without_timing(tmp_path)
     peak = first["config"]["optimizer"]["lr"]
     assert float(rows[1]["lr"]) == pytest.approx(peak * (1 + math.cos(math.pi * 16 / 24)) / 2)

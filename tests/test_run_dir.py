@@ -86,7 +86,8 @@ def test_an_empty_run_dir_setting_is_refused(tmp_path):
     process = start(*TINY, "hydra.run.dir=", cwd=tmp_path)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2
-    assert stderr == "cnnbench: error: hydra.run.dir: empty (an unset shell variable?); name the directory to write to\n"
+    assert stderr == ("cnnbench: error: hydra.run.dir: empty (an unset shell variable?); "
+                      "name the directory to write to\n")
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
@@ -115,7 +116,8 @@ def test_a_second_process_is_refused_naming_the_holder_and_a_dead_ones_lock_is_t
         second = run_cli(*long_run, "resume=auto", timeout=120)
         assert second.returncode == 2
         assert second.stderr == (f"cnnbench: error: hydra.run.dir: {run_dir} is in use by pid {first.pid} on "
-                                 f"{socket.gethostname()} (run.lock); wait for it to end, or choose another directory\n")
+                                 f"{socket.gethostname()} (run.lock); wait for it to end, "
+                                 f"or choose another directory\n")
         first.send_signal(signal.SIGKILL)  # no clean-up: the kernel releases the lock
         first.wait(timeout=60)
         third = start(*long_run, "resume=auto")

@@ -69,7 +69,8 @@ def test_with_an_ema_best_pt_and_its_users_follow_the_weights_that_validate_best
                                 "scheduler=constant"))
     rows = read_metrics(tmp_path)
     assert summary["best_weights"] == "ema"
-    assert summary["best_val_top1"] == max(float(r["ema_val_top1"]) for r in rows) > max(float(r["val_top1"]) for r in rows)
+    assert (summary["best_val_top1"] == max(float(r["ema_val_top1"]) for r in rows)
+            > max(float(r["val_top1"]) for r in rows))
     best_pt = tmp_path / "checkpoints" / "best.pt"
     best = load_checkpoint(best_pt)
     assert best["best"]["weights"] == "ema" and best["epoch"] == summary["best_epoch"] + 1

@@ -490,7 +490,8 @@ def test_checkpoints_from_before_the_head_had_a_name_still_load(name, tmp_path):
     dicts written when it was keyed by its position load through load_state_dict and model.weights=."""
     model = create_model(name, num_classes=10, in_chans=1, image_size=28)
     positions = {name: str(i) for i, name in enumerate(model._modules)}
-    old = {".".join([positions[k.split(".")[0]], *k.split(".")[1:]]): v.clone() + 1 for k, v in model.state_dict().items()}
+    old = {".".join([positions[k.split(".")[0]], *k.split(".")[1:]]): v.clone() + 1
+           for k, v in model.state_dict().items()}
     assert not any(k.startswith(("fc.", "classifier.")) for k in old)
     fresh = create_model(name, num_classes=10, in_chans=1, image_size=28)
     fresh.load_state_dict(dict(old))

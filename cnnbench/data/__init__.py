@@ -38,7 +38,8 @@ def build_data(cfg, rank: int = 0, world_size: int = 1, device: torch.device = t
         raise DataError(f"data.num_classes: {data.num_classes}, but {data.name} has {len(train.classes)} "
                         f"classes; leave it null to use the data set's own")
     if val.classes != train.classes:
-        raise DataError(f"data: the val split's classes differ from train's ({len(val.classes)} vs {len(train.classes)})")
+        raise DataError(f"data: the val split's classes differ from train's "
+                        f"({len(val.classes)} vs {len(train.classes)})")
     if data.batch_size % world_size:
         raise DataError(f"data.batch_size: {data.batch_size} does not split over {world_size} ranks")
     if len(train.dataset) < data.batch_size:

@@ -302,7 +302,8 @@ def load_split(data_cfg, train: bool, transform) -> Split:
     if len(targets) and not 0 <= targets.min() <= targets.max() < len(split.classes):
         index = int(((targets < 0) | (targets >= len(split.classes))).nonzero()[0])
         raise DataError(f"data: {data_cfg.name} ({'train' if train else 'val'}) sample {index} has label "
-                        f"{int(targets[index])}, outside [0, {len(split.classes)}) for its {len(split.classes)} classes")
+                        f"{int(targets[index])}, outside [0, {len(split.classes)}) "
+                        f"for its {len(split.classes)} classes")
     split.dataset.transform = transform
     limit = data_cfg.train_size if train else data_cfg.val_size
     if limit is not None and limit < len(split.dataset):

@@ -72,7 +72,8 @@ class CropFlip:
         rows = shift[0] + torch.arange(h, device=device)
         cols = shift[1] + torch.where(flip, w - 1 - across, across)
         padded = F.pad(images, (p, p, p, p))
-        return padded[torch.arange(n, device=device)[:, None, None, None], torch.arange(c, device=device)[:, None, None],
+        return padded[torch.arange(n, device=device)[:, None, None, None],
+                      torch.arange(c, device=device)[:, None, None],
                       rows[:, None, :, None], cols[:, None, None, :]]
 
 

@@ -166,7 +166,8 @@ def run_ranks(fn, cfg: DictConfig):
             for name, handler in handlers.items():
                 signal.signal(getattr(signal, name), handler)
     if received not in (None, signal.SIGINT) and callable(handler := handlers[received.name]):
-        handler(received, None)  # submitit's requeue, now that last.pt holds the run (as engine/resume.py's StopSignals)
+        # submitit's requeue, now that last.pt holds the run (as engine/resume.py's StopSignals)
+        handler(received, None)
     raise failure  # outside the except clause, whose traceback would keep the launcher's queues alive
 
 

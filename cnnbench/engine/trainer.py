@@ -110,7 +110,8 @@ def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
     if ctx.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     amp_dtype = resolve_precision(cfg.hardware, device)
-    timm.utils.random_seed(cfg.seed, ctx.rank)  # torch, numpy (mixup, cutmix), random: each rank its own; data order is seeded apart
+    # torch, numpy (mixup, cutmix), random: each rank its own; data order is seeded apart
+    timm.utils.random_seed(cfg.seed, ctx.rank)
     use_deterministic_algorithms(cfg.hardware.deterministic)
     if restartable():  # torchrun restarts the ranks in the same run dir: the failed attempt left its last.pt
         cfg.resume = cfg.resume or "auto"
@@ -309,7 +310,8 @@ def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
                     recorder.step(step, {"train/step_loss": loss_value, "train/lr": lr})
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
                     if bar.disable:
-                        log.info(f"epoch {epoch} batch {i + 1}/{batches} step {step}: loss {loss_value:.4f}, lr {lr:.4g}")
+                        log.info(f"epoch {epoch} batch {i + 1}/{batches} step {step}: "
+                                 f"loss {loss_value:.4f}, lr {lr:.4g}")
                 if stop or cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
                     checkpoint("last.pt", epoch, i + 1)
                 if stop:
@@ -320,7 +322,8 @@ def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
 
             val = validate(model, data.val_loader, normalize, device, memory_format, autocast, topk, ctx, cfg.eval.tta)
             if ema is not None:
-                ema_val = validate(ema.module, data.val_loader, normalize, device, memory_format, autocast, topk, ctx, cfg.eval.tta)
+                ema_val = validate(ema.module, data.val_loader, normalize, device, memory_format, autocast, topk, ctx,
+                                   cfg.eval.tta)
                 val.update({f"ema_{key}": value for key, value in ema_val.items()})
             row = {"epoch": epoch, "step": step, "lr": peak_lr(optimizer),
                    "train_loss": train_loss / train_count, "train_top1": 100 * train_correct / train_count, **val,
