@@ -4,7 +4,7 @@ import pytest
 from cnnbench.config import check_config
 from cnnbench.errors import ConfigError
 
-from .conftest import CONF, make_config, run_cli
+from .helpers import CONF, make_config, run_cli
 
 OPTIONS = [(group.name, option.stem) for group in sorted(CONF.iterdir()) if group.is_dir()
            for option in sorted(group.glob("*.yaml"))]

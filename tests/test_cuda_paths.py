@@ -19,7 +19,7 @@ from cnnbench.errors import ConfigError
 from cnnbench.models import create_model
 from cnnbench.models.pooling import AdaptiveAvgPool2d, pool_by_matmul
 
-from .conftest import make_config, run_cli
+from .helpers import make_config, run_cli
 
 
 @pytest.mark.parametrize("size, output_size", [((6, 6), (6, 6)), ((1, 1), (7, 7)), ((3, 3), (6, 6)),

@@ -1,6 +1,5 @@
 """DDP on CPU (gloo) with real processes: `python -m cnnbench.train hardware=ddp` starts its own ranks."""
 import contextlib
-import csv
 import json
 import os
 import random
@@ -20,8 +19,7 @@ from cnnbench.engine.distributed import Dist
 from cnnbench.engine.trainer import validate
 from cnnbench.models import create_model
 
-from .conftest import ROOT, assert_same_weights_and_optimizer, make_config, run_cli
-from .test_train import make_image_tree
+from .helpers import ROOT, assert_same_weights_and_optimizer, make_config, make_image_tree, metrics, run_cli
 
 # BN-free (LeNet-5 classic: tanh, average pooling), no augmentation, deterministic kernels: 2 ranks of
 # 16 images add up to 1 rank of 32 up to float rounding. 63 validation images: not a multiple of 2.
@@ -51,11 +49,6 @@ def finish(process, timeout=240):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
     return process.returncode, stderr
-
-
-def metrics(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")

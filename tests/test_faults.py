@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import timm.models
 import torch
-from PIL import Image
 
 from cnnbench.data.datasets import _open_image
 from cnnbench.data.transforms import Normalize
@@ -22,15 +21,7 @@ from cnnbench.engine.trainer import train
 from cnnbench.errors import CheckpointError, ConfigError, DataError, NonfiniteLoss
 from cnnbench.models import create_model
 
-from .conftest import ROOT, SMOKE, make_config, run_cli
-from .test_resume import RunsCode
-from .test_train import make_image_tree
-
-
-def one_error_line(result):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.stderr.strip().splitlines()[-1]
+from .helpers import ROOT, SMOKE, RunsCode, bad_image_tree, make_config, make_image_tree, one_error_line, run_cli
 
 
 def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
@@ -105,20 +96,6 @@ def test_a_corrupt_last_checkpoint_falls_back_only_when_asked(tmp_path):
 
 def summary_model(run_dir):
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]["model"]
-
-
-def bad_image_tree(root):
-    """make_image_tree plus every kind of file an image folder collects in practice."""
-    make_image_tree(root)
-    folder = root / "train" / "n01440764"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(folder / "whole.jpg")
-    (folder / "truncated.jpg").write_bytes((folder / "whole.jpg").read_bytes()[:1500])
-    (folder / "zero.jpg").write_bytes(b"")
-    (folder / "text.jpg").write_text("this is not a JPEG\n")
-    (folder / "README.txt").write_text("stray notes\n")
-    Image.fromarray(np.arange(64 * 64, dtype=np.uint8).reshape(64, 64) % 7).convert("P").save(folder / "palette.png")
-    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(folder / "deep.png")
-    return [str(folder / name) for name in ("text.jpg", "truncated.jpg", "zero.jpg")]
 
 
 IMAGES = ["data=imagefolder", "data.image_size=32", "data.batch_size=6", "data.workers=1", "model=lenet5",

@@ -23,9 +23,7 @@ from cnnbench.engine.trainer import train
 from cnnbench.errors import CheckpointError, ConfigError
 from cnnbench.models import create_model
 
-from .conftest import SMOKE, make_config, run_cli
-from .test_faults import one_error_line
-from .test_train import make_image_tree
+from .helpers import SMOKE, make_config, make_image_tree, one_error_line, run_cli
 
 
 def test_linked_folders_are_followed_but_never_into_a_loop_or_another_class(tmp_path):

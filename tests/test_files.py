@@ -12,7 +12,7 @@ from cnnbench.errors import CnnbenchError
 from cnnbench.files import read_json, write_json
 from cnnbench.report import report
 
-from .conftest import ROOT, SMOKE
+from .helpers import ROOT, SMOKE
 
 
 def fill(disk):

@@ -4,7 +4,7 @@ import pytest
 
 from cnnbench.engine.trainer import train
 
-from .conftest import SMOKE, make_config
+from .helpers import SMOKE, make_config
 
 pytestmark = pytest.mark.gpu
 

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 CPU_ROWS = ["amp_bf16", "amp_fp16", "layout_and_compile", "resnet50_trainer", "decode_on_device"]
 CUDA_ROWS = ["host_syncs", "cuda_prefetcher", "deterministic_resume", "predict_dense", "torchrun_nccl", "speedrun_gpu"]

@@ -19,7 +19,7 @@ from cnnbench.engine.inference import evaluate
 from cnnbench.engine.trainer import train
 from cnnbench.errors import DataError
 
-from .conftest import make_config, run_cli
+from .helpers import make_config, run_cli
 
 FIXTURES = Path(__file__).parent / "data"
 CLASSES = ["n01440764", "n02092339", "n02119789"]  # tench, Weimaraner, kit fox: ImageFolder's sorted order

@@ -16,7 +16,7 @@ from cnnbench.engine.trainer import train
 from cnnbench.errors import CheckpointError, ConfigError, DataError
 from cnnbench.models import convolutionize, create_model
 
-from .conftest import make_config, run_cli
+from .helpers import make_config, run_cli
 
 # 4 synthetic classes of 28x28 grayscale images: a checkpoint to evaluate, and to fine-tune onto
 # Fashion-MNIST's 10 classes.

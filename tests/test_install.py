@@ -8,7 +8,7 @@ import textwrap
 import pytest
 from PIL import Image
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,7 @@ from cnnbench.engine.trainer import compiles, train
 from cnnbench.errors import ConfigError, DataError
 from cnnbench.report import main as report
 
-from .conftest import make_config, run_cli
-from .test_faults import bad_image_tree
+from .helpers import bad_image_tree, make_config, run_cli
 
 TINY_BENCH = ["model=lenet5", "data=synthetic", "data.image_size=28", "data.channels=1", "data.batch_size=16",
               "hardware=cpu",

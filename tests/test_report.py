@@ -23,7 +23,7 @@ from cnnbench.models import create_model
 from cnnbench.report import BENCH_COLUMNS, COLUMNS
 from cnnbench.sweep import point_name
 
-from .conftest import CONF, ROOT, SMOKE, make_config, run_cli
+from .helpers import CONF, ROOT, SMOKE, make_config, run_cli
 
 # A 2 x 2 depth x width grid on a Fashion-MNIST subset: one epoch of 8 batches per point.
 GRID = ["model=fmnist_cnn", "model.width_mult=0.25,0.5", "model.depth_mult=0.5,1", "data.train_size=512",

@@ -11,7 +11,7 @@ from cnnbench.data.resident import ResidentBatches
 from cnnbench.engine.trainer import train
 from cnnbench.errors import ConfigError
 
-from .conftest import SMOKE, make_config, run_cli
+from .helpers import SMOKE, make_config, run_cli
 
 # Real Fashion-MNIST, resized to 32 and made RGB: the transform the set goes through once must equal
 # the DataLoader's per-image one. 1000 images, 4 global batches of 96 an epoch (2 ranks: 48 each).

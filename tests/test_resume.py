@@ -18,7 +18,7 @@ from cnnbench.engine.resume import resume_path
 from cnnbench.engine.trainer import train
 from cnnbench.errors import CheckpointError, ConfigError, Interrupted
 
-from .conftest import ROOT, SMOKE, assert_same_weights_and_optimizer, make_config
+from .helpers import ROOT, SMOKE, RunsCode, assert_same_weights_and_optimizer, make_config
 
 # Long enough to be killed mid-epoch: 32 steps an epoch, a checkpoint every 3.
 EXACT = [*SMOKE, "data.train_size=1024", "train.epochs=2", "train.checkpoint_every_steps=3",
@@ -108,11 +108,6 @@ def test_resume_refuses_another_architecture(tmp_path):
     train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
     with pytest.raises(CheckpointError, match="model.width_mult=1.0, not 2.0"):
         train(make_config(tmp_path, *SMOKE, "train.epochs=2", "resume=auto", "model.width_mult=2.0"))
-
-
-class RunsCode:
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "code", "not_ours"])

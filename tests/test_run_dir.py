@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .conftest import ROOT, SMOKE, run_cli
+from .helpers import ROOT, SMOKE, run_cli
 
 TINY = [*SMOKE, "data.train_size=64", "train.epochs=1"]
 

@@ -14,8 +14,7 @@ import pytest
 
 from cnnbench.engine.checkpoint import load_checkpoint
 
-from .conftest import ROOT, assert_same_weights_and_optimizer
-from .test_distributed import metrics
+from .helpers import ROOT, assert_same_weights_and_optimizer, metrics
 
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL")
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue")

@@ -8,7 +8,7 @@ import pytest
 from cnnbench.engine.inference import evaluate
 from cnnbench.engine.trainer import train
 
-from .conftest import make_config
+from .helpers import make_config
 
 # The CPU preset on 2048 real Fashion-MNIST images: two updates of its batch of 512.
 SPEEDRUN = ["experiment=fmnist_speedrun", "data.train_size=2048", "data.val_size=512",

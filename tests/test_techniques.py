@@ -22,7 +22,7 @@ from cnnbench.errors import CheckpointError, ConfigError, DataError
 from cnnbench.models import create_model
 from cnnbench.pseudolabel import balanced
 
-from .conftest import SMOKE, make_config, run_cli
+from .helpers import SMOKE, make_config, run_cli
 
 
 def read_metrics(run_dir):

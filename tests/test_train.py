@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cnnbench.data.datasets import DEBIAN_FASHION_MNIST
@@ -12,7 +11,7 @@ from cnnbench.engine.checkpoint import load_checkpoint
 from cnnbench.engine.recorder import METRICS
 from cnnbench.engine.trainer import train
 
-from .conftest import make_config, run_cli
+from .helpers import make_config, make_image_tree, run_cli
 
 
 def read_metrics(run_dir):
@@ -67,28 +66,6 @@ def test_fewer_than_five_classes_report_top_k(tmp_path, smoke):
     assert summary["top5_k"] == 3
     assert summary["final_val_top5"] == 100.0  # top-3 of 3 classes always hits
     assert "val_top5 is top-3" in (tmp_path / "train.log").read_text()
-
-
-def make_image_tree(root, classes=("n01440764", "n01443537", "n01484850")):
-    """An ImageNet-layout tree: RGB and grayscale JPEGs, CMYK JPEGs and RGBA PNGs, per class."""
-    g = torch.Generator().manual_seed(0)
-    for split, count in (("train", 6), ("val", 2)):
-        for c, wnid in enumerate(classes):
-            folder = root / split / wnid
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = (torch.rand(40, 48, 3, generator=g) * 80 + 60 * c).byte().numpy()
-                image = Image.fromarray(pixels)
-                kind = i % 4
-                if kind == 0:
-                    image.save(folder / f"{i}.JPEG")
-                elif kind == 1:
-                    image.convert("L").save(folder / f"{i}.jpg")
-                elif kind == 2:
-                    image.convert("CMYK").save(folder / f"{i}.jpeg")
-                else:
-                    image.convert("RGBA").save(folder / f"{i}.png")
-    return classes
 
 
 def test_imagenet_layout_trains_and_validates(tmp_path):

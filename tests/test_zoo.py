@@ -18,7 +18,7 @@ from cnnbench.models import create_model, get_entry, list_models
 from cnnbench.models.__main__ import main as list_zoo
 from cnnbench.models.registry import GENERIC_KNOBS, classifier_name, compound_image_size
 
-from .conftest import CONF, SMOKE, make_config, run_cli
+from .helpers import CONF, SMOKE, make_config, run_cli
 
 LIBRARIES = ("timm", "torchvision")
 ZOO = [name for name in list_models() if get_entry(name).family not in LIBRARIES]
