@@ -32,7 +32,7 @@ train: setup ## the Fashion-MNIST speedrun: 93% test top-1 in minutes on a lapto
 test: setup ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
-test-quick: setup ## the tests that take no real cluster, GPU or long subprocess: about two minutes on 2 cores
+test-quick: setup ## the tests that start no subprocess run, cluster or GPU: about 7 minutes on 2 cores (all: 21)
 	$(PY) -m pytest -q -m "not slow and not cluster and not gpu"
 
 lint: setup ## ruff: pyflakes, pycodestyle and import order (pyproject.toml)

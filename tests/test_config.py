@@ -31,6 +31,7 @@ def test_cfg_job_prints_composed_config():
     assert "name: resnet18" in result.stdout and "lr: 0.05" in result.stdout and "batch_size: 256" in result.stdout
 
 
+@pytest.mark.slow  # each case a real command in a subprocess
 @pytest.mark.parametrize("override,key", [
     ("train.epochs=-1", "train.epochs"),
     ("train.epochs=0", "train.epochs"),

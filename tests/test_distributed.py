@@ -21,6 +21,8 @@ from cnnbench.models import create_model
 
 from .helpers import ROOT, assert_same_weights_and_optimizer, make_config, make_image_tree, metrics, run_cli
 
+pytestmark = pytest.mark.slow  # real DDP ranks and torchrun in subprocesses
+
 # BN-free (LeNet-5 classic: tanh, average pooling), no augmentation, deterministic kernels: 2 ranks of
 # 16 images add up to 1 rank of 32 up to float rounding. 63 validation images: not a multiple of 2.
 RUN = ["data=synthetic", "data.image_size=32", "data.train_size=512", "data.val_size=63", "data.batch_size=32",

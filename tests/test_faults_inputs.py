@@ -25,6 +25,8 @@ from cnnbench.models import create_model
 
 from .helpers import SMOKE, make_config, make_image_tree, one_error_line, run_cli
 
+pytestmark = pytest.mark.slow  # every case is a real command in a subprocess
+
 
 def test_linked_folders_are_followed_but_never_into_a_loop_or_another_class(tmp_path):
     root = tmp_path / "images"

@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .helpers import ROOT
+
+pytestmark = pytest.mark.slow  # the whole acceptance script on CPU
 
 CPU_ROWS = ["amp_bf16", "amp_fp16", "layout_and_compile", "resnet50_trainer", "decode_on_device"]
 CUDA_ROWS = ["host_syncs", "cuda_prefetcher", "deterministic_resume", "predict_dense", "torchrun_nccl", "speedrun_gpu"]

@@ -25,6 +25,8 @@ from cnnbench.sweep import point_name
 
 from .helpers import CONF, ROOT, SMOKE, make_config, run_cli
 
+pytestmark = pytest.mark.slow  # real sweeps
+
 # A 2 x 2 depth x width grid on a Fashion-MNIST subset: one epoch of 8 batches per point.
 GRID = ["model=fmnist_cnn", "model.width_mult=0.25,0.5", "model.depth_mult=0.5,1", "data.train_size=512",
         "data.val_size=256", "data.batch_size=64", "train.epochs=1", "hardware=cpu"]

@@ -20,6 +20,8 @@ from cnnbench.errors import CheckpointError, ConfigError, Interrupted
 
 from .helpers import ROOT, SMOKE, RunsCode, assert_same_weights_and_optimizer, make_config
 
+pytestmark = pytest.mark.slow  # runs stopped by signals and resumed, in subprocesses
+
 # Long enough to be killed mid-epoch: 32 steps an epoch, a checkpoint every 3.
 EXACT = [*SMOKE, "data.train_size=1024", "train.epochs=2", "train.checkpoint_every_steps=3",
          "hardware.deterministic=true", "augmentation=basic", "model.variant=modern", "data.device_resident=true"]

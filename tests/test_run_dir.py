@@ -11,6 +11,8 @@ import pytest
 
 from .helpers import ROOT, SMOKE, run_cli
 
+pytestmark = pytest.mark.slow  # every case is a real command in a subprocess
+
 TINY = [*SMOKE, "data.train_size=64", "train.epochs=1"]
 
 

@@ -16,6 +16,8 @@ from cnnbench.engine.checkpoint import load_checkpoint
 
 from .helpers import ROOT, assert_same_weights_and_optimizer, metrics
 
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # a one-node SLURM of its own
+
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL")
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue")
 SMOKE = ["data=synthetic", "data.image_size=32", "data.train_size=256", "data.val_size=64", "data.batch_size=32",
