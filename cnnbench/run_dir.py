@@ -77,11 +77,34 @@ def status(run_dir: Path, record: str) -> str | None:
         return None
 
 
+def file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def own_output() -> set[tuple[int, int]]:
+    """The files this process's stdout and stderr go to: a shell's `> run/train.out` or SLURM's --output
+    in the run directory is the run's own, made for it before it started, not something a user had."""
+    ids = set()
+    for fd in (1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
 def claim(run_dir: Path, resume: str | None, retry: bool, record: str = "summary.json") -> bool:
     """Whether run_dir holds a run to continue (resume=auto and checkpoints/last.pt); a ConfigError
     for a directory that holds anything else. retry: a sweep point or a torchrun restart, whose own
     failed attempt (cnnbench's files only, no checkpoint, not completed) starts over."""
-    held = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK) if run_dir.is_dir() else []
+    own = own_output()
+    held = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK and file_id(p) not in own) \
+        if run_dir.is_dir() else []
     if not held:
         return False
     if (run_dir / "checkpoints" / "last.pt").exists():

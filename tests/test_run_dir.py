@@ -131,3 +131,17 @@ def test_a_second_process_is_refused_naming_the_holder_and_a_dead_ones_lock_is_t
     finally:
         first.kill()
         first.wait(timeout=60)
+
+
+def test_a_directory_holding_only_the_runs_own_output_file_is_new(tmp_path):
+    """`cnnbench.train hydra.run.dir=run > run/out.log` (or SLURM's --output there): the shell made the file
+    for this very run, so the directory counts as new; another file in it still refuses."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / "out.log", "w") as out:
+        result = subprocess.run([sys.executable, "-m", "cnnbench.train", *SMOKE, "train.epochs=1",
+                                 "train.limit_train_batches=2", "train.limit_val_batches=1",
+                                 f"hydra.run.dir={run_dir}"], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert result.returncode == 0, (run_dir / "out.log").read_text()[-2000:]
+    assert (run_dir / "summary.json").exists()
