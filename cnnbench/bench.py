@@ -22,6 +22,7 @@ bench.input=true also times the train loader alone over data.root's files (image
 names the bottleneck: input pipeline or training step.
 scripts/benchmark.sh runs both for the models of docs/performance.md.
 """
+import copy
 import itertools
 import logging
 import statistics
@@ -31,24 +32,22 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from cnnbench.config import CONFIG_PATH, check_config, register_configs
 from cnnbench.data import build_data
-from cnnbench.engine.device import job_settings, matmul_precision_of_convolutions
+from cnnbench.data.datasets import dataset
+from cnnbench.engine.build import build_network, build_optimization, run_config
+from cnnbench.engine.device import job_settings, matmul_precision_of_convolutions, place
 from cnnbench.engine.losses import Objective
-from cnnbench.engine.trainer import compiles, count_flops, mixed_precision, resolve_device, train
+from cnnbench.engine.trainer import train
 from cnnbench.errors import ConfigError
 from cnnbench.files import write_json
-from cnnbench.models import create_model
-from cnnbench.models.registry import compound_image_size
 from cnnbench.sweep import run_job
 
 register_configs()
 log = logging.getLogger("cnnbench")
-CLASS_COUNTS = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000}
 
 
 def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
@@ -107,127 +106,136 @@ def bench(cfg: DictConfig) -> dict:
     """One bench job, under its own hardware.deterministic flags (cudnn.benchmark set before the first
     timing, as train() sets it) and fresh compile caches; the flags before it are restored after it."""
     with job_settings(cfg.hardware.deterministic):
-        return bench_model(cfg)
+        check_config(cfg)
+        user_cfg, cfg = cfg, run_config(cfg)
+        placement = place(cfg.hardware)
+        data = input_data(cfg, placement.device) if cfg.bench.input else None
+        num_classes = len(data.classes) if data else cfg.data.num_classes or dataset(cfg.data.name).num_classes
+        if num_classes is None:
+            raise ConfigError(f"data.num_classes: bench reads no files, so give {cfg.data.name}'s class count")
+        torch.manual_seed(cfg.seed)
+        steps = BenchSteps(cfg, num_classes, placement)
+        result = measure(cfg, user_cfg, steps, num_classes, data)
+    write_json(Path(cfg.run_dir) / "bench.json", result)
+    log_result(cfg, result)
+    return result
 
 
-def bench_model(cfg: DictConfig) -> dict:
-    check_config(cfg)
-    bench_cfg = cfg.bench
-    if cfg.model.get("phi"):
-        cfg.data.image_size = compound_image_size(cfg.data.image_size, cfg.model.phi, cfg.model.gamma)
-    device, amp_dtype = resolve_device(cfg.hardware)
-    data = input_data(cfg, device) if bench_cfg.input else None
-    num_classes = len(data.classes) if data else cfg.data.num_classes or CLASS_COUNTS.get(cfg.data.name)
-    if num_classes is None:
-        raise ConfigError(f"data.num_classes: bench reads no files, so give {cfg.data.name}'s class count")
-    torch.manual_seed(cfg.seed)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model = create_model(**model_cfg, num_classes=num_classes, in_chans=cfg.data.channels,
-                         image_size=cfg.data.image_size).to(device)
-    image_shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
-    params = sum(p.numel() for p in model.parameters())
-    flops = count_flops(model, image_shape, device)
-    memory_format = torch.channels_last if cfg.hardware.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    bare_model = model
-    if compiles(cfg.hardware, device):
-        model = torch.compile(model)
+class BenchSteps:
+    """The model of the config on random images of the data's shape: a training step as the trainer's
+    (its loss: label smoothing, mixup and auxiliary heads as configured, no teacher), an inference step,
+    and the FLOPs of a training step."""
 
-    batch = cfg.data.batch_size
-    images = torch.randn(batch, *image_shape, device=device).to(memory_format=memory_format)
-    targets = torch.randint(0, num_classes, (batch,), device=device)
-    optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    optimizer_cfg.pop("lr_reference_batch")  # the learning rate does not change the speed
-    optimizer = instantiate(optimizer_cfg)(bare_model)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    autocast = mixed_precision(device, amp_dtype)
-    # The trainer's loss: label smoothing, mixup and auxiliary heads as configured (no teacher).
-    objective = Objective(cfg.augmentation, num_classes, batch, getattr(bare_model, "aux_weight", 0.0))
+    def __init__(self, cfg: DictConfig, num_classes: int, placement):
+        self.network = build_network(cfg, num_classes, placement)
+        self.model = torch.compile(self.network.model) if placement.compile else self.network.model
+        batch = cfg.data.batch_size
+        self.images = torch.randn(batch, *self.network.image_shape, device=placement.device).to(
+            memory_format=placement.memory_format)
+        self.targets = torch.randint(0, num_classes, (batch,), device=placement.device)
+        self.optimization = build_optimization(cfg, self.network.model, 1, placement)
+        self.objective = Objective(cfg.augmentation, num_classes, batch, getattr(self.network.model, "aux_weight", 0.0))
+        self.placement = placement
 
-    def train_step():
-        with autocast:
-            _, loss = objective(model(images), targets, images)
+    def train_step(self):
+        optimizer, scaler = self.optimization.optimizer, self.optimization.scaler
+        with self.placement.autocast:
+            _, loss = self.objective(self.model(self.images), self.targets, self.images)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
     @torch.inference_mode()
-    def infer_step():
-        with autocast:
-            model(images)
+    def infer_step(self):
+        with self.placement.autocast:
+            self.model(self.images)
 
-    # A training step's FLOPs (forward and backward) counted once on the eager model, then timed.
-    model.train()
-    with FlopCounterMode(display=False, custom_mapping=TRAIN_FLOP_FORMULAS) as counter:
-        with autocast:
-            _, loss = objective(bare_model(images), targets, images)
-        loss.backward()
-    optimizer.zero_grad(set_to_none=True)
-    train_flops = counter.get_total_flops() / batch
+    def train_flops(self) -> float:
+        """A training step's FLOPs per image (forward and backward), counted once on the eager model."""
+        self.model.train()
+        with FlopCounterMode(display=False, custom_mapping=TRAIN_FLOP_FORMULAS) as counter:
+            with self.placement.autocast:
+                _, loss = self.objective(self.network.model(self.images), self.targets, self.images)
+            loss.backward()
+        self.optimization.optimizer.zero_grad(set_to_none=True)
+        return counter.get_total_flops() / len(self.images)
+
+
+def measure(cfg: DictConfig, user_cfg: DictConfig, steps: BenchSteps, num_classes: int, data) -> dict:
+    """`user_cfg`: the config as given, for train(), which derives the run's own from it as `cfg` was."""
+    bench_cfg, placement, network = cfg.bench, steps.placement, steps.network
+    device, batch = placement.device, cfg.data.batch_size
+    train_flops = steps.train_flops()
     reset_peak_memory(device)
-    train_rate = images_per_s(train_step, batch, device, bench_cfg)
-    model.eval()
-    infer_rate = images_per_s(infer_step, batch, device, bench_cfg)
+    train_rate = images_per_s(steps.train_step, batch, device, bench_cfg)
+    steps.model.eval()
+    infer_rate = images_per_s(steps.infer_step, batch, device, bench_cfg)
     peak_memory = peak_memory_bytes(device)  # before the matmul's buffers
     n = bench_cfg.matmul_size or (8192 if device.type == "cuda" else 2048)
     with matmul_precision_of_convolutions():  # fp32: TF32 where cuDNN's convolutions use it
-        peak = matmul_flops_per_s(n, amp_dtype, device, bench_cfg)
-
-    result = {}
-    if bench_cfg.trainer:
-        # The real loop on synthetic images of this shape (epoch 1 warms up, epoch 2 is timed), each
-        # time between two timings of the bare step: this CPU's speed drifts by 10-30% within minutes,
-        # more than the loop's own cost, so a round's ratio is against the bare steps on either side of
-        # it, and the reported one is the rounds' median.
-        trainer_rates, bare_rates, ratios = [], [train_rate], []
-        batches = bench_cfg.warmup_steps + bench_cfg.windows * bench_cfg.steps_per_window
-        for _ in range(bench_cfg.trainer_rounds):
-            trainer_rates.append(trainer_images_per_s(cfg, num_classes, batches))
-            model.train()
-            bare_rates.append(images_per_s(train_step, batch, device, bench_cfg))
-            ratios.append(round(2 * trainer_rates[-1] / (bare_rates[-2] + bare_rates[-1]), 4))
-        trainer_rate = statistics.median(trainer_rates)
-        result = {"trainer_img_per_s": round(trainer_rate, 1),
-                  "trainer_ratio": statistics.median(ratios), "trainer_round_ratios": ratios,
-                  "trainer_tflops": float(f"{train_flops * trainer_rate / 1e12:.4g}"),
-                  "trainer_matmul_fraction": round(train_flops * trainer_rate / peak, 4)}
-    if bench_cfg.input:
-        result.update(input_images_per_s(data, cfg.data.batch_size, train_rate, device, bench_cfg))
+        peak = matmul_flops_per_s(n, placement.amp_dtype, device, bench_cfg)
     result = {
-        "model": model_cfg["name"], "params": params, "gflops": flops / 1e9, "train_gflops": train_flops / 1e9,
-        "data": cfg.data.name, "image_size": cfg.data.image_size, "batch_size": batch,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": str(amp_dtype).removeprefix("torch."),
+        "model": cfg.model.name, "params": network.params, "gflops": network.flops / 1e9,
+        "train_gflops": train_flops / 1e9, "data": cfg.data.name, "image_size": cfg.data.image_size,
+        "batch_size": batch, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": placement.precision,
         "train_img_per_s": round(train_rate, 1), "infer_img_per_s": round(infer_rate, 1),
         "peak_memory_mb": round(peak_memory / 2 ** 20, 1),
         "memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
         "matmul_tflops": float(f"{peak / 1e12:.4g}"),
         "train_matmul_fraction": round(train_flops * train_rate / peak, 4),
-        "infer_matmul_fraction": round(flops * infer_rate / peak, 4),
-        **result, "status": "completed",
+        "infer_matmul_fraction": round(network.flops * infer_rate / peak, 4),
     }
-    write_json(Path(cfg.run_dir) / "bench.json", result)
-    log.info(f"{result['model']} at {cfg.data.image_size}px, batch {batch}, {result['device']} "
-             f"{result['precision']}: {params:,} parameters, {result['gflops']:.3f} GFLOPs; train "
-             f"{train_rate:.0f} img/s ({result['train_matmul_fraction']:.1%} of the {result['matmul_tflops']:.3g} "
-             f"TFLOP/s matmul peak), inference {infer_rate:.0f} img/s ({result['infer_matmul_fraction']:.1%}), "
-             f"peak memory {result['peak_memory_mb']:.0f} MiB; {cfg.run_dir}/bench.json")
     if bench_cfg.trainer:
+        result.update(trainer_rounds(user_cfg, steps, num_classes, train_rate, train_flops, peak))
+    if bench_cfg.input:
+        result.update(input_images_per_s(data, batch, train_rate, device, bench_cfg))
+    return {**result, "status": "completed"}
+
+
+def trainer_rounds(cfg: DictConfig, steps: BenchSteps, num_classes: int, train_rate: float, train_flops: float,
+                   peak: float) -> dict:
+    """The real loop on synthetic images of this shape (epoch 1 warms up, epoch 2 is timed), each time
+    between two timings of the bare step: this CPU's speed drifts by 10-30% within minutes, more than the
+    loop's own cost, so a round's ratio is against the bare steps on either side of it, and the reported
+    one is the rounds' median."""
+    bench_cfg = cfg.bench
+    trainer_rates, bare_rates, ratios = [], [train_rate], []
+    batches = bench_cfg.warmup_steps + bench_cfg.windows * bench_cfg.steps_per_window
+    for _ in range(bench_cfg.trainer_rounds):
+        trainer_rates.append(trainer_images_per_s(cfg, num_classes, batches))
+        steps.model.train()
+        bare_rates.append(images_per_s(steps.train_step, cfg.data.batch_size, steps.placement.device, bench_cfg))
+        ratios.append(round(2 * trainer_rates[-1] / (bare_rates[-2] + bare_rates[-1]), 4))
+    trainer_rate = statistics.median(trainer_rates)
+    return {"trainer_img_per_s": round(trainer_rate, 1),
+            "trainer_ratio": statistics.median(ratios), "trainer_round_ratios": ratios,
+            "trainer_tflops": float(f"{train_flops * trainer_rate / 1e12:.4g}"),
+            "trainer_matmul_fraction": round(train_flops * trainer_rate / peak, 4)}
+
+
+def log_result(cfg: DictConfig, result: dict) -> None:
+    log.info(f"{result['model']} at {cfg.data.image_size}px, batch {result['batch_size']}, {result['device']} "
+             f"{result['precision']}: {result['params']:,} parameters, {result['gflops']:.3f} GFLOPs; train "
+             f"{result['train_img_per_s']:.0f} img/s ({result['train_matmul_fraction']:.1%} of the "
+             f"{result['matmul_tflops']:.3g} TFLOP/s matmul peak), inference {result['infer_img_per_s']:.0f} img/s "
+             f"({result['infer_matmul_fraction']:.1%}), peak memory {result['peak_memory_mb']:.0f} MiB; "
+             f"{cfg.run_dir}/bench.json")
+    if cfg.bench.trainer:
         log.info(f"trainer {result['trainer_img_per_s']:.0f} img/s: {result['trainer_ratio']:.3f} of the bare "
                  f"step (the median of {result['trainer_round_ratios']}), {result['trainer_matmul_fraction']:.1%} of "
                  f"the matmul peak")
-    if bench_cfg.input:
+    if cfg.bench.input:
         log.info(f"input pipeline {result['input_img_per_s']:.0f} img/s ({result['input_workers']} workers), training "
-                 f"step {train_rate:.0f} img/s: the {result['bottleneck']} is the bottleneck, "
+                 f"step {result['train_img_per_s']:.0f} img/s: the {result['bottleneck']} is the bottleneck, "
                  f"{result['bottleneck_factor']:.1f}x slower than the other")
-    return result
 
 
 def trainer_images_per_s(cfg: DictConfig, num_classes: int, batches: int) -> float:
     """train_img_per_s of the second of two epochs of `batches` batches: train(cfg) itself, on synthetic
     images of the bench's shape, batch, precision, memory format and compile setting."""
-    run = cfg.copy()
+    run = copy.deepcopy(cfg)
     data = run.data
     data.name, data.root, data.num_classes, data.decode_device = "synthetic", None, num_classes, None
     data.train_size, data.val_size = data.batch_size * batches, data.batch_size
@@ -238,7 +246,7 @@ def trainer_images_per_s(cfg: DictConfig, num_classes: int, batches: int) -> flo
 
 
 def input_data(cfg: DictConfig, device: torch.device):
-    if cfg.data.name not in ("imagenet", "imagefolder"):
+    if not dataset(cfg.data.name).files:
         raise ConfigError(f"bench.input: times the loader of a file data set (imagenet, imagefolder), "
                           f"not {cfg.data.name}")
     return build_data(cfg, device=device)

@@ -16,8 +16,9 @@ from cnnbench.data.datasets import load_split
 from cnnbench.data.loader import loader_workers
 from cnnbench.data.pseudo_labels import save_pseudo_labels, unlabeled_pool
 from cnnbench.data.transforms import Normalize, build_transforms
+from cnnbench.engine.device import place
 from cnnbench.engine.distill import load_teacher
-from cnnbench.engine.trainer import mixed_precision, resolve_device
+from cnnbench.engine.tta import batch_logits
 from cnnbench.errors import ConfigError
 from cnnbench.sweep import run_job
 
@@ -33,9 +34,9 @@ def pseudolabel(cfg: DictConfig) -> dict:
         raise ConfigError(f"threshold: in [0, 1), got {cfg.threshold}")
     if cfg.per_class is not None and cfg.per_class <= 0:
         raise ConfigError(f"per_class: null or > 0, got {cfg.per_class}")
-    device, amp_dtype = resolve_device(cfg.hardware)
+    placement = place(cfg.hardware)
     split = load_split(cfg.data, True, transform=None)
-    teacher, state = load_teacher(cfg.checkpoint, split.classes, cfg.data.channels, device)
+    teacher, state = load_teacher(cfg.checkpoint, split.classes, cfg.data.channels, placement.device)
     whole, pool = unlabeled_pool(split, cfg.data)
     # The teacher's own eval transform: it sees the pool as it saw its validation images.
     augmentation = OmegaConf.merge(OmegaConf.structured(AugmentationConfig), state["config"]["augmentation"])
@@ -45,13 +46,10 @@ def pseudolabel(cfg: DictConfig) -> dict:
         pool = sorted(pool[i] for i in keep.tolist())
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(whole, pool), batch_size=cfg.data.batch_size,
                                          num_workers=loader_workers(cfg.data))
-    normalize = Normalize(cfg.data).to(device)
     probabilities, labels = [], []
-    for images, targets in loader:
-        with mixed_precision(device, amp_dtype):
-            logits = teacher(normalize(images.to(device)))
-        probabilities.append(logits.float().softmax(1).cpu())
-        labels.append(targets)
+    for logits, targets in batch_logits(teacher, loader, Normalize(cfg.data).to(placement.device), placement):
+        probabilities.append(logits.softmax(1).cpu())
+        labels.append(targets.cpu())
     probabilities, labels = torch.cat(probabilities), torch.cat(labels)
     confidence, predicted = probabilities.max(1)
     keep = (confidence >= cfg.threshold).nonzero().squeeze(1)

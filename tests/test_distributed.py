@@ -15,6 +15,7 @@ import torch
 from cnnbench.data import build_data
 from cnnbench.data.loader import ValBatches
 from cnnbench.engine.checkpoint import load_checkpoint
+from cnnbench.engine.device import place
 from cnnbench.engine.distributed import Dist
 from cnnbench.engine.trainer import validate
 from cnnbench.models import create_model
@@ -86,8 +87,7 @@ def test_validation_over_two_ranks_counts_every_sample_once(straight):
     data = build_data(cfg)
     model = create_model(**state["config"]["model"], num_classes=10, in_chans=3, image_size=32)
     model.load_state_dict(state["model"])
-    val = validate(model, data.val_loader, data.normalize, torch.device("cpu"), torch.contiguous_format,
-                   contextlib.nullcontext(), 5, Dist())
+    val = validate(model, data.val_loader, data.normalize, place(cfg.hardware), 5, Dist())
     shards = [sum(ValBatches(63, 16, rank, 2).batches, []) for rank in (0, 1)]
     assert sorted(shards[0] + shards[1]) == list(range(63))
     reported = metrics(run_dir)[-1]

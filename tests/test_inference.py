@@ -11,8 +11,9 @@ from cnnbench.config import TTA
 from cnnbench.data.datasets import load_split
 from cnnbench.data.transforms import Normalize
 from cnnbench.engine.checkpoint import load_checkpoint
-from cnnbench.engine.inference import evaluate, load_trained, predict, tta_logits, tta_transform
+from cnnbench.engine.inference import evaluate, load_trained, predict, tta_transform
 from cnnbench.engine.trainer import train
+from cnnbench.engine.tta import tta_logits
 from cnnbench.errors import CheckpointError, ConfigError, DataError
 from cnnbench.models import convolutionize, create_model
 

@@ -13,7 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from cnnbench.bench import TRAIN_FLOP_FORMULAS
 from cnnbench.config import check_config
 from cnnbench.data import build_data
-from cnnbench.engine.trainer import compiles, train
+from cnnbench.engine.device import compiles
+from cnnbench.engine.trainer import train
 from cnnbench.errors import ConfigError, DataError
 from cnnbench.report import main as report
 

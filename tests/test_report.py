@@ -17,7 +17,7 @@ from tensorboard.util import tensor_util
 
 from cnnbench import report
 from cnnbench.bench import bench
-from cnnbench.engine.trainer import count_flops
+from cnnbench.engine.build import count_flops
 from cnnbench.errors import ConfigError
 from cnnbench.models import create_model
 from cnnbench.report import BENCH_COLUMNS, COLUMNS

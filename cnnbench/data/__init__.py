@@ -5,7 +5,7 @@ import torch
 
 from cnnbench.errors import ConfigError, DataError
 
-from .datasets import EncodedFiles, SeededBatches, load_split
+from .datasets import EncodedFiles, SeededBatches, dataset, load_split
 from .decode import DecodedBatches, encoded_batch
 from .loader import CudaPrefetcher, ReadableBatches, TrainBatches, ValBatches, collate_readable, loader_workers
 from .pseudo_labels import with_pseudo_labels
@@ -92,7 +92,7 @@ def build_data(cfg, rank: int = 0, world_size: int = 1, device: torch.device = t
 
 def resolve_decode_device(data, device: torch.device) -> torch.device:
     """data.decode_device: cpu, cuda, or auto (the training device)."""
-    if data.name not in ("imagenet", "imagefolder") or data.pseudo_labels:
+    if not dataset(data.name).files or data.pseudo_labels:
         raise ConfigError(f"data.decode_device: decodes the files of imagenet or imagefolder (without "
                           f"pseudo_labels), not {data.name}; leave it null")
     if data.decode_device == "cuda" and not torch.cuda.is_available():

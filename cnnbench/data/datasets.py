@@ -278,26 +278,46 @@ def synthetic(name: str, root, train: bool, download, *, size: int, image_size: 
     return Split(TensorImages(images, targets), [f"class_{i}" for i in range(num_classes)])
 
 
-SOURCES = {"fashion_mnist": mnist_like, "mnist": mnist_like, "cifar10": cifar, "cifar100": cifar,
-           "imagenet": image_folder, "imagefolder": image_folder, "synthetic": synthetic}
+@dataclass(frozen=True)
+class DataSet:
+    """What cnnbench knows of a data set besides its conf/data/NAME.yaml (channels, size, mean and std): how
+    its splits are read, and its class count where it is fixed, for bench, which reads no file."""
+    load: object  # (name, root, train, download) -> Split
+    num_classes: int | None = None  # None: its files say (or data.num_classes, for synthetic)
+
+    @property
+    def files(self) -> bool:
+        """An ImageFolder tree of image files (ImageNet's layout), decoded per batch."""
+        return self.load is image_folder
+
+
+DATASETS = {"fashion_mnist": DataSet(mnist_like, 10), "mnist": DataSet(mnist_like, 10),
+            "cifar10": DataSet(cifar, 10), "cifar100": DataSet(cifar, 100),
+            "imagenet": DataSet(image_folder, 1000), "imagefolder": DataSet(image_folder),
+            "synthetic": DataSet(synthetic)}
+
+
+def dataset(name: str) -> DataSet:
+    if name not in DATASETS:
+        raise DataError(f"data.name: unknown data set '{name}' (known: {', '.join(DATASETS)})")
+    return DATASETS[name]
 
 
 def load_split(data_cfg, train: bool, transform) -> Split:
     """One split of data set `data.name`, its samples passed through `transform`."""
-    if data_cfg.name not in SOURCES:
-        raise DataError(f"data.name: unknown data set '{data_cfg.name}' (known: {', '.join(SOURCES)})")
+    source = dataset(data_cfg.name)
     root = os.path.expanduser(data_cfg.root) if data_cfg.root else None
-    if data_cfg.name == "synthetic":
+    if source.load is synthetic:
         size = (data_cfg.train_size if train else data_cfg.val_size) or (1024 if train else 256)
         split = synthetic(data_cfg.name, root, train, False, size=size, image_size=data_cfg.image_size,
                           channels=data_cfg.channels, num_classes=data_cfg.num_classes or 10)
-    elif (SOURCES[data_cfg.name] is image_folder and not train and root
+    elif (source.files and not train and root
           and (labels_file := imagenet.val_labels_file(Path(root), data_cfg.get("val_labels")))):
         split = labelled_val(root, labels_file)
-    elif SOURCES[data_cfg.name] is image_folder:
+    elif source.files:
         split = image_folder(data_cfg.name, root, train, data_cfg.download, on_bad_image=data_cfg.on_bad_image)
     else:
-        split = SOURCES[data_cfg.name](data_cfg.name, root, train, data_cfg.download)
+        split = source.load(data_cfg.name, root, train, data_cfg.download)
     targets = torch.as_tensor(split.dataset.targets)
     if len(targets) and not 0 <= targets.min() <= targets.max() < len(split.classes):
         index = int(((targets < 0) | (targets >= len(split.classes))).nonzero()[0])

@@ -1,13 +1,21 @@
-"""What a job sets on its device, for train() and bench alike: the precision the GPU runs natively,
-hardware.deterministic's flags, and fresh compile caches. A job of a `-m` sweep or a bench round runs in
-the same process as the ones before it; `job_settings` gives it its own flags and restores the previous
-ones after it, so no later job inherits them.
+"""Where a job computes and what it sets there, for train, bench, evaluate, predict and pseudolabel alike:
+`place(cfg.hardware)` resolves hardware.* once into a Placement (device, precision, memory format, compile),
+and `job_settings` gives a job hardware.deterministic's flags and fresh compile caches. A job of a `-m`
+sweep or a bench round runs in the same process as the ones before it; `job_settings` restores the previous
+flags after it, so no later job inherits them.
 """
 import contextlib
+import functools
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
+
+from cnnbench.config import Device, Precision
+from cnnbench.errors import ConfigError
+
+DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 # cuBLAS is deterministic with a fixed workspace only; torch refuses every matmul under
 # use_deterministic_algorithms on CUDA without this set (torch's docs: "Reproducibility").
@@ -56,3 +64,56 @@ def matmul_precision_of_convolutions():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@dataclass
+class Placement:
+    """hardware.* resolved for one process: its device, autocast dtype, memory format and whether it compiles."""
+    device: torch.device
+    amp_dtype: torch.dtype
+    memory_format: torch.memory_format
+    compile: bool
+
+    @functools.cached_property
+    def autocast(self) -> torch.autocast:
+        """Autocast to the run's precision; a no-op in fp32. Reusable as a context manager."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32)
+
+    @property
+    def precision(self) -> str:
+        return str(self.amp_dtype).removeprefix("torch.")
+
+    def put(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of images on the device, in the memory format the model runs in."""
+        return images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+
+
+def place(hw, local_rank: int | None = None) -> Placement:
+    """`local_rank`: a DDP rank's, whose GPU is its own (after init_distributed's set_device)."""
+    device = device_of(hw)
+    if device.type == "cuda" and local_rank is not None:
+        device = torch.device("cuda", local_rank)
+    return Placement(device, resolve_precision(hw, device),
+                     torch.channels_last if hw.channels_last else torch.contiguous_format, compiles(hw, device))
+
+
+def device_of(hw) -> torch.device:
+    if hw.device == Device.cuda and not torch.cuda.is_available():
+        raise ConfigError("hardware.device: cuda asked for, but torch sees no CUDA device")
+    cuda = hw.device == Device.cuda or hw.device == Device.auto and torch.cuda.is_available()
+    return torch.device("cuda" if cuda else "cpu")
+
+
+def resolve_precision(hw, device: torch.device) -> torch.dtype:
+    """hardware.precision=auto: bf16 where the GPU runs it natively (its probe runs on this rank's GPU, so
+    after init_distributed's set_device), else fp32."""
+    precision = hw.precision
+    if precision == Precision.auto:
+        precision = Precision.bf16 if device.type == "cuda" and bf16_native() else Precision.fp32
+    return DTYPES[precision]
+
+
+def compiles(hw, device: torch.device) -> bool:
+    """hardware.compile=auto: on a GPU; on CPU compiling costs a minute and gains nothing (docs/performance.md).
+    Not with hardware.sync_batchnorm: SyncBatchNorm breaks the graph at every layer and syncs every forward."""
+    return device.type == "cuda" and not hw.sync_batchnorm if hw.compile == "auto" else hw.compile

@@ -24,8 +24,8 @@ from cnnbench.files import write_json
 from cnnbench.models import convolutionize
 
 from .checkpoint import model_from_checkpoint
-from .trainer import mixed_precision, resolve_device
-from .tta import tta_logits
+from .device import place
+from .tta import batch_logits
 
 log = logging.getLogger("cnnbench")
 
@@ -70,30 +70,26 @@ def evaluation_data(cfg: DictConfig, config: DictConfig) -> DictConfig:
 @torch.no_grad()
 def evaluate(cfg: DictConfig) -> dict:
     check_given(cfg)
-    device, amp_dtype = resolve_device(cfg.hardware)
+    placement = place(cfg.hardware)
+    device = placement.device
     model, classes, config = load_trained(cfg.checkpoint, device)
+    model = model.to(memory_format=placement.memory_format)
     data = evaluation_data(cfg, config)
     split = load_split(data, False, tta_transform(config.augmentation, data, cfg.eval.tta))
     if split.classes != classes:
         raise CheckpointError(f"{cfg.checkpoint}: trained on other classes than {data.name}'s")
     loader = torch.utils.data.DataLoader(split.dataset, batch_sampler=ValBatches(len(split.dataset), data.batch_size),
                                          num_workers=loader_workers(data), pin_memory=device.type == "cuda")
-    normalize = Normalize(data).to(device)
-    memory_format = torch.channels_last if cfg.hardware.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
     topk = min(5, len(classes))
     # per class: samples, top-1 hits, top-k hits; and the loss sum
     counts = torch.zeros(3, len(classes), dtype=torch.float64, device=device)
     loss = torch.zeros((), dtype=torch.float64, device=device)
-    with mixed_precision(device, amp_dtype):
-        for images, targets in loader:
-            images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
-            targets = targets.to(device, non_blocking=True)
-            logits = tta_logits(model, images, cfg.eval.tta, data.image_size)
-            hits = logits.topk(topk, 1).indices == targets[:, None]
-            for row, weights in enumerate((None, hits[:, 0].double(), hits.any(1).double())):
-                counts[row] += torch.bincount(targets, weights, minlength=len(classes)).double()
-            loss += F.cross_entropy(logits, targets, reduction="sum").double()
+    for logits, targets in batch_logits(model, loader, Normalize(data).to(device), placement, cfg.eval.tta,
+                                        data.image_size):
+        hits = logits.topk(topk, 1).indices == targets[:, None]
+        for row, weights in enumerate((None, hits[:, 0].double(), hits.any(1).double())):
+            counts[row] += torch.bincount(targets, weights, minlength=len(classes)).double()
+        loss += F.cross_entropy(logits, targets, reduction="sum").double()
     samples, top1, topk_hits = counts.cpu().tolist()
     total = sum(samples)
     result = {
@@ -144,7 +140,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         raise ConfigError("images: empty; pass the image files, images=[a.jpg,b.png]")
     if cfg.topk <= 0 or cfg.dense_scale < 1:
         raise ConfigError("topk: must be > 0" if cfg.topk <= 0 else f"dense_scale: must be >= 1, got {cfg.dense_scale}")
-    device, _ = resolve_device(cfg.hardware)
+    placement = place(cfg.hardware)
+    device = placement.device
     model, classes, config = load_trained(cfg.checkpoint, device)
     data = config.data
     if cfg.dense and round(cfg.dense_scale * data.image_size) > MAX_DENSE_SIDE:

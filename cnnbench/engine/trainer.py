@@ -1,8 +1,11 @@
-"""train(cfg): build everything once from the config, then epochs of train steps and validation.
+"""train(cfg): build the run's objects once from the config, then epochs of train steps and validation.
 
     python -m cnnbench.train                                      # fmnist_cnn on Fashion-MNIST, CPU or GPU
     python -m cnnbench.train model=resnet18 data=cifar10 data.root=~/data
     torchrun --standalone --nproc_per_node=4 -m cnnbench.train hardware=ddp
+
+A run is a Run (what the config builds, fixed for the run) and a TrainState (where it is and what it
+has measured, which changes every step and is what a checkpoint holds with the weights).
 
 Exact resume: the batches depend only on (seed, epoch), each batch's augmentation only on its own
 seed, and a checkpoint holds every RNG state and the position inside the epoch, so a run resumed
@@ -14,359 +17,404 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm.utils
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from cnnbench.config import TTA, Device, Precision, check_config
-from cnnbench.data import build_data
+from cnnbench.config import TTA, check_config
+from cnnbench.data import Data, build_data
 from cnnbench.errors import CheckpointError, ConfigError, Interrupted, NonfiniteLoss, short_list
-from cnnbench.models import create_model
-from cnnbench.models.registry import compound_image_size
 
+from .build import Network, Optimization, build_network, build_optimization, run_config
 from .checkpoint import export_weights, rng_state, save_checkpoint, set_rng_state
-from .device import bf16_native, use_deterministic_algorithms
+from .device import Placement, device_of, place, use_deterministic_algorithms
 from .distill import load_teacher
-from .distributed import all_reduce_sum, any_rank, init_distributed, restartable, sync_batchnorm
+from .distributed import Dist, all_reduce_sum, any_rank, init_distributed, sync_batchnorm
 from .losses import Objective
 from .recorder import EMA_METRICS, METRICS, Recorder
 from .resume import StopSignals, config_changes, load_resume_state, restore_training_state, resume_path
-from .tta import tta_logits
+from .tta import batch_logits
 
 log = logging.getLogger("cnnbench")
-DTYPES = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 
-def resolve_device(hw) -> tuple[torch.device, torch.dtype]:
-    """The device and autocast dtype of a one-process job (evaluate, predict, bench, pseudolabel)."""
-    device = device_of(hw)
-    return device, resolve_precision(hw, device)
+@dataclass
+class Run:
+    """What train() builds from the config, once: fixed for the run."""
+    cfg: DictConfig  # run_config's: resolved, with what the run derives from the user's
+    ctx: Dist
+    placement: Placement
+    data: Data
+    network: Network
+    model: torch.nn.Module  # what the steps call: the network's model, under DDP and torch.compile
+    ema: ModelEmaV3 | None  # the EMA of the weights, validated beside the raw model every epoch
+    objective: Objective
+    optimization: Optimization
+    run_dir: Path
+    topk: int  # top-5, or top-k with fewer than 5 classes
+    recorder: Recorder | None = None  # rank 0's, from the run's first step on
+
+    @property
+    def bare_model(self) -> torch.nn.Module:
+        return self.network.model
 
 
-def device_of(hw) -> torch.device:
-    if hw.device == Device.cuda and not torch.cuda.is_available():
-        raise ConfigError("hardware.device: cuda asked for, but torch sees no CUDA device")
-    cuda = hw.device == Device.cuda or hw.device == Device.auto and torch.cuda.is_available()
-    return torch.device("cuda" if cuda else "cpu")
+@dataclass
+class TrainState:
+    """Where the run is and what it has measured: the checkpoint's training state (beside the weights)."""
+    sums: torch.Tensor  # this rank's train loss sum, correct and samples of the epoch so far, on the device
+    faults: dict
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    history: list[dict] = field(default_factory=list)  # metrics.csv's rows
+    best: dict = field(default_factory=lambda: {"val_top1": -1.0})
+    earlier_wall_time_s: float = 0.0  # of the runs this one resumes
+    started: float = field(default_factory=time.perf_counter)
+    scale: float = 1.0  # the GradScaler's, which falls when fp16 gradients overflow and it skips an update
 
+    def wall_time_s(self) -> float:
+        return self.earlier_wall_time_s + time.perf_counter() - self.started
 
-def resolve_precision(hw, device: torch.device) -> torch.dtype:
-    """hardware.precision=auto: bf16 where the GPU runs it natively (its probe runs on this rank's GPU, so
-    after init_distributed's set_device), else fp32."""
-    precision = hw.precision
-    if precision == Precision.auto:
-        precision = Precision.bf16 if device.type == "cuda" and bf16_native() else Precision.fp32
-    return DTYPES[precision]
+    def checkpoint_fields(self) -> dict:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+                "faults": self.faults, "best": self.best, "history": self.history,
+                "wall_time_s": self.wall_time_s()}
 
-
-def peak_lr(optimizer) -> float:
-    """The learning rate logged: the largest group's (under layer decay the first group is the most decayed)."""
-    return max(group["lr"] for group in optimizer.param_groups)
-
-
-def compiles(hw, device: torch.device) -> bool:
-    """hardware.compile=auto: on a GPU; on CPU compiling costs a minute and gains nothing (docs/performance.md).
-    Not with hardware.sync_batchnorm: SyncBatchNorm breaks the graph at every layer and syncs every forward."""
-    return device.type == "cuda" and not hw.sync_batchnorm if hw.compile == "auto" else hw.compile
-
-
-def mixed_precision(device: torch.device, amp_dtype: torch.dtype) -> torch.autocast:
-    """Autocast to the run's precision; a no-op in fp32. Reusable as a context manager."""
-    return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
-
-
-def count_flops(model: torch.nn.Module, shape: tuple, device) -> int:
-    """Forward FLOPs of one image (torch's counter: 2 per multiply-add)."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *shape, device=device))
-    model.train(was_training)
-    return counter.get_total_flops()
+    def restore(self, checkpoint: dict, rank: int, device: torch.device) -> None:
+        self.epoch, self.batch_in_epoch = checkpoint["epoch"], checkpoint["batch_in_epoch"]
+        self.step = checkpoint["step"]
+        self.history, self.best = checkpoint["history"], checkpoint["best"]
+        self.earlier_wall_time_s = checkpoint["wall_time_s"]
+        self.sums = checkpoint["epoch_sums"][rank].to(device)
+        if "faults" in checkpoint:  # checkpoints from before the fault counts
+            self.faults["skipped_images"].update(checkpoint["faults"]["skipped_images"])
+            self.faults.update(checkpoint["faults"], skipped_images=self.faults["skipped_images"])
 
 
 def train(cfg: DictConfig) -> dict:
     with StopSignals() as stops:  # a signal while the data or the model is built stops at the first step
-        return train_until_stopped(cfg, stops)
+        check_config(cfg)
+        cfg = run_config(cfg)
+        use_deterministic_algorithms(cfg.hardware.deterministic)
+        ctx = init_distributed(device_of(cfg.hardware).type)
+        placement = place(cfg.hardware, ctx.local_rank if ctx.world_size > 1 else None)
+        # torch, numpy (mixup, cutmix), random: each rank its own; data order is seeded apart
+        timm.utils.random_seed(cfg.seed, ctx.rank)
+        config_record = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        resume_from = resume_path(cfg, Path(cfg.run_dir))
+        notes = []  # for train.log, which opens after the run is built
+        if resume_from is not None:  # a config the checkpoint cannot continue is refused before any work
+            checkpoint, resume_from, fallback_note = load_resume_state(resume_from, cfg)
+            notes = config_changes(checkpoint, config_record, resume_from, ctx.world_size)
+        run = build_run(cfg, ctx, placement)
+        state = TrainState(torch.zeros(3, dtype=torch.float64, device=placement.device),
+                           {"skipped_images": run.data.skipped_images, "nonfinite_skipped_steps": 0,
+                            "scaler_skipped_steps": 0})
+        if resume_from is not None:
+            notes = [f"resumed from {resume_from}: epoch {checkpoint['epoch']}, batch {checkpoint['batch_in_epoch']}, "
+                     f"step {checkpoint['step']}", *notes, *resume(run, state, checkpoint, resume_from)]
+        if ctx.is_main:
+            run.recorder = Recorder(run.run_dir, state.history, state.step,
+                                    METRICS + EMA_METRICS if run.ema else METRICS)
+            if state.step == 0:  # the schedule's start (warm-up's first lr)
+                run.recorder.step(0, {"train/lr": peak_lr(run.optimization.optimizer)})
+        for warning in run.data.warnings + ([fallback_note] if resume_from is not None and fallback_note else []):
+            log.warning(warning)
+        for note in notes:
+            log.info(note)
+        return train_run(run, state, Checkpointer(run, state, config_record), stops)
 
 
-def train_until_stopped(cfg: DictConfig, stops: StopSignals) -> dict:
-    check_config(cfg)
-    if cfg.model.get("phi"):
-        # Compound scaling (Tan and Le 2019) grows the images with depth and width: alpha, beta, gamma ** phi.
-        cfg.data.image_size = compound_image_size(cfg.data.image_size, cfg.model.phi, cfg.model.gamma)
-    started = time.perf_counter()
-    run_dir = Path(cfg.run_dir)
-    device = device_of(cfg.hardware)
-    ctx = init_distributed(device.type)
-    if ctx.world_size > 1 and device.type == "cuda":
-        device = torch.device("cuda", ctx.local_rank)
-    amp_dtype = resolve_precision(cfg.hardware, device)
-    # torch, numpy (mixup, cutmix), random: each rank its own; data order is seeded apart
-    timm.utils.random_seed(cfg.seed, ctx.rank)
-    use_deterministic_algorithms(cfg.hardware.deterministic)
-    if restartable():  # torchrun restarts the ranks in the same run dir: the failed attempt left its last.pt
-        cfg.resume = cfg.resume or "auto"
-    resume_from = resume_path(cfg, run_dir)
-    config_record = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    if resume_from is not None:  # a config the checkpoint cannot continue is refused before any work
-        state, resume_from, fallback_note = load_resume_state(resume_from, cfg)
-        changes = config_changes(state, config_record, resume_from, ctx.world_size)
+def resume(run: Run, state: TrainState, checkpoint: dict, path: Path) -> list[str]:
+    """The run exactly where the checkpoint left it: weights, optimizer, EMA, GradScaler, TrainState and this
+    rank's RNGs (the schedule is this run's, at the checkpoint's step). Returns what to log."""
+    if checkpoint["classes"] != run.data.classes:
+        raise CheckpointError(f"{path}: trained on other classes than {run.cfg.data.name}'s (there "
+                              f"{short_list(checkpoint['classes'])}; here {short_list(run.data.classes)})")
+    optimization = run.optimization
+    notes = restore_training_state(checkpoint, run.bare_model, optimization.optimizer, optimization.scheduler,
+                                   optimization.scaler, run.ema)
+    state.restore(checkpoint, run.ctx.rank, run.placement.device)
+    set_rng_state(checkpoint["rng"][run.ctx.rank], run.placement.device)
+    return notes
 
+
+def build_run(cfg: DictConfig, ctx: Dist, placement: Placement) -> Run:
     # Data, and what it tells the model: classes, channels, image size.
-    data = build_data(cfg, ctx.rank, ctx.world_size, device)
-    normalize = data.normalize.to(device)
-    num_classes, topk = len(data.classes), min(5, len(data.classes))
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model = create_model(**model_cfg, num_classes=num_classes, in_chans=cfg.data.channels,
-                         image_size=cfg.data.image_size, classes=data.classes).to(device)
+    data = build_data(cfg, ctx.rank, ctx.world_size, placement.device)
+    num_classes = len(data.classes)
+    convert = None
     if cfg.hardware.sync_batchnorm and ctx.world_size > 1:
-        if device.type != "cuda":
+        if placement.device.type != "cuda":
             raise ConfigError("hardware.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only")
-        model = sync_batchnorm(model)
-    image_shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
-    params = sum(p.numel() for p in model.parameters())
-    flops = count_flops(model, image_shape, device)
-    if cfg.hardware.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    memory_format = torch.channels_last if cfg.hardware.channels_last else torch.contiguous_format
-    # The EMA of the weights is validated beside the raw model every epoch (and checkpointed with it).
-    ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
-    teacher = (load_teacher(cfg.distill.teacher, data.classes, cfg.data.channels, device)[0]
+        convert = sync_batchnorm
+    network = build_network(cfg, num_classes, placement, data.classes, convert)
+    ema = ModelEmaV3(network.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
+    teacher = (load_teacher(cfg.distill.teacher, data.classes, cfg.data.channels, placement.device)[0]
                if cfg.distill.teacher else None)
     objective = Objective(cfg.augmentation, num_classes, cfg.data.batch_size // ctx.world_size,
-                          getattr(model, "aux_weight", 0.0), teacher, cfg.distill)
-
-    # Optimizer and per-update schedule, built by timm's factories from their configs.
-    updates_per_epoch = math.ceil(len(data.train_batches) / cfg.train.grad_accum_steps)
-    optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    if (reference_batch := optimizer_cfg.pop("lr_reference_batch")) is not None:
-        optimizer_cfg["lr"] *= cfg.data.batch_size / reference_batch  # the linear scaling rule
-    optimizer = instantiate(optimizer_cfg)(model)
-    scheduler, _ = instantiate(cfg.scheduler)(optimizer, num_epochs=cfg.train.epochs, step_on_epochs=False,
-                                              updates_per_epoch=updates_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    autocast = mixed_precision(device, amp_dtype)
-
-    # Where to start: a fresh run, or exactly where a checkpoint left off.
-    epoch, batch_in_epoch, step, history, best, elapsed = 0, 0, 0, [], {"val_top1": -1.0}, 0.0
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # train loss sum, correct, samples
-    faults = {"skipped_images": data.skipped_images, "nonfinite_skipped_steps": 0, "scaler_skipped_steps": 0}
-    if resume_from is not None:
-        if state["classes"] != data.classes:
-            raise CheckpointError(f"{resume_from}: trained on other classes than {cfg.data.name}'s (there "
-                                  f"{short_list(state['classes'])}; here {short_list(data.classes)})")
-        changes += restore_training_state(state, model, optimizer, scheduler, scaler, ema)
-        epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
-        history, best, elapsed = state["history"], state["best"], state["wall_time_s"]
-        sums = state["epoch_sums"][ctx.rank].to(device)
-        set_rng_state(state["rng"][ctx.rank], device)
-        if "faults" in state:  # checkpoints from before the fault counts
-            data.skipped_images.update(state["faults"]["skipped_images"])
-            faults.update(state["faults"], skipped_images=data.skipped_images)
-    bare_model = model
+                          getattr(network.model, "aux_weight", 0.0), teacher, cfg.distill)
+    optimization = build_optimization(cfg, network.model, len(data.train_batches), placement)
+    model = network.model
     if ctx.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.type == "cuda" else None,
+        model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if placement.device.type == "cuda" else None,
                                         find_unused_parameters=cfg.hardware.find_unused_parameters)
-    if compiles(cfg.hardware, device):
+    if placement.compile:
         model = torch.compile(model)
+    return Run(cfg, ctx, placement, data, network, model, ema, objective, optimization, Path(cfg.run_dir),
+               topk=min(5, num_classes))
 
-    recorder = Recorder(run_dir, history, step, METRICS + EMA_METRICS if ema else METRICS) if ctx.is_main else None
-    if recorder and step == 0:
-        recorder.step(0, {"train/lr": peak_lr(optimizer)})  # the schedule's start (warm-up's first lr)
-    for warning in data.warnings:
-        log.warning(warning)
-    if resume_from is not None:
-        if fallback_note:
-            log.warning(fallback_note)
-        log.info(f"resumed from {resume_from}: epoch {epoch}, batch {batch_in_epoch}, step {step}")
-        for change in changes:
-            log.info(change)
 
-    def checkpoint(name: str, epoch: int, batch_in_epoch: int):
-        # Each rank's own: its RNGs, and its part of the epoch's train sums.
+class Checkpointer:
+    """Writes checkpoints/NAME: the weights, the optimizer, schedule, GradScaler and EMA, the TrainState,
+    and each rank's own RNGs and part of the epoch's train sums."""
+
+    def __init__(self, run: Run, state: TrainState, config_record: dict):
+        self.run, self.state, self.config_record = run, state, config_record
+
+    def save(self, name: str) -> None:
+        run, state, ctx = self.run, self.state, self.run.ctx
         ranks = [None] * ctx.world_size
         if ctx.world_size > 1:
-            torch.distributed.all_gather_object(ranks, (rng_state(device), sums.cpu(), data.skipped_images))
+            torch.distributed.all_gather_object(ranks, (rng_state(run.placement.device), state.sums.cpu(),
+                                                        run.data.skipped_images))
         else:
-            ranks = [(rng_state(device), sums.cpu(), {})]
+            ranks = [(rng_state(run.placement.device), state.sums.cpu(), {})]
         if not ctx.is_main:
             return
         for rank, (_, _, skipped) in enumerate(ranks[1:], start=1):
-            for path in skipped.keys() - data.skipped_images.keys():
+            for path in skipped.keys() - run.data.skipped_images.keys():
                 log.warning(f"skipped image {path} (rank {rank}): {skipped[path]}")
-            data.skipped_images.update(skipped)
+            run.data.skipped_images.update(skipped)
+        optimization = run.optimization
         save_checkpoint({
-            "model": bare_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "ema": ema.module.state_dict() if ema else None,
-            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
-            "epoch_sums": [rank[1] for rank in ranks], "rng": [rank[0] for rank in ranks], "faults": faults,
-            "best": best, "history": history, "wall_time_s": elapsed + time.perf_counter() - started,
-            "world_size": ctx.world_size, "classes": data.classes, "config": config_record,
-        }, run_dir / "checkpoints" / name)
+            "model": run.bare_model.state_dict(), "optimizer": optimization.optimizer.state_dict(),
+            "scheduler": optimization.scheduler.state_dict(), "scaler": optimization.scaler.state_dict(),
+            "ema": run.ema.module.state_dict() if run.ema else None, **state.checkpoint_fields(),
+            "epoch_sums": [rank[1] for rank in ranks], "rng": [rank[0] for rank in ranks],
+            "world_size": ctx.world_size, "classes": run.data.classes, "config": self.config_record,
+        }, run.run_dir / "checkpoints" / name)
 
-    def summary(status: str) -> dict:
-        final = history[-1] if history else {}
-        return {
-            "model": model_cfg["name"], "params": params, "gflops": flops / 1e9, "data": cfg.data.name,
-            "best_val_top1": best.get("val_top1") if history else None,
-            "best_val_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),
-            "final_val_top1": final.get("val_top1"), "final_val_top5": final.get("val_top5"),
-            "top5_k": topk, "epochs": len(history), "step": step,
-            "train_img_per_s": steady_throughput(history),
-            **({"best_weights": best.get("weights"),
-                "best_ema_val_top1": max((r["ema_val_top1"] for r in history), default=None),
-                "final_ema_val_top1": final.get("ema_val_top1")} if ema else {}),
-            "wall_time_s": round(elapsed + time.perf_counter() - started, 3), "status": status,
-            "skipped_image_count": len(faults["skipped_images"]), **faults,
-        }
 
-    log.info(f"model {model_cfg['name']}: {params:,} parameters, {flops / 1e9:.3f} GFLOPs per image; "
-             f"data {cfg.data.name}: {len(data.classes)} classes, {len(data.train_batches)} batches of "
-             f"{cfg.data.batch_size} an epoch ({data.path}); device {device}, {str(amp_dtype).removeprefix('torch.')}"
-             f"{', compiled' if compiles(cfg.hardware, device) else ''}")
-    if topk < 5:
-        log.info(f"{num_classes} classes: val_top5 is top-{topk}")
+def train_run(run: Run, state: TrainState, checkpointer: Checkpointer, stops: StopSignals) -> dict:
+    """Epochs from the state's position to train.epochs; summary.json says how the run ended."""
+    cfg, ctx, recorder = run.cfg, run.ctx, run.recorder
+    state.scale = run.optimization.scaler.get_scale()
+    log.info(f"model {cfg.model.name}: {run.network.params:,} parameters, {run.network.flops / 1e9:.3f} GFLOPs per "
+             f"image; data {cfg.data.name}: {len(run.data.classes)} classes, {len(run.data.train_batches)} batches of "
+             f"{cfg.data.batch_size} an epoch ({run.data.path}); device {run.placement.device}, "
+             f"{run.placement.precision}{', compiled' if run.placement.compile else ''}")
+    if run.topk < 5:
+        log.info(f"{len(run.data.classes)} classes: val_top5 is top-{run.topk}")
 
     status = "failed"
-    scale = scaler.get_scale()  # falls when fp16 gradients overflow and the GradScaler skips an update
     try:
-        if ctx.is_main:
-            recorder.start(summary("running"))
-        while epoch < cfg.train.epochs:
-            # Train one epoch (or what is left of it).
+        if recorder:
+            recorder.start(summary(run, state, "running"))
+        while state.epoch < cfg.train.epochs:
             epoch_started = time.perf_counter()
-            model.train()
-            data.train_batches.set_epoch(epoch, batch_in_epoch)
-            batches = len(data.train_batches) + batch_in_epoch
-            bar = tqdm(total=batches, initial=batch_in_epoch, desc=f"epoch {epoch}", leave=False,
-                       disable=not (ctx.is_main and sys.stderr.isatty()), dynamic_ncols=True)
-            images_seen = 0
-            nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # any micro-batch of this update
-            for i, (images, targets) in enumerate(data.train_loader, start=batch_in_epoch):
-                if cfg.train.on_nonfinite == "skip" and i % cfg.train.grad_accum_steps == 0:
-                    buffers = [b.clone() for b in bare_model.buffers()]  # a skipped update's forward moved BN stats
-                images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
-                images, targets, labels = objective.mix(images, targets.to(device, non_blocking=True))
-                last_micro_step = (i + 1) % cfg.train.grad_accum_steps == 0 or i + 1 == batches
-                sync = contextlib.nullcontext() if last_micro_step or ctx.world_size == 1 else model.no_sync()
-                with sync:
-                    with autocast:
-                        logits, loss = objective(model(images), targets, images)
-                    scaler.scale(loss / cfg.train.grad_accum_steps).backward()
-                # Train metrics add up on the device (a non-finite loss leaves them), read at the epoch's end.
-                loss = loss.detach().double()
-                finite = torch.isfinite(loss)
-                nonfinite |= ~finite
-                sums += torch.where(finite, torch.stack([loss * len(targets), (logits.argmax(1) == labels).sum(),
-                                                         loss.new_full((), len(targets))]), 0)
-                images_seen += len(targets)
-                bar.update()
-                if not last_micro_step:
-                    continue
-                # What an update reads on the host: the non-finite flag, decided before the poisoned gradients
-                # touch the weights (free on the CPU, the one device sync of a step on a GPU; fp16 adds the
-                # GradScaler's own), and with DDP one all-reduce on the CPU carrying it and the stop signal.
-                # Everything else (loss, metrics, lr) is read at log intervals and epoch ends.
-                nonfinite_anywhere, stop = any_rank((bool(nonfinite), bool(stops)), ctx)
-                if nonfinite_anywhere:
-                    where = f"at step {step + 1} (epoch {epoch}, batch {i + 1})"
-                    if cfg.train.on_nonfinite == "error":
-                        log.error(message := f"train: loss {loss.item()} {where}; the weights are kept from "
-                                             f"before it (train.on_nonfinite=skip skips such steps)")
-                        raise NonfiniteLoss(message)
-                    faults["nonfinite_skipped_steps"] += 1
-                    torch._foreach_copy_(list(bare_model.buffers()), buffers)
-                    log.warning(f"train.on_nonfinite=skip: loss {loss.item()} {where}, update skipped")
-                    nonfinite.zero_()
-                else:
-                    if cfg.train.clip_grad_norm:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    if scaler.is_enabled():  # one read, after the GradScaler's own sync in step()
-                        scale, previous_scale = scaler.get_scale(), scale
-                        if scale < previous_scale:
-                            faults["scaler_skipped_steps"] += 1
-                            log.info(f"step {step + 1}: fp16 gradients overflowed; the GradScaler skipped the "
-                                     f"update and lowered its scale to {scale:g}")
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if ema is not None:
-                    ema.update(bare_model, step)
-                scheduler.step_update(step)
-                if step % cfg.train.log_every_steps == 0 and ctx.is_main:
-                    loss_value, lr = loss.item(), peak_lr(optimizer)
-                    recorder.step(step, {"train/step_loss": loss_value, "train/lr": lr})
-                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
-                    if bar.disable:
-                        log.info(f"epoch {epoch} batch {i + 1}/{batches} step {step}: "
-                                 f"loss {loss_value:.4f}, lr {lr:.4g}")
-                if stop or cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
-                    checkpoint("last.pt", epoch, i + 1)
-                if stop:
-                    raise Interrupted(stops.name if stops else "another rank's signal")
-            bar.close()
+            images_seen = train_epoch(run, state, checkpointer, stops)
             train_time = time.perf_counter() - epoch_started
-            train_loss, train_correct, train_count = all_reduce_sum(sums.clone(), ctx).tolist()
-
-            val = validate(model, data.val_loader, normalize, device, memory_format, autocast, topk, ctx, cfg.eval.tta)
-            if ema is not None:
-                ema_val = validate(ema.module, data.val_loader, normalize, device, memory_format, autocast, topk, ctx,
-                                   cfg.eval.tta)
-                val.update({f"ema_{key}": value for key, value in ema_val.items()})
-            row = {"epoch": epoch, "step": step, "lr": peak_lr(optimizer),
-                   "train_loss": train_loss / train_count, "train_top1": 100 * train_correct / train_count, **val,
-                   "epoch_time_s": round(time.perf_counter() - epoch_started, 3),
-                   "train_img_per_s": round(images_seen * ctx.world_size / train_time, 1)}
-            epoch, batch_in_epoch = epoch + 1, 0
-            sums.zero_()
-            if ctx.is_main:
+            row = end_epoch(run, state, images_seen, train_time, epoch_started)
+            if recorder:
                 recorder.epoch(row)
             else:
-                history.append(row)
-            log.info(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f} | "
-                     f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f} top{topk} {row['val_top5']:.2f} | "
-                     + (f"ema val top1 {row['ema_val_top1']:.2f} | " if ema else "")
-                     + f"{row['train_img_per_s']:.0f} img/s, {row['epoch_time_s']:.1f}s")
-            if (candidate := best_of(row))["val_top1"] > best["val_top1"]:
-                best = candidate
-                checkpoint("best.pt", epoch, 0)
-            checkpoint("last.pt", epoch, 0)
+                state.history.append(row)
+            if (candidate := best_of(row))["val_top1"] > state.best["val_top1"]:
+                state.best = candidate
+                checkpointer.save("best.pt")
+            checkpointer.save("last.pt")
         if ctx.is_main:
-            export_weights(ema.module if best.get("weights") == "ema" else bare_model,
-                           run_dir / "checkpoints" / "model.safetensors")
+            export_weights(run.ema.module if state.best.get("weights") == "ema" else run.bare_model,
+                           run.run_dir / "checkpoints" / "model.safetensors")
         status = "completed"
         if stops:
             log.info(f"{stops.name} after the last step: the run is complete, and stops there")
     except Interrupted as e:
         status = "interrupted"
-        log.info(f"interrupted ({e}) at step {step}: checkpoints/last.pt holds the run, resume=auto continues it")
+        log.info(f"interrupted ({e}) at step {state.step}: checkpoints/last.pt holds the run, resume=auto continues it")
         raise
     except KeyboardInterrupt:
         status = "interrupted"
-        log.info(f"stopped at once by a second Ctrl-C at step {step}, without a checkpoint: resume=auto "
+        log.info(f"stopped at once by a second Ctrl-C at step {state.step}, without a checkpoint: resume=auto "
                  f"continues from the last one")
         raise
     finally:
-        result = summary(status)
-        if ctx.is_main:
+        result = summary(run, state, status)
+        if recorder:
             recorder.finish(result, hparam_record(cfg))
         if ctx.world_size > 1:
             torch.distributed.destroy_process_group()
     log.info(f"done: best val top1 {result['best_val_top1']:.2f} (epoch {result['best_epoch']}), "
-             f"{result['wall_time_s']:.0f}s; results in {run_dir}")
+             f"{result['wall_time_s']:.0f}s; results in {run.run_dir}")
     return result
+
+
+def train_epoch(run: Run, state: TrainState, checkpointer: Checkpointer, stops: StopSignals) -> int:
+    """One epoch of train steps from the state's position in it; returns the images this rank trained on."""
+    cfg, ctx, data, placement = run.cfg, run.ctx, run.data, run.placement
+    accumulate, skip_nonfinite = cfg.train.grad_accum_steps, cfg.train.on_nonfinite == "skip"
+    run.model.train()
+    start = state.batch_in_epoch
+    data.train_batches.set_epoch(state.epoch, start)
+    batches = len(data.train_batches) + start
+    bar = tqdm(total=batches, initial=start, desc=f"epoch {state.epoch}", leave=False,
+               disable=not (ctx.is_main and sys.stderr.isatty()), dynamic_ncols=True)
+    images_seen = 0
+    nonfinite = torch.zeros((), dtype=torch.bool, device=placement.device)  # any micro-batch of this update
+    buffers = None
+    for i, (images, targets) in enumerate(data.train_loader, start=start):
+        if skip_nonfinite and i % accumulate == 0:
+            buffers = [b.clone() for b in run.bare_model.buffers()]  # a skipped update's forward moved BN stats
+        images = data.normalize(placement.put(images))
+        images, targets, labels = run.objective.mix(images, targets.to(placement.device, non_blocking=True))
+        last_micro_step = (i + 1) % accumulate == 0 or i + 1 == batches
+        sync = contextlib.nullcontext() if last_micro_step or ctx.world_size == 1 else run.model.no_sync()
+        with sync:
+            with placement.autocast:
+                logits, loss = run.objective(run.model(images), targets, images)
+            run.optimization.scaler.scale(loss / accumulate).backward()
+        # Train metrics add up on the device (a non-finite loss leaves them), read at the epoch's end.
+        loss = loss.detach().double()
+        finite = torch.isfinite(loss)
+        nonfinite |= ~finite
+        state.sums += torch.where(finite, torch.stack([loss * len(targets), (logits.argmax(1) == labels).sum(),
+                                                       loss.new_full((), len(targets))]), 0)
+        images_seen += len(targets)
+        bar.update()
+        if not last_micro_step:
+            continue
+        # What an update reads on the host: the non-finite flag, decided before the poisoned gradients
+        # touch the weights (free on the CPU, the one device sync of a step on a GPU; fp16 adds the
+        # GradScaler's own), and with DDP one all-reduce on the CPU carrying it and the stop signal.
+        # Everything else (loss, metrics, lr) is read at log intervals and epoch ends.
+        nonfinite_anywhere, stop = any_rank((bool(nonfinite), bool(stops)), ctx)
+        if nonfinite_anywhere:
+            skip_update(run, state, loss, f"at step {state.step + 1} (epoch {state.epoch}, batch {i + 1})", buffers)
+            nonfinite.zero_()
+        else:
+            update(run, state)
+        finish_step(run, state, loss, bar, f"epoch {state.epoch} batch {i + 1}/{batches}")
+        state.batch_in_epoch = i + 1
+        if stop or cfg.train.checkpoint_every_steps and state.step % cfg.train.checkpoint_every_steps == 0:
+            checkpointer.save("last.pt")
+        if stop:
+            raise Interrupted(stops.name if stops else "another rank's signal")
+    bar.close()
+    return images_seen
+
+
+def update(run: Run, state: TrainState) -> None:
+    """The optimizer's step on this update's gradients (unscaled and clipped where configured)."""
+    optimizer, scaler = run.optimization.optimizer, run.optimization.scaler
+    if run.cfg.train.clip_grad_norm:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    if scaler.is_enabled():  # one read, after the GradScaler's own sync in step()
+        scale, previous_scale = scaler.get_scale(), state.scale
+        state.scale = scale
+        if scale < previous_scale:
+            state.faults["scaler_skipped_steps"] += 1
+            log.info(f"step {state.step + 1}: fp16 gradients overflowed; the GradScaler skipped the update and "
+                     f"lowered its scale to {scale:g}")
+
+
+def skip_update(run: Run, state: TrainState, loss: torch.Tensor, where: str,
+                buffers: list[torch.Tensor] | None) -> None:
+    """A non-finite loss on any rank: train.on_nonfinite=error stops the run, skip drops the update (and the
+    batch-norm statistics its forward passes moved)."""
+    if run.cfg.train.on_nonfinite == "error":
+        log.error(message := f"train: loss {loss.item()} {where}; the weights are kept from before it "
+                             f"(train.on_nonfinite=skip skips such steps)")
+        raise NonfiniteLoss(message)
+    state.faults["nonfinite_skipped_steps"] += 1
+    torch._foreach_copy_(list(run.bare_model.buffers()), buffers)
+    log.warning(f"train.on_nonfinite=skip: loss {loss.item()} {where}, update skipped")
+
+
+def finish_step(run: Run, state: TrainState, loss: torch.Tensor, bar: tqdm, where: str) -> None:
+    """After an update (or a skipped one): the gradients cleared, the step counted, the EMA and the schedule
+    moved on, and at log intervals the loss and lr logged."""
+    run.optimization.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    if run.ema is not None:
+        run.ema.update(run.bare_model, state.step)
+    run.optimization.scheduler.step_update(state.step)
+    if state.step % run.cfg.train.log_every_steps == 0 and run.ctx.is_main:
+        loss_value, lr = loss.item(), peak_lr(run.optimization.optimizer)
+        run.recorder.step(state.step, {"train/step_loss": loss_value, "train/lr": lr})
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
+        if bar.disable:
+            log.info(f"{where} step {state.step}: loss {loss_value:.4f}, lr {lr:.4g}")
+
+
+def end_epoch(run: Run, state: TrainState, images_seen: int, train_time: float, epoch_started: float) -> dict:
+    """Validation and the epoch's row of metrics.csv; the state moves to the next epoch's start."""
+    train_loss, train_correct, train_count = all_reduce_sum(state.sums.clone(), run.ctx).tolist()
+    val = validate(run.model, run.data.val_loader, run.data.normalize, run.placement, run.topk, run.ctx,
+                   run.cfg.eval.tta)
+    if run.ema is not None:
+        ema_val = validate(run.ema.module, run.data.val_loader, run.data.normalize, run.placement, run.topk, run.ctx,
+                           run.cfg.eval.tta)
+        val.update({f"ema_{key}": value for key, value in ema_val.items()})
+    row = {"epoch": state.epoch, "step": state.step, "lr": peak_lr(run.optimization.optimizer),
+           "train_loss": train_loss / train_count, "train_top1": 100 * train_correct / train_count, **val,
+           "epoch_time_s": round(time.perf_counter() - epoch_started, 3),
+           "train_img_per_s": round(images_seen * run.ctx.world_size / train_time, 1)}
+    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    state.sums.zero_()
+    log.info(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f} | "
+             f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f} top{run.topk} {row['val_top5']:.2f} | "
+             + (f"ema val top1 {row['ema_val_top1']:.2f} | " if run.ema else "")
+             + f"{row['train_img_per_s']:.0f} img/s, {row['epoch_time_s']:.1f}s")
+    return row
+
+
+@torch.no_grad()
+def validate(model, loader, normalize, placement: Placement, topk: int, ctx: Dist, tta: TTA = TTA.none) -> dict:
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=placement.device)  # loss sum, top-1, top-k, samples
+    for logits, targets in batch_logits(model, loader, normalize, placement, tta):
+        hits = logits.topk(topk, 1).indices == targets[:, None]
+        sums += torch.stack([F.cross_entropy(logits.float(), targets, reduction="sum").double(),
+                             hits[:, 0].sum().double(), hits.any(1).sum().double(),
+                             hits.new_full((), len(targets), dtype=torch.float64)])
+    loss, top1, topk_hits, count = all_reduce_sum(sums, ctx).tolist()
+    return {"val_loss": loss / count, "val_top1": 100 * top1 / count, "val_top5": 100 * topk_hits / count}
+
+
+def summary(run: Run, state: TrainState, status: str) -> dict:
+    """summary.json: what the run is and how far it got."""
+    history, best = state.history, state.best
+    final = history[-1] if history else {}
+    return {
+        "model": run.cfg.model.name, "params": run.network.params, "gflops": run.network.flops / 1e9,
+        "data": run.cfg.data.name, "best_val_top1": best.get("val_top1") if history else None,
+        "best_val_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),
+        "final_val_top1": final.get("val_top1"), "final_val_top5": final.get("val_top5"),
+        "top5_k": run.topk, "epochs": len(history), "step": state.step,
+        "train_img_per_s": steady_throughput(history),
+        **({"best_weights": best.get("weights"),
+            "best_ema_val_top1": max((r["ema_val_top1"] for r in history), default=None),
+            "final_ema_val_top1": final.get("ema_val_top1")} if run.ema else {}),
+        "wall_time_s": round(state.wall_time_s(), 3), "status": status,
+        "skipped_image_count": len(state.faults["skipped_images"]), **state.faults,
+    }
+
+
+def peak_lr(optimizer) -> float:
+    """The learning rate logged: the largest group's (under layer decay the first group is the most decayed)."""
+    return max(group["lr"] for group in optimizer.param_groups)
 
 
 def steady_throughput(history: list[dict]) -> float | None:
@@ -393,20 +441,3 @@ def hparam_record(cfg: DictConfig) -> dict:
             if isinstance(value, (int, float, str, bool)) and not key.startswith("_"):
                 flat[f"{group}.{key}"] = value
     return flat
-
-
-@torch.no_grad()
-def validate(model, loader, normalize, device, memory_format, autocast, topk: int, ctx, tta: TTA = TTA.none) -> dict:
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-k, samples
-    for images, targets in loader:
-        images = normalize(images.to(device, non_blocking=True, memory_format=memory_format))
-        targets = targets.to(device, non_blocking=True)
-        with autocast:
-            logits = tta_logits(model, images, tta, images.shape[-1])
-        hits = logits.topk(topk, 1).indices == targets[:, None]
-        sums += torch.stack([F.cross_entropy(logits.float(), targets, reduction="sum").double(),
-                             hits[:, 0].sum().double(), hits.any(1).sum().double(),
-                             hits.new_full((), len(targets), dtype=torch.float64)])
-    loss, top1, topk_hits, count = all_reduce_sum(sums, ctx).tolist()
-    return {"val_loss": loss / count, "val_top1": 100 * top1 / count, "val_top5": 100 * topk_hits / count}
