@@ -6,6 +6,9 @@ SLURM  := /usr/sbin/slurmctld
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 ARGS   ?=
+# pytest-xdist workers: one per core, at most 4 (each holds a warm interpreter of its own: tests/zygote.py)
+WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
+XDIST  := -n $(WORKERS) --dist loadgroup
 
 .DEFAULT_GOAL := help
 .PHONY: help setup train test test-quick lint clean clean-outputs
@@ -30,10 +33,10 @@ train: setup ## the Fashion-MNIST speedrun: 93% test top-1 in minutes on a lapto
 	$(PY) -m cnnbench.train experiment=fmnist_speedrun $(ARGS)
 
 test: setup ## run the whole test suite (what CI runs)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-quick: setup ## the tests that start no subprocess run, cluster or GPU: about 7 minutes on 2 cores (all: 21)
-	$(PY) -m pytest -q -m "not slow and not cluster and not gpu"
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not cluster and not gpu"
 
 lint: setup ## ruff: pyflakes, pycodestyle and import order (pyproject.toml)
 	$(PY) -m ruff check cnnbench tests scripts hydra_plugins

@@ -1,4 +1,5 @@
 """Fixtures and hooks; the helpers the test modules share are in helpers.py."""
+import os
 import subprocess
 
 import pytest
@@ -6,13 +7,28 @@ import torch
 
 from .helpers import SMOKE
 
+SHARED_SCOPES = ("module", "package", "session")
 
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs a worker per core), each worker and the runs it starts take one
+    thread: as many busy threads as cores, not a worker's worth of threads on each."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests need a CUDA device: skipped, with the reason, where torch sees none (CI, a laptop)."""
-    if not torch.cuda.is_available():
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+    """`gpu` tests need a CUDA device: skipped, with the reason, where torch sees none (CI, a laptop).
+    A test using a module's or the session's fixture runs on the worker that holds it (xdist's loadgroup):
+    the runs such a fixture makes are made once."""
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        fixtures = getattr(item, "_fixtureinfo", None)
+        if fixtures and any(d.scope in SHARED_SCOPES for defs in fixtures.name2fixturedefs.values() for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture

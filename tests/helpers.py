@@ -1,9 +1,16 @@
 """Helpers shared by more than one test module. Configs are built the way `python -m cnnbench.train` builds
 them: Hydra's compose API on conf/."""
+import atexit
 import csv
+import functools
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +31,46 @@ def make_config(run_dir: Path, *overrides: str, app: str = "train"):
         return compose(app, overrides=[f"run_dir={run_dir}", *overrides])
 
 
-def run_cli(*args: str, module: str = "cnnbench.train", timeout: float = 300) -> subprocess.CompletedProcess:
-    """An entry point as a user runs it, in a subprocess."""
+def run_cli(*args: str, module: str = "cnnbench.train", timeout: float = 300, cold: bool = False,
+            cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` as a user runs it, in a process of its own: forked from the suite's warm
+    interpreter (tests/zygote.py), or with `cold` a fresh `python` that imports everything itself."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env)
+    if cold:
+        return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                              timeout=timeout, cwd=cwd, env=env)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull) as stdin:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(zygote())
+            request = {"module": module, "args": list(args), "cwd": str(cwd), "env": env}
+            socket.send_fds(conn, [json.dumps(request).encode()], [stdin.fileno(), out.fileno(), err.fileno()])
+            replies = conn.makefile()
+            pid = int(replies.readline())
+            conn.settimeout(timeout)
+            try:
+                returncode = int(replies.readline())
+            except TimeoutError:
+                os.kill(pid, signal.SIGKILL)
+                raise subprocess.TimeoutExpired([module, *args], timeout) from None
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess([sys.executable, "-m", module, *args], returncode,
+                                           out.read().decode(), err.read().decode())
+
+
+@functools.cache
+def zygote() -> str:
+    """The socket of this test process's warm interpreter, started on first use; it ends with this process
+    (its stdin closes)."""
+    path = os.path.join(tempfile.mkdtemp(prefix="cnnbench-zygote-"), "socket")
+    process = subprocess.Popen([sys.executable, "-m", "tests.zygote", path], stdin=subprocess.PIPE, cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    atexit.register(process.stdin.close)
+    while not os.path.exists(path):
+        if process.poll() is not None:
+            raise RuntimeError(f"tests/zygote.py exited with {process.returncode}")
+        time.sleep(0.05)
+    return path
 
 
 # A run small enough for a test: tiny batches, synthetic 32x32 images, one thread of work.

@@ -256,7 +256,8 @@ def test_layer_decay_gives_the_backbone_smaller_learning_rates(synthetic_run, tm
 def test_pretrained_offline_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = run_cli("model=timm", "model.name=resnet10t", "model.pretrained=true", "data=synthetic",
-                     "hardware=cpu", f"hydra.run.dir={tmp_path}", timeout=60)
+                     "hardware=cpu", f"hydra.run.dir={tmp_path}", timeout=60,
+                     cold=True)  # huggingface_hub reads HF_HUB_OFFLINE when it is imported
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("cnnbench: error: model.pretrained: could not fetch weights for resnet10t")
     assert len(result.stderr.strip().splitlines()) == 1
