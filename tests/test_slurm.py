@@ -101,9 +101,11 @@ SelectTypeParameters=CR_CPU
 SlurmdParameters=config_overrides
 ReturnToService=2
 MinJobAge=600  # job records stay readable for the tests
+SchedulerParameters=bf_interval=1  # a requeued job starts once eligible, not at the next 30 s backfill pass
 KillWait=5
 SlurmdTimeout=10
 InactiveLimit=0
+SlurmctldDebug=debug  # the log names each time-limit warning sent (send_job_warn_signal)
 NodeName={host} NodeAddr=127.0.0.1 CPUs=8 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:8
 """)
@@ -133,22 +135,39 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
 
 @pytest.fixture(scope="module")
 def jobs(slurm, tmp_path_factory):
-    """Every job at once, so that they share the wall time; the sweep's submitter waits for its own."""
+    """Every job at once, so that they share the wall time; the sweeps' submitters wait for their own."""
+    def start_sweep(name: str, *overrides: str):
+        sweep_dir = tmp_path_factory.mktemp(name)
+        log = sweep_dir.with_suffix(".log").open("w+")  # the submitter's output: a file never fills up
+        submitter = subprocess.Popen(
+            [sys.executable, "-m", "cnnbench.train", "-m", "hydra/launcher=slurm", *overrides,
+             f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.cpus_per_task=1"],
+            cwd=slurm.base, env=slurm.env, stdout=log, stderr=subprocess.STDOUT)
+        return submitter, log, sweep_dir
+
+    def ended_sweep(submitter, log, sweep_dir, timeout: float):
+        submitter.wait(timeout=timeout)
+        log.seek(0)
+        return submitter.returncode, log.read(), sweep_dir
+
+    def only_job(sweep_dir: Path) -> str:
+        [job] = [d.name for d in (sweep_dir / ".submitit").iterdir() if d.is_dir()]  # one point: no array
+        return job
+
+    # First, as it runs longest: SLURM's own 1-minute time limit. slurmctld checks limits every 30 s and
+    # warns at the first check within signal_delay_s + 30 s of the limit (send_job_warn_signal in its log),
+    # so with signal_delay_s=1 USR2 comes 29 to 59 s after the job starts (a requeued one starts 10-20 s
+    # after a check, so about 40 s), past the second or two before submitit's handler is in place, and
+    # always a check before the kill. A warning before the trainer's own handler (imports take 10-45 s
+    # here) costs an attempt, not the point. 24 epochs (50 s of steps on an idle CPU) outlast the latest
+    # first warning: the point took 4 to 6 attempts (3 to 6 minutes) here.
+    time_limited_sweep = start_sweep("time_limited_sweep", *RUN, "train.epochs=24", "hydra.launcher.timeout_min=1",
+                                     "hydra.launcher.signal_delay_s=1")
+    sweep = start_sweep("sweep", *SMOKE, "model=lenet5,fmnist_cnn", "hydra.launcher.timeout_min=10")
+    # Preemption, which SLURM signals as it does a time limit (USR2), by hand: at a known moment, once the
+    # point has checkpointed, so that exactly one requeue is checked.
+    preempted_sweep = start_sweep("preempted_sweep", *RUN, "hydra.launcher.timeout_min=10")
     script = ROOT / "scripts" / "slurm"
-    sweep_dir = tmp_path_factory.mktemp("sweep")
-    sweep_log = sweep_dir.with_suffix(".log").open("w+")  # the submitter's output: a file never fills up
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "cnnbench.train", "-m", "hydra/launcher=slurm", *SMOKE, "model=lenet5,fmnist_cnn",
-         f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.cpus_per_task=1",
-         "hydra.launcher.timeout_min=10"],
-        cwd=slurm.base, env=slurm.env, stdout=sweep_log, stderr=subprocess.STDOUT)
-    # A one-point sweep that SLURM warns mid-run (SIGUSR2, as signal_delay_s before its time limit).
-    preempted_dir = tmp_path_factory.mktemp("preempted_sweep")
-    preempted_log = preempted_dir.with_suffix(".log").open("w+")
-    preempted_sweep = subprocess.Popen(
-        [sys.executable, "-m", "cnnbench.train", "-m", "hydra/launcher=slurm", *RUN, f"hydra.sweep.dir={preempted_dir}",
-         "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10"],
-        cwd=slurm.base, env=slurm.env, stdout=preempted_log, stderr=subprocess.STDOUT)
     submitted = {"straight": slurm.sbatch(str(script / "train.sbatch"), *RUN),
                  "preempted": slurm.sbatch(str(script / "train.sbatch"), *RUN),
                  "multinode": slurm.sbatch("--nodes=1", "--ntasks-per-node=2",
@@ -161,19 +180,16 @@ def jobs(slurm, tmp_path_factory):
     wait_for(last.exists, 120, "the first checkpoint")
     slurm("scancel", "--signal=USR1", "--batch", preempted)
 
-    # Time limits are too coarse for a test (SLURM may send --signal up to 60 s early): the same signal by hand.
+    preempted_dir = preempted_sweep[2]
     wait_for(lambda: list(preempted_dir.rglob("last.pt")), 180, "the preempted sweep point's first checkpoint")
-    [task] = [d.name for d in (preempted_dir / ".submitit").iterdir() if d.is_dir()]  # one job: no array
-    slurm("scancel", "--signal=USR2", task)
+    slurm("scancel", "--signal=USR2", only_job(preempted_dir))
 
     for job in submitted.values():
         wait_for(lambda: slurm.state(job) in ENDED, 240, f"job {job} to end")
-    sweep.wait(timeout=240)
-    preempted_sweep.wait(timeout=300)
-    sweep_log.seek(0)
-    preempted_log.seek(0)
-    return {**submitted, "sweep": (sweep.returncode, sweep_log.read(), sweep_dir),
-            "preempted_sweep": (preempted_sweep.returncode, preempted_log.read(), preempted_dir, task)}
+    return {**submitted, "sweep": ended_sweep(*sweep, timeout=240),
+            "preempted_sweep": (*ended_sweep(*preempted_sweep, timeout=300), only_job(preempted_dir)),
+            "time_limited_sweep": (*ended_sweep(*time_limited_sweep, timeout=600),
+                                   only_job(time_limited_sweep[2]))}
 
 
 def exit_code(slurm, job: str) -> str:
@@ -231,3 +247,17 @@ def test_a_sweep_point_warned_by_slurm_is_requeued_and_finishes(slurm, jobs):
     assert summary["status"] == "completed" and summary["step"] == 64, output
     assert "Restarts=1" in slurm("scontrol", "show", "job", task)
     assert "resumed from" in (point / "train.log").read_text()
+
+
+def test_a_sweep_point_that_reaches_its_time_limit_is_requeued_and_finishes(slurm, jobs):
+    """The same, warned by SLURM itself before the 1-minute time limit: the point's job may be requeued more
+    than once, its sweep still ends completed."""
+    returncode, output, sweep_dir, task = jobs["time_limited_sweep"]
+    assert returncode == 0, output
+    [point] = [p.parent for p in sweep_dir.rglob("summary.json")]
+    summary = json.loads((point / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 24 * 32, output
+    restarts = int(slurm("scontrol", "show", "job", task).split("Restarts=")[1].split()[0])
+    train_log = (point / "train.log").read_text()
+    assert restarts >= 1 and "interrupted (SIGUSR2)" in train_log, train_log
+    assert f"resumed from {point / 'checkpoints' / 'last.pt'}" in train_log, train_log
