@@ -26,6 +26,7 @@ SMOKE = ["data=synthetic", "data.image_size=32", "data.train_size=256", "data.va
 RUN = ["data=synthetic", "data.image_size=32", "data.train_size=1024", "data.val_size=64", "data.batch_size=32",
        "model=lenet5", "augmentation=none", "hardware.device=cpu", "hardware.precision=fp32",
        "hardware.deterministic=true", "hardware.nproc=1", "train.epochs=2", "train.checkpoint_every_steps=4"]
+TIME_LIMITED_EPOCHS = 100
 
 
 def free_port() -> int:
@@ -154,15 +155,13 @@ def jobs(slurm, tmp_path_factory):
         [job] = [d.name for d in (sweep_dir / ".submitit").iterdir() if d.is_dir()]  # one point: no array
         return job
 
-    # First, as it runs longest: SLURM's own 1-minute time limit. slurmctld checks limits every 30 s and
-    # warns at the first check within signal_delay_s + 30 s of the limit (send_job_warn_signal in its log),
-    # so with signal_delay_s=1 USR2 comes 29 to 59 s after the job starts (a requeued one starts 10-20 s
-    # after a check, so about 40 s), past the second or two before submitit's handler is in place, and
-    # always a check before the kill. A warning before the trainer's own handler (imports take 10-45 s
-    # here) costs an attempt, not the point. 24 epochs (50 s of steps on an idle CPU) outlast the latest
-    # first warning: the point took 4 to 6 attempts (3 to 6 minutes) here.
-    time_limited_sweep = start_sweep("time_limited_sweep", *RUN, "train.epochs=24", "hydra.launcher.timeout_min=1",
-                                     "hydra.launcher.signal_delay_s=1")
+    # First, as it runs longest: SLURM's own time limit, cut short mid-run. slurmctld checks limits every
+    # 30 to 60 s and warns (USR2, send_job_warn_signal in its log) at the first check within signal_delay_s
+    # (submitit's 120) + 30 s of the limit. Once the point has checkpointed, its limit becomes its run time
+    # plus 2 minutes: the next check warns it, before any kill, while it trains (100 epochs: a minute of steps
+    # on an idle CPU). Its requeued job gets its 10 minutes back, so that it is not warned while it starts.
+    time_limited_sweep = start_sweep("time_limited_sweep", *RUN, f"train.epochs={TIME_LIMITED_EPOCHS}",
+                                     "hydra.launcher.timeout_min=10")
     sweep = start_sweep("sweep", *SMOKE, "model=lenet5,fmnist_cnn", "hydra.launcher.timeout_min=10")
     # Preemption, which SLURM signals as it does a time limit (USR2), by hand: at a known moment, once the
     # point has checkpointed, so that exactly one requeue is checked.
@@ -184,12 +183,24 @@ def jobs(slurm, tmp_path_factory):
     wait_for(lambda: list(preempted_dir.rglob("last.pt")), 180, "the preempted sweep point's first checkpoint")
     slurm("scancel", "--signal=USR2", only_job(preempted_dir))
 
+    time_limited_dir = time_limited_sweep[2]
+    wait_for(lambda: list(time_limited_dir.rglob("last.pt")), 180, "the time-limited point's first checkpoint")
+    time_limited = only_job(time_limited_dir)
+    hours, minutes, _ = map(int, job_field(slurm, time_limited, "RunTime").split("-")[-1].split(":"))
+    slurm("scontrol", "update", f"JobId={time_limited}", f"TimeLimit={60 * hours + minutes + 2}")
+    wait_for(lambda: job_field(slurm, time_limited, "Restarts") != "0", 180, "SLURM to warn and requeue the point")
+    slurm("scontrol", "update", f"JobId={time_limited}", "TimeLimit=10")
+
     for job in submitted.values():
         wait_for(lambda: slurm.state(job) in ENDED, 240, f"job {job} to end")
     return {**submitted, "sweep": ended_sweep(*sweep, timeout=240),
             "preempted_sweep": (*ended_sweep(*preempted_sweep, timeout=300), only_job(preempted_dir)),
-            "time_limited_sweep": (*ended_sweep(*time_limited_sweep, timeout=600),
-                                   only_job(time_limited_sweep[2]))}
+            "time_limited_sweep": (*ended_sweep(*time_limited_sweep, timeout=600), time_limited)}
+
+
+def job_field(slurm, job: str, field: str) -> str:
+    """One field of `scontrol show job` (RunTime, Restarts, ...)."""
+    return slurm("scontrol", "show", "job", job).split(f"{field}=")[1].split()[0]
 
 
 def exit_code(slurm, job: str) -> str:
@@ -250,14 +261,14 @@ def test_a_sweep_point_warned_by_slurm_is_requeued_and_finishes(slurm, jobs):
 
 
 def test_a_sweep_point_that_reaches_its_time_limit_is_requeued_and_finishes(slurm, jobs):
-    """The same, warned by SLURM itself before the 1-minute time limit: the point's job may be requeued more
-    than once, its sweep still ends completed."""
+    """The same, warned by SLURM itself before the job's time limit, cut short mid-run: the requeued job
+    continues the point from its last.pt and the sweep ends completed."""
     returncode, output, sweep_dir, task = jobs["time_limited_sweep"]
     assert returncode == 0, output
     [point] = [p.parent for p in sweep_dir.rglob("summary.json")]
     summary = json.loads((point / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["step"] == 24 * 32, output
-    restarts = int(slurm("scontrol", "show", "job", task).split("Restarts=")[1].split()[0])
+    assert summary["status"] == "completed" and summary["step"] == TIME_LIMITED_EPOCHS * 32, output
+    restarts = int(job_field(slurm, task, "Restarts"))
     train_log = (point / "train.log").read_text()
     assert restarts >= 1 and "interrupted (SIGUSR2)" in train_log, train_log
     assert f"resumed from {point / 'checkpoints' / 'last.pt'}" in train_log, train_log
