@@ -66,7 +66,6 @@ class Optimization:
     optimizer: torch.optim.Optimizer
     scheduler: object  # timm's, stepped per update
     scaler: torch.amp.GradScaler
-    updates_per_epoch: int
 
 
 def build_optimization(cfg: DictConfig, model: torch.nn.Module, batches_per_epoch: int,
@@ -80,4 +79,4 @@ def build_optimization(cfg: DictConfig, model: torch.nn.Module, batches_per_epoc
     scheduler, _ = instantiate(cfg.scheduler)(optimizer, num_epochs=cfg.train.epochs, step_on_epochs=False,
                                               updates_per_epoch=updates_per_epoch)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.amp_dtype == torch.float16)
-    return Optimization(optimizer, scheduler, scaler, updates_per_epoch)
+    return Optimization(optimizer, scheduler, scaler)

@@ -302,7 +302,7 @@ def train_epoch(run: Run, state: TrainState, checkpointer: Checkpointer, stops: 
             nonfinite.zero_()
         else:
             update(run, state)
-        finish_step(run, state, loss, bar, f"epoch {state.epoch} batch {i + 1}/{batches}")
+        finish_step(run, state, loss, bar, i + 1, batches)
         state.batch_in_epoch = i + 1
         if stop or cfg.train.checkpoint_every_steps and state.step % cfg.train.checkpoint_every_steps == 0:
             checkpointer.save("last.pt")
@@ -342,7 +342,7 @@ def skip_update(run: Run, state: TrainState, loss: torch.Tensor, where: str,
     log.warning(f"train.on_nonfinite=skip: loss {loss.item()} {where}, update skipped")
 
 
-def finish_step(run: Run, state: TrainState, loss: torch.Tensor, bar: tqdm, where: str) -> None:
+def finish_step(run: Run, state: TrainState, loss: torch.Tensor, bar: tqdm, batch: int, batches: int) -> None:
     """After an update (or a skipped one): the gradients cleared, the step counted, the EMA and the schedule
     moved on, and at log intervals the loss and lr logged."""
     run.optimization.optimizer.zero_grad(set_to_none=True)
@@ -355,7 +355,8 @@ def finish_step(run: Run, state: TrainState, loss: torch.Tensor, bar: tqdm, wher
         run.recorder.step(state.step, {"train/step_loss": loss_value, "train/lr": lr})
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
         if bar.disable:
-            log.info(f"{where} step {state.step}: loss {loss_value:.4f}, lr {lr:.4g}")
+            log.info(f"epoch {state.epoch} batch {batch}/{batches} step {state.step}: loss {loss_value:.4f}, "
+                     f"lr {lr:.4g}")
 
 
 def end_epoch(run: Run, state: TrainState, images_seen: int, train_time: float, epoch_started: float) -> dict:
