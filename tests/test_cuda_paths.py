@@ -146,6 +146,7 @@ def test_more_ranks_than_gpus_is_one_line_naming_both_counts():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for a machine without CUDA")
+@pytest.mark.slow  # a real command in a subprocess
 def test_a_gpu_ddp_run_without_gpus_stops_with_one_line(tmp_path):
     # item 14: the sbatch scripts pass hardware.device=cuda when SLURM granted GPUs; none seen is one line
     result = run_cli("hardware=ddp", "hardware.device=cuda", "data=synthetic", "model=lenet5",

@@ -24,6 +24,7 @@ from cnnbench.models import create_model
 from .helpers import ROOT, SMOKE, RunsCode, bad_image_tree, make_config, make_image_tree, one_error_line, run_cli
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
     last = tmp_path / "checkpoints" / "last.pt"
@@ -57,6 +58,7 @@ def test_a_live_writers_temp_file_is_kept(tmp_path):
     assert live.read_bytes() == b"partial"
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_a_full_disk_ends_with_one_line_and_the_checkpoint_kept(tiny_disk):
     run = tiny_disk / "run"
     train(make_config(run, *SMOKE, "train.epochs=1"))
@@ -126,6 +128,7 @@ def test_sixteen_bit_and_palette_images_decode_to_their_values(tmp_path):
     assert np.asarray(_open_image(str(folder / "palette.png"))).max() == 6
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_on_bad_image_error_stops_with_the_path_from_a_worker(tmp_path):
     make_image_tree(tmp_path / "images")
     broken = sorted((tmp_path / "images" / "train" / "n01443537").iterdir())[0]

@@ -40,6 +40,7 @@ def test_a_convolutions_backward_counts_its_forward_once_per_gradient(groups):
         assert train.get_total_flops() == torch_count.get_total_flops()
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_bench_trainer_columns_are_consistent(tmp_path, capsys):
     result = run_cli(*TINY_BENCH, "bench.trainer=true", "bench.trainer_rounds=2",
                      f"hydra.run.dir={tmp_path / 'lenet5'}", module="cnnbench.bench")
