@@ -20,7 +20,7 @@ from cnnbench.bench import bench
 from cnnbench.engine.build import count_flops
 from cnnbench.errors import ConfigError
 from cnnbench.models import create_model
-from cnnbench.report import BENCH_COLUMNS, COLUMNS
+from cnnbench.report import BENCH_COLUMNS, COLUMNS, THROUGHPUT_NOTE
 from cnnbench.sweep import point_name
 
 from .helpers import CONF, ROOT, SMOKE, make_config, run_cli
@@ -79,7 +79,8 @@ def test_report_rows_are_the_summaries(grid, reported):
         assert {c: row[c] for c in COLUMNS} == {c: "" if summary[c] is None else str(summary[c]) for c in COLUMNS}
         assert row["run"] == f"model.depth_mult={row['model.depth_mult']},model.width_mult={row['model.width_mult']}"
     table = (grid / "results.md").read_text()
-    assert table.count("\n") == 2 + 4 and "| model.depth_mult | model.width_mult | model |" in table
+    assert table.count("\n") == 2 + 4 + 2 and "| model.depth_mult | model.width_mult | model |" in table
+    assert table.endswith(f"|\n\n{THROUGHPUT_NOTE}\n")  # what train_img_per_s is, under the table
     assert table in reported.stdout  # the terminal shows the same table
 
 
@@ -88,6 +89,46 @@ def test_report_plots_are_images(grid, reported):
         with Image.open(grid / "plots" / f"{name}.png") as image:
             image.verify()
             assert image.format == "PNG" and 600 <= image.width <= 2000 and 400 <= image.height <= 1500, name
+
+
+def test_report_plots_name_the_model_and_data_and_key_what_they_draw(grid, tmp_path):
+    runs = [report.read_run(point, "summary.json") for point in point_dirs(grid)]
+    varying = report.varying_overrides(runs)
+
+    curves = report.plot_learning_curves(runs, varying, tmp_path / "learning_curves.png")
+    assert curves.get_suptitle() == "Learning curves: fmnist_cnn on fashion_mnist"
+    top1, loss = curves.axes
+    assert top1.get_ylabel() == "val top-1 (%)" and loss.get_ylabel() == "loss"
+    for ax in (top1, loss):
+        assert all(tick == int(tick) for tick in ax.get_xticks())  # one epoch: no -0.04, 0.02, ... ticks
+    assert [text.get_text() for text in loss.get_legend().get_texts()] == ["train", "val"]
+    for run, (train_line, val_line) in zip(runs, zip(loss.lines[::2], loss.lines[1::2])):
+        [row] = read_csv(run["dir"] / "metrics.csv")
+        assert list(train_line.get_ydata()) == [float(row["train_loss"])] and train_line.get_linestyle() == "-"
+        assert list(val_line.get_ydata()) == [float(row["val_loss"])] and val_line.get_linestyle() == "--"
+        assert train_line.get_color() == val_line.get_color()  # the same run
+
+    chart = report.plot_accuracy_vs_flops(runs, varying, tmp_path / "top1_vs_gflops.png")
+    [ax] = chart.axes
+    assert ax.get_title() == "Accuracy vs compute: fmnist_cnn on fashion_mnist"
+    key = ax.get_legend()
+    assert key.get_title().get_text() == "parameters"
+    params = sorted(run["summary"]["params"] for run in runs)
+    assert [text.get_text() for text in key.get_texts()] == \
+        [report.count(float(f"{p:.2g}")) for p in (params[0], (params[0] * params[-1]) ** 0.5, params[-1])]
+    areas = [handle.get_sizes()[0] for handle in key.legend_handles]
+    assert areas == sorted(areas) and areas[0] < areas[-1]
+
+    width = report.plot_against_multiplier(runs, "width_mult", "depth_mult", tmp_path / "top1_vs_width.png")
+    assert width.axes[0].get_title() == "Accuracy vs width_mult: fmnist_cnn on fashion_mnist"
+    assert report.plot_against_multiplier(runs[:1], "width_mult", "depth_mult", tmp_path / "none.png") is None
+
+
+def test_plot_titles_list_a_few_models_and_call_more_various():
+    def runs(models, data="cifar10"):
+        return [{"summary": {"model": model, "data": data}} for model in models]
+    assert report.subject(runs(["resnet18", "lenet5", "resnet18"])) == "lenet5, resnet18 on cifar10"
+    assert report.subject(runs(["a", "b", "c", "d"], "fashion_mnist")) == "various (4) on fashion_mnist"
 
 
 def test_tensorboard_hparams_dashboard_sees_every_point(grid):
