@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from cnnbench.config import check_config
 from cnnbench.engine.build import Network, build_optimization, training_length
@@ -119,3 +120,17 @@ def test_a_budgeted_run_stops_at_its_step_and_resumes_exactly(tmp_path):
     assert [{k: v for k, v in r.items() if k not in timing} for r in rows] == \
         [{k: v for k, v in r.items() if k not in timing} for r in metrics(stopped)]
     assert (resumed["step"], resumed["trained_images"]) == (12, 384)
+
+
+@pytest.mark.parametrize("scheduler", ["step", "multistep", "cosine"])
+def test_without_a_budget_the_schedule_is_timms_over_whole_epochs(tmp_path, scheduler):
+    """The schedule in updates is the one timm builds from epochs (it multiplies them by updates_per_epoch)."""
+    cfg = make_config(tmp_path, *SMOKE, f"scheduler={scheduler}", "scheduler.warmup_epochs=0.5",
+                      "scheduler.decay_epochs=2", "scheduler.decay_milestones=[1,3]", "train.epochs=4")
+    ours = build_optimization(cfg, Network(torch.nn.Linear(2, 2), 6, 12, (1, 1, 2)), 7, place(cfg.hardware))
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=cfg.optimizer.lr)
+    timms, _ = instantiate(cfg.scheduler)(optimizer, num_epochs=4, step_on_epochs=False, updates_per_epoch=7)
+    for step in range(29):
+        ours.scheduler.step_update(step)
+        timms.step_update(step)
+        assert ours.optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"], step
