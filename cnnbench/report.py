@@ -7,6 +7,10 @@ DIR is any directory holding run directories (those with a summary.json), e.g. a
 `outputs/multirun/<date>/<time>/`. Writes DIR/results.csv, DIR/results.md and DIR/plots/*.png, and
 prints the table. Every number is the run's own summary.json (or metrics.csv for the curves). Bench
 runs (`cnnbench.bench`, a bench.json each) get their own table: DIR/bench.csv and DIR/bench.md.
+
+The literature's chart (`sweep=zoo`): top-1 against parameters and against FLOPs, one point a run. Runs on
+ImageNet also get DIR/published.csv and DIR/published.md, each architecture's top-1 beside the one its
+reference weights publish (torchvision's weights metadata, offline), and those points on the charts.
 """
 import argparse
 import csv
@@ -24,7 +28,7 @@ from cnnbench.files import read_json, write_file, write_text
 matplotlib.use("Agg")  # headless: files, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 COLUMNS = ["model", "params", "gflops", "best_val_top1", "best_val_top5", "final_val_top1", "final_val_top5",
            "best_epoch", "epochs", "wall_time_s", "train_img_per_s", "status"]
@@ -36,6 +40,12 @@ BENCH_COLUMNS = ["model", "params", "gflops", "image_size", "batch_size", "devic
 THROUGHPUT_NOTE = ("train_img_per_s: training images/s, the median over the epochs after the first "
                    "(the first alone in a one-epoch run)")
 CURVE_METRICS = ["val_top1", "train_loss", "val_loss"]  # metrics.csv's columns the learning curves draw
+PUBLISHED_COLUMNS = ["model", "params", "gflops", "best_val_top1", "reference", "reference_weights",
+                     "published_top1", "published_params", "published_gflops"]
+PUBLISHED_NOTE = ("published_*: the ImageNet-1K val top-1 (one centre crop at the weights' own resolution), "
+                  "parameters and GFLOPs (2 x torchvision's multiply-adds, as cnnbench counts) of the reference's "
+                  "torchvision weights (their DEFAULT, named in reference_weights), from torchvision's metadata; "
+                  "blank where the reference is timm's, whose package carries no accuracies, or there is none")
 
 
 def read_run(run_dir: Path, record: str) -> dict:
@@ -49,7 +59,8 @@ def read_run(run_dir: Path, record: str) -> dict:
     return {"dir": run_dir, "summary": read_json(run_dir / record), "curve": curve,
             "overrides": dict(o.split("=", 1) for o in overrides
                               if "=" in o and not o.startswith(("hydra.", "run_dir"))),
-            "width_mult": model.get("width_mult"), "depth_mult": model.get("depth_mult")}
+            "width_mult": model.get("width_mult"), "depth_mult": model.get("depth_mult"),
+            "source": model.get("source", "cnnbench")}
 
 
 def varying_overrides(runs: list[dict]) -> list[str]:
@@ -127,10 +138,80 @@ def plot_accuracy_vs_flops(runs, varying, path: Path):
     ax.legend(handles, [count(p) for p in keys], title="parameters", fontsize=8, title_fontsize=8,
               labelspacing=3, borderpad=1.5, handletextpad=2)
     ax.margins(x=0.15, y=0.15)  # room for the labels of the outermost points
+    log_scale_if_spread(ax, [r["summary"]["gflops"] for r in runs])
     ax.set(xlabel="GFLOPs per image (forward)", ylabel="best val top-1 (%)",
            title=f"Accuracy vs compute: {subject(runs)}")
     ax.grid(alpha=0.3)
     return save(fig, path)
+
+
+def log_scale_if_spread(ax, values: list[float]) -> None:
+    """A logarithmic x axis where the points span more than 30x (a zoo: LeNet-5's 62k parameters to VGG's
+    138M), where a linear one would crowd all but the largest into its left edge."""
+    if min(values) > 0 and max(values) > 30 * min(values):
+        ax.set_xscale("log")
+
+
+def plot_accuracy_vs_params(runs, varying, path: Path, published: list[dict] | None = None):
+    """Top-1 against parameters: the chart of the literature's table (AlexNet's 61M parameters at 57% ImageNet
+    top-1 to EfficientNet-B0's 5M at 78%). With `published` rows (runs on ImageNet), each architecture's
+    published point (hollow) beside the run's, joined by a dotted line."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in runs:
+        s = r["summary"]
+        ax.scatter(s["params"], s["best_val_top1"], s=60, alpha=0.6)
+        ax.annotate(label(r, varying), (s["params"], s["best_val_top1"]), xytext=(0, 7), textcoords="offset points",
+                    fontsize=7, ha="center", va="bottom")
+    drawn = [row for row in published or [] if row["published_top1"] is not None]
+    for row in drawn:
+        ax.plot([row["params"], row["published_params"]], [row["best_val_top1"], row["published_top1"]], ":",
+                color="gray", linewidth=0.8)
+        ax.plot(row["published_params"], row["published_top1"], "o", markersize=8, markerfacecolor="none",
+                markeredgecolor="black")
+    if drawn:
+        ax.legend([Line2D([], [], marker="o", linestyle="", color="gray", alpha=0.6),
+                   Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="black")],
+                  ["these runs", "published (torchvision weights)"], fontsize=8)
+    ax.margins(x=0.15, y=0.15)
+    log_scale_if_spread(ax, [r["summary"]["params"] for r in runs] + [row["published_params"] for row in drawn])
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: count(value)))
+    ax.set(xlabel="parameters", ylabel="best val top-1 (%)", title=f"Accuracy vs parameters: {subject(runs)}")
+    ax.grid(alpha=0.3)
+    return save(fig, path)
+
+
+def reference_of(model: str, source: str) -> str | None:
+    """The library model a run's architecture mirrors ("torchvision:resnet50"): a zoo entry's `reference`, or
+    the model itself where it came from timm or torchvision; None for a model of the user's own."""
+    if source != "cnnbench":
+        return f"{source}:{model}"
+    from cnnbench.models.registry import get_entry  # torch: only for a report on ImageNet runs
+
+    try:
+        return get_entry(model).reference
+    except CnnbenchError:
+        return None
+
+
+def published_row(run: dict) -> dict:
+    """A run's architecture, its top-1, and what its reference's torchvision weights publish on ImageNet-1K
+    (torchvision's metadata, in the package: nothing is fetched)."""
+    import torchvision
+
+    s = run["summary"]
+    row = {key: s.get(key) for key in ("model", "params", "gflops", "best_val_top1")}
+    row.update(reference=reference_of(s["model"], run["source"]), reference_weights=None, published_top1=None,
+               published_params=None, published_gflops=None)
+    library, _, name = (row["reference"] or "").partition(":")
+    if library == "torchvision":
+        try:
+            weights = torchvision.models.get_model_weights(name).DEFAULT
+        except ValueError:  # a torchvision model without weights
+            return row
+        meta = weights.meta
+        row.update(reference_weights=str(weights), published_top1=meta["_metrics"]["ImageNet-1K"]["acc@1"],
+                   published_params=meta["num_params"], published_gflops=2 * meta["_ops"])
+    return row
 
 
 def plot_against_multiplier(runs, key: str, other: str, path: Path):
@@ -188,6 +269,12 @@ def write_tables(root: Path, name: str, runs: list[dict], varying: list[str], co
     return text
 
 
+def result_columns(runs: list[dict]) -> list[str]:
+    """results.csv's columns: COLUMNS, and where any run had a budget, the budget and what each run trained."""
+    budgets = [c for c in ("budget_tflop", "budget_images") if any(r["summary"].get(c) is not None for r in runs)]
+    return COLUMNS + (budgets + ["trained_images", "trained_tflop"] if budgets else [])
+
+
 def report(root: Path) -> None:
     runs = [read_run(p.parent, "summary.json") for p in sorted(root.rglob("summary.json"))]
     benches = [read_run(p.parent, "bench.json") for p in sorted(root.rglob("bench.json"))]
@@ -195,12 +282,18 @@ def report(root: Path) -> None:
         raise CnnbenchError(f"{root}: no run directories (with a summary.json or bench.json) under it")
     if runs:
         varying = varying_overrides(runs)
-        print(write_tables(root, "results", runs, varying, COLUMNS, THROUGHPUT_NOTE), end="")
+        print(write_tables(root, "results", runs, varying, result_columns(runs), THROUGHPUT_NOTE), end="")
         plots = root / "plots"
         plots.mkdir(exist_ok=True)
         finished = [r for r in runs if r["summary"].get("best_val_top1") is not None]
+        on_imagenet = [r for r in finished if r["summary"].get("data") == "imagenet"]
+        published = [published_row(r) for r in on_imagenet]
+        if published:
+            beside = [{**r, "overrides": {}, "summary": row} for r, row in zip(on_imagenet, published)]
+            print(write_tables(root, "published", beside, [], PUBLISHED_COLUMNS, PUBLISHED_NOTE), end="")
         if finished:
             plot_accuracy_vs_flops(finished, varying, plots / "top1_vs_gflops.png")
+            plot_accuracy_vs_params(finished, varying, plots / "top1_vs_params.png", published)
             plot_against_multiplier(finished, "width_mult", "depth_mult", plots / "top1_vs_width.png")
             plot_against_multiplier(finished, "depth_mult", "width_mult", plots / "top1_vs_depth.png")
             plot_learning_curves(finished, varying, plots / "learning_curves.png")

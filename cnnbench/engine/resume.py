@@ -18,6 +18,7 @@ from .distributed import restartable
 SCHEDULE = "the schedule is rebuilt from step {step}"
 APPLIED = {
     "train.epochs": "the schedule is rebuilt for {now} epochs from step {step}",
+    "train.budget_*": "the schedule is rebuilt for the new budget from step {step}",
     "scheduler.*": SCHEDULE, "optimizer.lr": SCHEDULE, "optimizer.lr_reference_batch": SCHEDULE,
     # Updates per epoch change with these, and so the schedule; they cut an epoch into other batches, so
     # they change where an epoch starts only.

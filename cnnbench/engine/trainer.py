@@ -162,7 +162,7 @@ def build_run(cfg: DictConfig, ctx: Dist, placement: Placement) -> Run:
                if cfg.distill.teacher else None)
     objective = Objective(cfg.augmentation, num_classes, cfg.data.batch_size // ctx.world_size,
                           getattr(network.model, "aux_weight", 0.0), teacher, cfg.distill)
-    optimization = build_optimization(cfg, network.model, len(data.train_batches), placement)
+    optimization = build_optimization(cfg, network, len(data.train_batches), placement)
     model = network.model
     if ctx.world_size > 1:
         model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if placement.device.type == "cuda" else None,
@@ -214,12 +214,14 @@ def train_run(run: Run, state: TrainState, checkpointer: Checkpointer, stops: St
              f"{run.placement.precision}{', compiled' if run.placement.compile else ''}")
     if run.topk < 5:
         log.info(f"{len(run.data.classes)} classes: val_top5 is top-{run.topk}")
+    if budget := run.optimization.length.describe():
+        log.info(budget)
 
     status = "failed"
     try:
         if recorder:
             recorder.start(summary(run, state, "running"))
-        while state.epoch < cfg.train.epochs:
+        while state.epoch < run.optimization.length.epochs:
             epoch_started = time.perf_counter()
             images_seen = train_epoch(run, state, checkpointer, stops)
             train_time = time.perf_counter() - epoch_started
@@ -272,6 +274,8 @@ def train_epoch(run: Run, state: TrainState, checkpointer: Checkpointer, stops: 
     nonfinite = torch.zeros((), dtype=torch.bool, device=placement.device)  # any micro-batch of this update
     buffers = None
     for i, (images, targets) in enumerate(data.train_loader, start=start):
+        if state.step >= run.optimization.length.steps:  # a budget's last epoch ends at its step
+            break
         if skip_nonfinite and i % accumulate == 0:
             buffers = [b.clone() for b in run.bare_model.buffers()]  # a skipped update's forward moved BN stats
         images = data.normalize(placement.put(images))
@@ -410,6 +414,7 @@ def summary(run: Run, state: TrainState, status: str) -> dict:
             "final_ema_val_top1": final.get("ema_val_top1")} if run.ema else {}),
         "wall_time_s": round(state.wall_time_s(), 3), "status": status,
         "skipped_image_count": len(state.faults["skipped_images"]), **state.faults,
+        **run.optimization.length.record(state.step),
     }
 
 
