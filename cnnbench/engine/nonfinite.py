@@ -29,6 +29,9 @@ log = logging.getLogger("cnnbench")
 
 
 class NonfiniteGuard:
+    """A run's train.on_nonfinite: per update, start_update, then on_device decides which of `deciding`
+    (around the optimizer's step) or the host's read (skip_on_host where set) applies; `read` reports."""
+
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                  on_nonfinite: str, ctx: Dist):
         self.model, self.optimizer, self.ctx = model, optimizer, ctx

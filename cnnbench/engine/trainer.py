@@ -296,10 +296,9 @@ def train_epoch(run: Run, state: TrainState, checkpointer: Checkpointer, stops: 
         if not last_micro_step:
             continue
         # The non-finite flag is decided before the poisoned gradients touch the weights (engine/nonfinite.py):
-        # on the device where the optimizer skips there, read at log intervals, checkpoints and the epoch's
-        # end; else read here, with DDP in one all-reduce on the CPU with the stop signal (free on the CPU,
-        # the one device sync of a step on a GPU; fp16 adds the GradScaler's own). Everything else (loss,
-        # metrics, lr) is read at log intervals and epoch ends.
+        # on the device where the optimizer can skip there; else read here, with DDP in one all-reduce on the
+        # CPU with the stop signal (free on the CPU, the one device sync of a step on a GPU; fp16 adds the
+        # GradScaler's own). Everything else (loss, metrics, lr) is read at log intervals and epoch ends.
         where = (state.step + 1, state.epoch, i + 1)
         if guard.on_device():
             with guard.deciding(nonfinite, loss, where):
@@ -346,7 +345,7 @@ def update(run: Run, state: TrainState) -> None:
 
 def finish_step(run: Run, state: TrainState, loss: torch.Tensor, bar: tqdm, batch: int, batches: int) -> None:
     """After an update (or a skipped one): the gradients cleared, the step counted, the EMA and the schedule
-    moved on, and at log intervals the loss and lr logged."""
+    moved on, and at log intervals what the device decided read, the loss and lr logged."""
     run.optimization.optimizer.zero_grad(set_to_none=True)
     state.step += 1
     if run.ema is not None:
