@@ -114,6 +114,9 @@ class OptimizerConfig:
     # Linear scaling rule (Goyal et al.): lr is quoted for this global batch, and the run uses
     # lr * data.batch_size / lr_reference_batch; null: lr as given.
     lr_reference_batch: Optional[int] = None
+    # torch's fused update kernels (SGD, Adam, AdamW), which skip a non-finite update on the device (no host
+    # sync a step, docs/performance.md); null: on a GPU where the optimizer has them, but not in fp16.
+    fused: Optional[bool] = None
 
 
 @dataclass
@@ -351,6 +354,8 @@ def check_optimization(cfg: DictConfig) -> None:
     optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     optimizer_cfg.pop("lr_reference_batch")
     optimizer_cfg.pop("layer_decay")  # needs the real model's layers; its range is checked below
+    if optimizer_cfg.pop("fused"):  # torch's SGD, Adam and AdamW take the keyword; others refuse true here
+        optimizer_cfg["fused"] = True
     stand_in = torch.nn.Linear(1, 1)
     try:
         optimizer = instantiate(optimizer_cfg)(stand_in)

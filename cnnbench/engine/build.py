@@ -4,11 +4,13 @@ import copy
 import math
 from dataclasses import dataclass
 
+import timm.optim
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from cnnbench.errors import ConfigError
 from cnnbench.models import create_model
 from cnnbench.models.registry import compound_image_size
 
@@ -59,6 +61,20 @@ def count_flops(model: torch.nn.Module, shape: tuple, device) -> int:
         model(torch.zeros(1, *shape, device=device))
     model.train(was_training)
     return counter.get_total_flops()
+
+
+FUSED_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)  # those with fused kernels, found_inf
+
+
+def fused_optimizer(fused: bool | None, opt: str, placement: Placement) -> bool:
+    """optimizer.fused: as set, or where null on a GPU for torch's SGD, Adam and AdamW, but not inside
+    timm's Lookahead (whose step would not pass the non-finite flag on) nor under fp16's GradScaler (whose
+    first update often overflows, see build_optimization)."""
+    if fused is not None:
+        return fused
+    name = opt.lower().split("_")
+    return (placement.device.type == "cuda" and placement.amp_dtype != torch.float16 and len(name) == 1
+            and timm.optim.get_optimizer_info(name[0]).opt_class in FUSED_OPTIMIZERS)
 
 
 @dataclass
@@ -144,7 +160,16 @@ def build_optimization(cfg: DictConfig, network: Network, batches_per_epoch: int
     optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     if (reference_batch := optimizer_cfg.pop("lr_reference_batch")) is not None:
         optimizer_cfg["lr"] *= cfg.data.batch_size / reference_batch  # the linear scaling rule
+    if fused := fused_optimizer(optimizer_cfg.pop("fused"), optimizer_cfg["opt"], placement):
+        optimizer_cfg["fused"] = True
     optimizer = instantiate(optimizer_cfg)(network.model)
+    scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.amp_dtype == torch.float16)
+    if fused and scaler.is_enabled() and isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"]:
+        # torch 2.14's fused SGD, skipping the update that makes its momentum buffers, leaves them as
+        # torch.empty_like made them: NaN weights after a first fp16 update that overflows.
+        raise ConfigError("optimizer.fused: fused SGD with momentum under fp16's GradScaler keeps uninitialised "
+                          "momentum buffers when the scaler skips the first update; optimizer.fused=false, or "
+                          "hardware.precision=bf16")
     # In updates, as timm converts epochs itself (times updates_per_epoch), but with the run's step count as
     # the length: a budget's need not be whole epochs.
     scheduler_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True)
@@ -153,5 +178,4 @@ def build_optimization(cfg: DictConfig, network: Network, batches_per_epoch: int
     scheduler_cfg["decay_milestones"] = [m * length.updates_per_epoch for m in scheduler_cfg["decay_milestones"]]
     scheduler, _ = instantiate(scheduler_cfg)(optimizer, num_epochs=length.steps, step_on_epochs=False,
                                               updates_per_epoch=1)
-    scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.amp_dtype == torch.float16)
     return Optimization(optimizer, scheduler, scaler, length)
