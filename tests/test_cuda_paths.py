@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from cnnbench.config import check_config
 from cnnbench.data.datasets import seeded, synthetic
-from cnnbench.engine.build import build_optimization, fused_optimizer
+from cnnbench.engine.build import Network, build_optimization, fused_optimizer
 from cnnbench.engine.checkpoint import rng_state, set_rng_state
 from cnnbench.engine.device import Placement, bf16_native, job_settings, matmul_precision_of_convolutions
 from cnnbench.engine.distributed import check_gpu_count, sync_batchnorm
@@ -173,6 +173,7 @@ def test_fused_update_kernels_on_a_gpu_where_the_optimizer_has_them(tmp_path):
     # Fused SGD skipping the update that makes its momentum buffers leaves them as empty_like made them: under
     # fp16's GradScaler, whose first update often overflows, refused.
     cfg = make_config(tmp_path, "optimizer.fused=true", "hardware.precision=fp16")
+    linear = Network(nn.Linear(2, 2), 6, 12, (1, 1, 2))
     with pytest.raises(ConfigError, match="^optimizer.fused: fused SGD with momentum under fp16's GradScaler"):
-        build_optimization(cfg, nn.Linear(2, 2), 1, placement("cpu", torch.float16))
-    assert build_optimization(cfg, nn.Linear(2, 2), 1, placement("cpu")).optimizer.defaults["fused"]
+        build_optimization(cfg, linear, 1, placement("cpu", torch.float16))
+    assert build_optimization(cfg, linear, 1, placement("cpu")).optimizer.defaults["fused"]
