@@ -266,9 +266,13 @@ def labeled_cross_entropy(student, images, labels, placement, seed: int) -> tupl
     """The student's mean cross-entropy on the labeled batch, and its logits: in training mode (the batch
     statistics it trains with), its dropout drawn from `seed` (the same masks before and after its step),
     the run's own random numbers untouched."""
-    devices = [placement.device] if placement.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    cuda = placement.device.type == "cuda"
+    index = (placement.device.index if placement.device.index is not None else torch.cuda.current_device()) \
+        if cuda else None
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        torch.default_generator.manual_seed(seed)  # torch.manual_seed would reseed every GPU's generator
+        if cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
         with placement.autocast:
             logits = student(images).float()
     return F.cross_entropy(logits, labels), logits
