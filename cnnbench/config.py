@@ -182,6 +182,28 @@ class DistillConfig:
     alpha: float = 0.9  # weight of the teacher's soft targets; 1 - alpha on the labels
 
 
+class PseudoLabel(str, Enum):
+    sample = "sample"  # drawn from the teacher's distribution (the paper's Algorithm 1)
+    argmax = "argmax"  # the teacher's top class
+
+
+@dataclass
+class MplConfig:
+    """Meta Pseudo Labels (Pham, Dai, Xie, Luong and Le, CVPR 2021): the run's model is the student; a teacher
+    labels the unlabeled pool for it and learns from the student's labeled loss (cnnbench/engine/mpl.py)."""
+    enabled: bool = False
+    teacher: Optional[str] = None  # the teacher's start: a cnnbench checkpoint (.pt); null: model.*, from scratch
+    teacher_lr: Optional[float] = None  # the teacher's optimizer.lr (same optimizer and schedule); null: optimizer.lr
+    pool_size: Optional[int] = None  # the unlabeled pool: outside data.train_size; null: all of it, N: a fixed random N
+    unlabeled_batch_ratio: int = 1  # unlabeled images a step per labeled one (data.batch_size of them)
+    pseudo_label: PseudoLabel = PseudoLabel.sample
+    # UDA (Xie, Dai, Hovy, Luong and Le 2020), the teacher's consistency on the pool: its prediction on the
+    # strong (RandAugment) view trained towards its sharpened one on the weak view; 0: off
+    uda_weight: float = 0.0
+    uda_temperature: float = 0.7  # sharpens the weak view's prediction
+    uda_threshold: float = 0.6  # only images whose weak-view confidence reaches it count
+
+
 class TTA(str, Enum):
     none = "none"  # the val transform's one view
     flip = "flip"  # it and its mirror image
@@ -204,6 +226,7 @@ class RunConfig:
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)  # python -m cnnbench.bench only
     distill: DistillConfig = field(default_factory=DistillConfig)
+    mpl: MplConfig = field(default_factory=MplConfig)  # Meta Pseudo Labels: mpl.enabled=true
     # validation each epoch: eval.tta=flip averages in the mirror images
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
@@ -454,5 +477,39 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"resume: null, auto or a checkpoint .pt path, got {cfg.resume!r}")
     if "name" not in cfg.model:
         raise ConfigError("model.name: missing; pick a model with model=NAME")
+    if cfg.mpl.enabled:
+        check_mpl(cfg)
     check_model_knobs(cfg.model)
     check_optimization(cfg)
+
+
+def check_mpl(cfg: DictConfig) -> None:
+    """Meta Pseudo Labels' keys, and what its two-network step does not combine with."""
+    mpl = cfg.mpl
+    for key, value in {"mpl.teacher_lr": mpl.teacher_lr, "mpl.pool_size": mpl.pool_size,
+                       "mpl.unlabeled_batch_ratio": mpl.unlabeled_batch_ratio,
+                       "mpl.uda_temperature": mpl.uda_temperature}.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+    if mpl.uda_weight < 0:
+        raise ConfigError(f"mpl.uda_weight: must be >= 0, got {mpl.uda_weight}")
+    if not 0 <= mpl.uda_threshold < 1:
+        raise ConfigError(f"mpl.uda_threshold: in [0, 1), got {mpl.uda_threshold}")
+    if cfg.data.train_size is None:
+        raise ConfigError("data.train_size: marks the labeled part of the training split for mpl (the rest is "
+                          "the unlabeled pool); set it")
+    # Each of these would need a second copy of its machinery for the teacher, or a meaning under pseudo-labels.
+    unsupported = {"distill.teacher": cfg.distill.teacher is not None,
+                   "data.pseudo_labels": cfg.data.pseudo_labels is not None,
+                   "augmentation.mixup_alpha/cutmix_alpha": bool(cfg.augmentation.mixup_alpha
+                                                                 or cfg.augmentation.cutmix_alpha),
+                   "train.grad_accum_steps": cfg.train.grad_accum_steps != 1,
+                   "train.budget_tflop/budget_images": (cfg.train.budget_tflop is not None
+                                                        or cfg.train.budget_images is not None),
+                   "train.on_nonfinite=skip": cfg.train.on_nonfinite == OnNonfinite.skip,
+                   "hardware.precision=fp16": cfg.hardware.precision == Precision.fp16,
+                   "hardware.nproc": cfg.hardware.nproc != 1}
+    for key, used in unsupported.items():
+        if used:
+            raise ConfigError(f"{key}: not with mpl.enabled=true (Meta Pseudo Labels trains its two networks "
+                              f"in one process, fp32 or bf16, a step per batch)")

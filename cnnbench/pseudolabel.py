@@ -37,13 +37,10 @@ def pseudolabel(cfg: DictConfig) -> dict:
     placement = place(cfg.hardware)
     split = load_split(cfg.data, True, transform=None)
     teacher, state = load_teacher(cfg.checkpoint, split.classes, cfg.data.channels, placement.device)
-    whole, pool = unlabeled_pool(split, cfg.data)
+    whole, pool = unlabeled_pool(split, cfg.data, cfg.pool_size)
     # The teacher's own eval transform: it sees the pool as it saw its validation images.
     augmentation = OmegaConf.merge(OmegaConf.structured(AugmentationConfig), state["config"]["augmentation"])
     whole.transform = build_transforms(augmentation, cfg.data, train=False)
-    if cfg.pool_size is not None and cfg.pool_size < len(pool):
-        keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:cfg.pool_size]
-        pool = sorted(pool[i] for i in keep.tolist())
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(whole, pool), batch_size=cfg.data.batch_size,
                                          num_workers=loader_workers(cfg.data))
     probabilities, labels = [], []

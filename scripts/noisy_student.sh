@@ -8,6 +8,7 @@
 #
 #   scripts/noisy_student.sh [OUT] [LABELED] [POOL] [ROUNDS]    # defaults: outputs/noisy_student 1000 20000 1
 #   PYTHON=.venv/bin/python EXTRA="hardware=cpu" scripts/noisy_student.sh
+#   EPOCHS=1 scripts/noisy_student.sh outputs/short    # a student's epochs (the teacher's follow)
 #
 # Validation is the whole test split. OUT/results.txt collects each run's best and final val top-1.
 set -euo pipefail
@@ -19,7 +20,7 @@ PYTHON=${PYTHON:-python}
 EXTRA=${EXTRA:-}
 DATA="data=fashion_mnist data.train_size=$LABELED"
 NOISY_MODEL="model=fmnist_cnn_bn model.width_mult=0.5 model.drop_rate=0.3 augmentation=basic augmentation.crop_padding=2"
-EPOCHS=10  # students: (LABELED + POOL) / 128 steps an epoch
+EPOCHS=${EPOCHS:-10}  # students: (LABELED + POOL) / 128 steps an epoch
 TEACHER_EPOCHS=$(( EPOCHS * (LABELED + POOL) / LABELED ))  # as many steps on the labeled part alone
 
 $PYTHON -m cnnbench.train $DATA $NOISY_MODEL train.epochs=$TEACHER_EPOCHS hydra.run.dir=$OUT/teacher $EXTRA

@@ -33,14 +33,19 @@ class SoftTargets(torch.utils.data.Dataset):
         return image, torch.nn.functional.one_hot(torch.as_tensor(label), self.num_classes).float()
 
 
-def unlabeled_pool(split: Split, data_cfg) -> tuple[torch.utils.data.Dataset, list[int]]:
-    """The whole training split, and the indices outside its labeled `data.train_size` subset."""
+def unlabeled_pool(split: Split, data_cfg, pool_size: int | None = None) -> tuple[torch.utils.data.Dataset, list[int]]:
+    """The whole training split, and the indices outside its labeled `data.train_size` subset: all of them,
+    or a fixed random `pool_size` of them (the same for pseudolabel and Meta Pseudo Labels)."""
     if not isinstance(split.dataset, torch.utils.data.Subset):
         raise DataError(f"data.train_size: marks the labeled part of {data_cfg.name}'s training split (the rest "
                         f"is the unlabeled pool); set it below the split's size")
     whole = split.dataset.dataset
     labeled = set(split.dataset.indices)
-    return whole, [i for i in range(len(whole)) if i not in labeled]
+    pool = [i for i in range(len(whole)) if i not in labeled]
+    if pool_size is not None and pool_size < len(pool):
+        keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:pool_size]
+        pool = sorted(pool[i] for i in keep.tolist())
+    return whole, pool
 
 
 def save_pseudo_labels(path: Path, indices: list[int], soft_targets: torch.Tensor, split: Split, data_cfg,

@@ -38,6 +38,7 @@ from .device import Placement, device_of, place, use_deterministic_algorithms
 from .distill import load_teacher
 from .distributed import Dist, all_reduce_sum, any_rank, init_distributed, sync_batchnorm
 from .losses import Objective
+from .mpl import MetaPseudoLabels, build_meta_pseudo_labels, mpl_epoch
 from .nonfinite import NonfiniteGuard
 from .recorder import EMA_METRICS, METRICS, Recorder
 from .resume import StopSignals, config_changes, load_resume_state, restore_training_state, resume_path
@@ -63,6 +64,7 @@ class Run:
     run_dir: Path
     topk: int  # top-5, or top-k with fewer than 5 classes
     recorder: Recorder | None = None  # rank 0's, from the run's first step on
+    mpl: MetaPseudoLabels | None = None  # Meta Pseudo Labels' teacher (mpl.enabled): the model is its student
 
     @property
     def bare_model(self) -> torch.nn.Module:
@@ -146,6 +148,8 @@ def resume(run: Run, state: TrainState, checkpoint: dict, path: Path) -> list[st
     notes = restore_training_state(checkpoint, run.bare_model, optimization.optimizer, optimization.scheduler,
                                    optimization.scaler, run.ema)
     state.restore(checkpoint, run.ctx.rank, run.placement.device)
+    if run.mpl is not None:
+        run.mpl.restore(checkpoint)
     set_rng_state(checkpoint["rng"][run.ctx.rank], run.placement.device)
     return notes
 
@@ -173,8 +177,10 @@ def build_run(cfg: DictConfig, ctx: Dist, placement: Placement) -> Run:
     if placement.compile:
         model = torch.compile(model)
     guard = NonfiniteGuard(network.model, optimization.optimizer, optimization.scaler, cfg.train.on_nonfinite, ctx)
+    mpl = (build_meta_pseudo_labels(cfg, data, placement, ctx.world_size, len(data.train_batches))
+           if cfg.mpl.enabled else None)
     return Run(cfg, ctx, placement, data, network, model, ema, objective, optimization, guard, Path(cfg.run_dir),
-               topk=min(5, num_classes))
+               topk=min(5, num_classes), mpl=mpl)
 
 
 class Checkpointer:
@@ -205,6 +211,7 @@ class Checkpointer:
             "ema": run.ema.module.state_dict() if run.ema else None, **state.checkpoint_fields(),
             "epoch_sums": [rank[1] for rank in ranks], "rng": [rank[0] for rank in ranks],
             "world_size": ctx.world_size, "classes": run.data.classes, "config": self.config_record,
+            **(run.mpl.checkpoint_fields() if run.mpl else {}),
         }, run.run_dir / "checkpoints" / name)
 
 
@@ -227,7 +234,7 @@ def train_run(run: Run, state: TrainState, checkpointer: Checkpointer, stops: St
             recorder.start(summary(run, state, "running"))
         while state.epoch < run.optimization.length.epochs:
             epoch_started = time.perf_counter()
-            images_seen = train_epoch(run, state, checkpointer, stops)
+            images_seen = (mpl_epoch if run.mpl else train_epoch)(run, state, checkpointer, stops)
             train_time = time.perf_counter() - epoch_started
             row = end_epoch(run, state, images_seen, train_time, epoch_started)
             if recorder:
@@ -446,7 +453,7 @@ def best_of(row: dict) -> dict:
 def hparam_record(cfg: DictConfig) -> dict:
     """The run's scalar settings, for TensorBoard's HParams dashboard."""
     flat = {}
-    for group in ("model", "data", "optimizer", "scheduler", "augmentation", "train", "distill"):
+    for group in ("model", "data", "optimizer", "scheduler", "augmentation", "train", "distill", "mpl"):
         for key, value in OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True).items():
             if isinstance(value, (int, float, str, bool)) and not key.startswith("_"):
                 flat[f"{group}.{key}"] = value
