@@ -47,7 +47,11 @@ def build_network(cfg: DictConfig, num_classes: int, placement: Placement, class
                          image_size=cfg.data.image_size, classes=classes).to(placement.device)
     if convert is not None:
         model = convert(model)
-    image_shape = (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    return measure(model, (cfg.data.channels, cfg.data.image_size, cfg.data.image_size), placement)
+
+
+def measure(model: torch.nn.Module, image_shape: tuple[int, int, int], placement: Placement) -> Network:
+    """A model on the job's device as a Network: counted, in the hardware's memory format."""
     params = sum(p.numel() for p in model.parameters())
     flops = count_flops(model, image_shape, placement.device)
     return Network(model.to(memory_format=placement.memory_format), params, flops, image_shape)

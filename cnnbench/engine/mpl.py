@@ -46,7 +46,7 @@ from cnnbench.data.pseudo_labels import unlabeled_pool
 from cnnbench.data.transforms import CROPS, build_transforms
 from cnnbench.errors import ConfigError, DataError, Interrupted, NonfiniteLoss
 
-from .build import Optimization, build_network, build_optimization
+from .build import Optimization, build_network, build_optimization, measure
 from .distill import load_teacher
 from .resume import restore_training_state
 
@@ -141,10 +141,11 @@ def build_meta_pseudo_labels(cfg: DictConfig, data, placement, world_size: int, 
                           "bf16 or fp32")
     if mpl.teacher:
         teacher, _ = load_teacher(mpl.teacher, data.classes, cfg.data.channels, placement.device, "mpl.teacher")
-        teacher = teacher.to(memory_format=placement.memory_format).requires_grad_(True)
+        teacher = measure(teacher.requires_grad_(True), (cfg.data.channels, cfg.data.image_size,
+                                                         cfg.data.image_size), placement)
     else:
-        teacher = build_network(cfg, len(data.classes), placement, data.classes).model
-    teacher.train()
+        teacher = build_network(cfg, len(data.classes), placement, data.classes)
+    teacher.model.train()
     teacher_cfg = copy.deepcopy(cfg)
     if mpl.teacher_lr is not None:
         teacher_cfg.optimizer.lr = mpl.teacher_lr
@@ -173,7 +174,7 @@ def build_meta_pseudo_labels(cfg: DictConfig, data, placement, world_size: int, 
     description = (f"mpl: teacher {mpl.teacher or 'from scratch'}, a pool of {len(pool)} unlabeled images, "
                    f"batches of {batch_size} with {cfg.data.batch_size} labeled, pseudo-labels by "
                    f"{mpl.pseudo_label.value}, UDA weight {mpl.uda_weight}")
-    return MetaPseudoLabels(mpl, teacher, optimization, pool_batches, pool_loader, aug.label_smoothing,
+    return MetaPseudoLabels(mpl, teacher.model, optimization, pool_batches, pool_loader, aug.label_smoothing,
                             torch.zeros(6, dtype=torch.float64, device=placement.device), description)
 
 
