@@ -14,6 +14,7 @@ from any checkpoint continues bit for bit as if never stopped.
 import contextlib
 import logging
 import math
+import os
 import statistics
 import sys
 import time
@@ -84,6 +85,7 @@ class TrainState:
     earlier_wall_time_s: float = 0.0  # of the runs this one resumes
     started: float = field(default_factory=time.perf_counter)
     scale: float = 1.0  # the GradScaler's, which falls when fp16 gradients overflow and it skips an update
+    time_to_first_step_s: float | None = None  # this process's start-up: from its start to its first step's end
 
     def wall_time_s(self) -> float:
         return self.earlier_wall_time_s + time.perf_counter() - self.started
@@ -359,6 +361,8 @@ def finish_step(run: Run, state: TrainState, loss: torch.Tensor, bar: tqdm, batc
     moved on, and at log intervals what the device decided read, the loss and lr logged."""
     run.optimization.optimizer.zero_grad(set_to_none=True)
     state.step += 1
+    if state.time_to_first_step_s is None:
+        state.time_to_first_step_s = process_age_s()
     if run.ema is not None:
         run.ema.update(run.bare_model, state.step)
     run.optimization.scheduler.step_update(state.step)
@@ -423,10 +427,22 @@ def summary(run: Run, state: TrainState, status: str) -> dict:
         **({"best_weights": best.get("weights"),
             "best_ema_val_top1": max((r["ema_val_top1"] for r in history), default=None),
             "final_ema_val_top1": final.get("ema_val_top1")} if run.ema else {}),
-        "wall_time_s": round(state.wall_time_s(), 3), "status": status,
+        "wall_time_s": round(state.wall_time_s(), 3), "time_to_first_step_s": state.time_to_first_step_s,
+        "status": status,
         "skipped_image_count": len(state.faults["skipped_images"]), **state.faults,
         **run.optimization.length.record(state.step),
     }
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started, from Linux's /proc (interpreter start-up and imports included);
+    None elsewhere."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+            return round(float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def peak_lr(optimizer) -> float:
