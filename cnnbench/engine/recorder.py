@@ -95,7 +95,7 @@ class Recorder:
 
     def best_epoch(self, row: dict, confusion: torch.Tensor, classes: list[str], title: str):
         """A new best epoch's confusion matrix (true class x predicted top-1 counts): confusion_matrix.csv and
-        .png, and in TensorBoard as an image beside each class's top-1 accuracy."""
+        .png, and in TensorBoard the image and each class's top-1 accuracy (evaluate's table)."""
         counts = confusion.tolist()
         text = io.StringIO()
         writer = csv.writer(text)
