@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.plugins.hparams import api_pb2, metadata
 from tensorboard.util import tensor_util
@@ -12,7 +13,7 @@ from tensorboard.util import tensor_util
 from cnnbench.data.datasets import DEBIAN_FASHION_MNIST
 from cnnbench.data.transforms import unused_keys
 from cnnbench.engine.checkpoint import load_checkpoint
-from cnnbench.engine.hparams import CHOSEN
+from cnnbench.engine.hparams import CHOSEN, hparam_summaries
 from cnnbench.engine.hparams import METRICS as HPARAM_METRICS
 from cnnbench.engine.recorder import EPOCH_TAGS, METRICS, SUMMARY_TAGS
 from cnnbench.engine.trainer import train
@@ -117,6 +118,31 @@ def test_a_single_runs_hparams_are_the_chosen_settings(tmp_path, smoke):
     assert start.hparams["precision"].string_value == "float32"
     assert start.hparams["model.name"].string_value == "lenet5" and start.hparams["seed"].number_value == 0
     assert end.status == api_pb2.STATUS_SUCCESS
+
+
+def test_a_sweep_points_hparams_lead_with_its_swept_keys(tmp_path):
+    """A point knows its sweep from its .hydra record and the sweep's multirun.yaml: the swept keys, with
+    every value, marked as differing; a swept key of a policy this point does not use has no value here."""
+    OmegaConf.save({"hydra": {"sweeper": {"params": {"augmentation.randaugment_magnitude": "5,9"}},
+                              "overrides": {"task": ["augmentation=none,randaugment", "seed=3"]}}},
+                   tmp_path / "multirun.yaml")
+    for policy in ("none", "randaugment"):
+        point = tmp_path / policy
+        (point / ".hydra").mkdir(parents=True)
+        OmegaConf.save({"hydra": {"mode": "MULTIRUN"}}, point / ".hydra" / "hydra.yaml")
+        overrides = ["augmentation.randaugment_magnitude=5", f"augmentation={policy}", "seed=3"]
+        OmegaConf.save(overrides, point / ".hydra" / "overrides.yaml")
+        experiment, start = (summary.value[0].metadata.plugin_data.content
+                             for summary in hparam_summaries(make_config(point, *overrides), "float32"))
+        policies, magnitudes = metadata.parse_experiment_plugin_data(experiment).hparam_infos[:2]
+        assert (policies.name, policies.differs, magnitudes.name, magnitudes.differs) == (
+            "augmentation", True, "augmentation.randaugment_magnitude", True)
+        assert [v.string_value for v in policies.domain_discrete.values] == ["none", "randaugment"]
+        assert [v.number_value for v in magnitudes.domain_discrete.values] == [5, 9]
+        values = metadata.parse_session_start_info_plugin_data(start).hparams
+        assert values["augmentation"].string_value == values["augmentation.name"].string_value == policy
+        assert ("augmentation.randaugment_magnitude" in values) == (policy == "randaugment")
+        assert values["seed"].number_value == 3 and "augmentation.autoaugment_policy" not in values
 
 
 def test_unused_augmentation_keys_are_another_policys():
