@@ -124,7 +124,7 @@ class BenchSteps:
         self.images = torch.randn(batch, *self.network.image_shape, device=placement.device).to(
             memory_format=placement.memory_format)
         self.targets = torch.randint(0, num_classes, (batch,), device=placement.device)
-        self.optimization = build_optimization(cfg, self.network.model, 1, placement)
+        self.optimization = build_optimization(cfg, self.network, 1, placement)
         self.objective = Objective(cfg.augmentation, num_classes, batch, getattr(self.network.model, "aux_weight", 0.0))
         self.placement = placement
 

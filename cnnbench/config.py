@@ -114,6 +114,9 @@ class OptimizerConfig:
     # Linear scaling rule (Goyal et al.): lr is quoted for this global batch, and the run uses
     # lr * data.batch_size / lr_reference_batch; null: lr as given.
     lr_reference_batch: Optional[int] = None
+    # torch's fused update kernels (SGD, Adam, AdamW), which skip a non-finite update on the device (no host
+    # sync a step, docs/performance.md); null: on a GPU where the optimizer has them, but not in fp16.
+    fused: Optional[bool] = None
 
 
 @dataclass
@@ -146,6 +149,11 @@ class HardwareConfig:
 @dataclass
 class TrainLoopConfig:
     epochs: int = 10
+    # A training budget instead of train.epochs (at most one of the two): the run trains the steps that first
+    # reach it, the schedule ends at its last step, and the epochs follow (the last one cut short). In compute,
+    # TFLOP = 3 x forward FLOPs x images seen (the forward and the backward's two products), or in images seen.
+    budget_tflop: Optional[float] = None
+    budget_images: Optional[int] = None
     limit_train_batches: Optional[int] = None  # null: whole epochs; N: at most N batches an epoch
     limit_val_batches: Optional[int] = None
     grad_accum_steps: int = 1  # micro-batches per optimizer step
@@ -346,6 +354,8 @@ def check_optimization(cfg: DictConfig) -> None:
     optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     optimizer_cfg.pop("lr_reference_batch")
     optimizer_cfg.pop("layer_decay")  # needs the real model's layers; its range is checked below
+    if optimizer_cfg.pop("fused"):  # torch's SGD, Adam and AdamW take the keyword; others refuse true here
+        optimizer_cfg["fused"] = True
     stand_in = torch.nn.Linear(1, 1)
     try:
         optimizer = instantiate(optimizer_cfg)(stand_in)
@@ -386,6 +396,7 @@ def check_config(cfg: DictConfig) -> None:
         "data.val_size": cfg.data.val_size, "train.clip_grad_norm": cfg.train.clip_grad_norm,
         "train.limit_train_batches": cfg.train.limit_train_batches,
         "train.limit_val_batches": cfg.train.limit_val_batches,
+        "train.budget_tflop": cfg.train.budget_tflop, "train.budget_images": cfg.train.budget_images,
         "optimizer.lr_reference_batch": cfg.optimizer.lr_reference_batch,
         "bench.matmul_size": cfg.bench.matmul_size, "data.prefetch_factor": cfg.data.prefetch_factor,
     }
@@ -409,6 +420,9 @@ def check_config(cfg: DictConfig) -> None:
     if not 0 <= cfg.seed <= 2**32 - ranks:
         raise ConfigError(f"seed: in [0, {2**32 - ranks}] (numpy's range, less one per extra rank: rank r uses "
                           f"seed + r; here {ranks} ranks), got {cfg.seed}")
+    if cfg.train.budget_tflop is not None and cfg.train.budget_images is not None:
+        raise ConfigError(f"train.budget_tflop, train.budget_images: one budget, in compute or in images seen, "
+                          f"got both ({cfg.train.budget_tflop} and {cfg.train.budget_images})")
     if cfg.hardware.compile not in (True, False, "auto"):
         raise ConfigError(f"hardware.compile: true, false or auto, got {cfg.hardware.compile!r}")
     if cfg.data.decode_device == Device.cuda and cfg.hardware.device == Device.cpu:

@@ -19,12 +19,14 @@ def test_every_option_composes(group, option, tmp_path):
         assert cfg[group].name == option if "name" in cfg[group] else True
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_help_lists_groups_and_options():
     out = run_cli("--help").stdout
     for group, option in OPTIONS:
         assert f"{group}:" in out and option in out
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_cfg_job_prints_composed_config():
     result = run_cli("--cfg", "job", "model=resnet18", "optimizer.lr=0.05", "data.batch_size=256")
     assert result.returncode == 0
@@ -122,6 +124,7 @@ def test_every_key_and_the_optimizer_are_checked_by_the_schema_and_timm(override
     assert str(error.value).startswith(message)
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_config_is_checked_before_the_data_is_looked_for(tmp_path):
     """Hydra's own hint for train.nosuchkey is +train.nosuchkey; the optimizer fails before any data."""
     for override in ("+train.nosuchkey=1", "optimizer.opt=nosuchopt"):

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from cnnbench.config import check_config
 from cnnbench.data.datasets import seeded, synthetic
+from cnnbench.engine.build import build_optimization, fused_optimizer
 from cnnbench.engine.checkpoint import rng_state, set_rng_state
-from cnnbench.engine.device import bf16_native, job_settings, matmul_precision_of_convolutions
+from cnnbench.engine.device import Placement, bf16_native, job_settings, matmul_precision_of_convolutions
 from cnnbench.engine.distributed import check_gpu_count, sync_batchnorm
 from cnnbench.errors import ConfigError
 from cnnbench.models import create_model
@@ -146,6 +147,7 @@ def test_more_ranks_than_gpus_is_one_line_naming_both_counts():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for a machine without CUDA")
+@pytest.mark.slow  # a real command in a subprocess
 def test_a_gpu_ddp_run_without_gpus_stops_with_one_line(tmp_path):
     # item 14: the sbatch scripts pass hardware.device=cuda when SLURM granted GPUs; none seen is one line
     result = run_cli("hardware=ddp", "hardware.device=cuda", "data=synthetic", "model=lenet5",
@@ -153,3 +155,24 @@ def test_a_gpu_ddp_run_without_gpus_stops_with_one_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith(
         "hardware.nproc: 2 ranks on this node, but it has 0 CUDA devices: one rank per GPU")
+
+
+def test_fused_update_kernels_on_a_gpu_where_the_optimizer_has_them(tmp_path):
+    # item 13: torch's fused SGD, Adam and AdamW skip a non-finite update on the device (engine/nonfinite.py)
+    def placement(device, dtype=torch.bfloat16):
+        return Placement(torch.device(device), dtype, torch.channels_last, False)
+    assert fused_optimizer(None, "momentum", placement("cuda")) and fused_optimizer(None, "adamw", placement("cuda"))
+    assert not fused_optimizer(None, "momentum", placement("cpu"))
+    assert fused_optimizer(True, "momentum", placement("cpu"))
+    assert not fused_optimizer(None, "lamb", placement("cuda"))
+    assert not fused_optimizer(None, "lookahead_adamw", placement("cuda"))
+    assert not fused_optimizer(None, "adamw", placement("cuda", torch.float16))  # the GradScaler's
+    with pytest.raises(ConfigError, match=r"^optimizer.fused: Lamb.__init__\(\) got an unexpected keyword argument"):
+        check_config(make_config(tmp_path, "optimizer.opt=lamb", "optimizer.fused=true"))
+    check_config(make_config(tmp_path, "optimizer.opt=lamb", "optimizer.fused=false"))
+    # Fused SGD skipping the update that makes its momentum buffers leaves them as empty_like made them: under
+    # fp16's GradScaler, whose first update often overflows, refused.
+    cfg = make_config(tmp_path, "optimizer.fused=true", "hardware.precision=fp16")
+    with pytest.raises(ConfigError, match="^optimizer.fused: fused SGD with momentum under fp16's GradScaler"):
+        build_optimization(cfg, nn.Linear(2, 2), 1, placement("cpu", torch.float16))
+    assert build_optimization(cfg, nn.Linear(2, 2), 1, placement("cpu")).optimizer.defaults["fused"]

@@ -18,7 +18,7 @@ from cnnbench.data.loader import ValBatches
 from cnnbench.engine.checkpoint import load_checkpoint
 from cnnbench.engine.device import place
 from cnnbench.engine.distributed import Dist
-from cnnbench.engine.trainer import validate
+from cnnbench.engine.trainer import STOP_AGREEMENT_STEPS, validate
 from cnnbench.models import create_model
 
 from .helpers import (
@@ -138,6 +138,30 @@ def test_stopped_mid_epoch_then_resumed_on_two_ranks_is_bit_identical(straight, 
     for rank in (0, 1):
         assert torch.equal(a["rng"][rank]["torch"], b["rng"][rank]["torch"])
     assert reproducible_metrics(straight["two_ranks"]) == reproducible_metrics(tmp_path)
+
+
+def test_two_ranks_deciding_on_the_device_agree_on_a_stop_every_few_updates(tmp_path):
+    """optimizer.fused=true, the path of GPUs: the non-finite flag all-reduced beside the update (gloo here,
+    NCCL there) and the stop signal agreed on the CPU every STOP_AGREEMENT_STEPS updates and at the epoch's
+    end. SIGUSR1 stops both ranks at one of those, and the resumed run is bit-identical to a straight one."""
+    fused = [*TWO_RANKS, "optimizer.fused=true", "train.on_nonfinite=skip"]
+    returncode, stderr = finish(launch(tmp_path / "straight", *fused))
+    assert returncode == 0, stderr
+    victim = launch(tmp_path / "stopped", *fused)
+    last = tmp_path / "stopped" / "checkpoints" / "last.pt"
+    while not last.exists():
+        assert victim.poll() is None, victim.stderr.read()
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGUSR1)
+    returncode, stderr = finish(victim, timeout=60)
+    assert returncode == 143, stderr
+    step = load_checkpoint(last)["step"]
+    assert step % STOP_AGREEMENT_STEPS == 0 or step % (512 // 32) == 0, step
+    returncode, stderr = finish(launch(tmp_path / "stopped", *fused, "resume=auto"))
+    assert returncode == 0, stderr
+    a, b = (load_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in ("straight", "stopped"))
+    assert a["step"] == b["step"] == 32 and a["optimizer"]["param_groups"][0]["fused"]
+    assert_same_weights_and_optimizer(a, b)
 
 
 @pytest.mark.parametrize("written_by,resumed_with", [("two_ranks", ONE_RANK), ("one_rank", TWO_RANKS)])

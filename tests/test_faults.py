@@ -1,13 +1,16 @@
 """Fault injection: the checkpoint write killed or out of space, unreadable checkpoints and images, labels
 that do not fit, NaN losses, malicious pickles. Each fault is real: a killed process, a full tmpfs, bytes
 on disk; only the poisoned batch is injected into the loop from outside."""
+import copy
 import json
+import logging
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -17,13 +20,26 @@ import torch
 from cnnbench.data.datasets import _open_image
 from cnnbench.data.transforms import Normalize
 from cnnbench.engine.checkpoint import load_checkpoint, save_checkpoint
+from cnnbench.engine.distributed import Dist
+from cnnbench.engine.nonfinite import NonfiniteGuard
 from cnnbench.engine.trainer import train
 from cnnbench.errors import CheckpointError, ConfigError, DataError, NonfiniteLoss
 from cnnbench.models import create_model
 
-from .helpers import ROOT, SMOKE, RunsCode, bad_image_tree, make_config, make_image_tree, one_error_line, run_cli
+from .helpers import (
+    ROOT,
+    SMOKE,
+    RunsCode,
+    assert_same_weights_and_optimizer,
+    bad_image_tree,
+    make_config,
+    make_image_tree,
+    one_error_line,
+    run_cli,
+)
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
     last = tmp_path / "checkpoints" / "last.pt"
@@ -57,6 +73,7 @@ def test_a_live_writers_temp_file_is_kept(tmp_path):
     assert live.read_bytes() == b"partial"
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_a_full_disk_ends_with_one_line_and_the_checkpoint_kept(tiny_disk):
     run = tiny_disk / "run"
     train(make_config(run, *SMOKE, "train.epochs=1"))
@@ -126,6 +143,7 @@ def test_sixteen_bit_and_palette_images_decode_to_their_values(tmp_path):
     assert np.asarray(_open_image(str(folder / "palette.png"))).max() == 6
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_on_bad_image_error_stops_with_the_path_from_a_worker(tmp_path):
     make_image_tree(tmp_path / "images")
     broken = sorted((tmp_path / "images" / "train" / "n01443537").iterdir())[0]
@@ -215,6 +233,91 @@ def test_on_nonfinite_skip_skips_and_counts_the_step(tmp_path, poisoned_batch):
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert all(t.isfinite().all() for t in state["model"].values())
     assert np.isfinite(state["history"][0]["train_loss"])
+
+
+@pytest.mark.parametrize("on_nonfinite", ["skip", "error"])
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_a_nonfinite_update_is_decided_on_the_device_and_read_later(name, on_nonfinite, caplog):
+    """The path a GPU takes (engine/nonfinite.py; issue 20, item 13), shown on the CPU: torch's fused kernel
+    skips the poisoned update, torch.where puts back the batch-norm statistics, and the host hears of it
+    at the next read. In error mode the updates until then are skipped too: the weights stay from before."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(64, 2))
+    optimizer = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True) if name == "sgd" else
+                 torch.optim.AdamW(model.parameters(), lr=0.01, fused=True))
+    guard = NonfiniteGuard(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), on_nonfinite, Dist())
+    faults = {"nonfinite_skipped_steps": 0}
+
+    def update(step: int, scale: float = 1.0) -> bool:
+        guard.start_update()
+        loss = model(torch.randn(8, 1, 6, 6) * scale).square().mean()
+        loss.backward()
+        loss = loss.detach().double()
+        decided_on_device = guard.on_device()
+        with guard.deciding(~loss.isfinite(), loss, (step, 0, step)) if decided_on_device else nullcontext():
+            optimizer.step()  # a finite update where the host decides
+        optimizer.zero_grad()
+        return decided_on_device
+
+    def state():
+        return copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+
+    # Fused SGD's first update with momentum is read on the host: its kernel, skipping, would leave the
+    # momentum buffers it makes uninitialised.
+    assert update(1) == (name == "adamw")
+    guard.read(faults)
+    before = state()
+    assert update(2, float("inf")) and update(3)
+    after = state()
+    assert faults["nonfinite_skipped_steps"] == 0 and len(guard.unread) == 2  # nothing read yet
+    parameters = dict(model.named_parameters())
+    if on_nonfinite == "skip":
+        update_3_changed = [k for k in parameters if not torch.equal(before["model"][k], after["model"][k])]
+        assert update_3_changed  # the finite update after the skipped one trains
+        with caplog.at_level(logging.WARNING, "cnnbench"):
+            guard.read(faults)
+        assert faults["nonfinite_skipped_steps"] == 1 and not guard.unread
+        assert re.fullmatch(r"train.on_nonfinite=skip: loss (nan|inf) at step 2 \(epoch 0, batch 2\), update skipped",
+                            caplog.records[-1].getMessage())
+        # The skipped update alone, replayed from `before`: weights, statistics and optimizer state untouched.
+        model.load_state_dict(before["model"])
+        optimizer.load_state_dict(before["optimizer"])
+        update(2, float("inf"))
+        assert_same_weights_and_optimizer(before, state())
+    else:
+        assert_same_weights_and_optimizer({"model": {k: before["model"][k] for k in parameters},
+                                           "optimizer": before["optimizer"]}, after)
+        with pytest.raises(NonfiniteLoss, match=r"^train: loss (nan|inf) at step 2 \(epoch 0, batch 2\); the "
+                                                r"weights are kept from before it"):
+            guard.read(faults)
+
+
+def test_nonfinite_updates_decided_on_the_device_in_a_run(tmp_path, poisoned_batch):
+    """optimizer.fused=true takes the device's path on the CPU: the run with a poisoned third batch ends
+    with the very weights, statistics and optimizer state of the run that stopped before it."""
+    common = [*SMOKE, "train.epochs=1", "optimizer.fused=true", "scheduler=constant", "train.on_nonfinite=skip"]
+    train(make_config(tmp_path / "clean", *common, "train.limit_train_batches=2"))
+    poisoned_batch(float("inf"))
+    summary = train(make_config(tmp_path / "poisoned", *common, "train.limit_train_batches=3"))
+    assert summary["status"] == "completed" and summary["nonfinite_skipped_steps"] == 1
+    assert re.search(r"train.on_nonfinite=skip: loss (nan|inf) at step 3 \(epoch 0, batch 3\), update skipped",
+                     (tmp_path / "poisoned" / "train.log").read_text())
+    clean, poisoned = (load_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in ("clean", "poisoned"))
+    assert poisoned["step"] == 3 and all(group["fused"] for group in poisoned["optimizer"]["param_groups"])
+    assert_same_weights_and_optimizer(clean, poisoned)
+
+
+def test_a_nonfinite_update_decided_on_the_device_stops_the_run_at_the_next_read(tmp_path, poisoned_batch):
+    """train.on_nonfinite=error with optimizer.fused=true: the run stops at the first read after the poisoned
+    step (here step 4's checkpoint, which is not written), naming that step."""
+    poisoned_batch(float("nan"))
+    with pytest.raises(NonfiniteLoss, match=r"loss nan at step 3 \(epoch 0, batch 3\)"):
+        train(make_config(tmp_path, *SMOKE, "train.epochs=1", "optimizer.fused=true",
+                          "train.checkpoint_every_steps=2"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["step"] == 4  # the host's read every update stops at 2
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2
 
 
 def test_fp16_overflow_skips_are_counted(tmp_path, poisoned_batch):

@@ -26,6 +26,7 @@ def fill(disk):
 
 
 @pytest.mark.parametrize("tiny_disk", ["8m"], indirect=True)  # room for two epochs' checkpoints
+@pytest.mark.slow  # a real command in a subprocess
 def test_a_disk_that_fills_up_while_metrics_are_written_ends_in_one_line_and_failed(tiny_disk):
     """The disk fills between two epochs (the run stopped meanwhile, so that nothing else lands first):
     metrics.csv cannot be written, and the run ends with one line naming it and summary.json saying failed."""

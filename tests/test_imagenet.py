@@ -84,6 +84,7 @@ def test_flat_val_with_either_labels_file_trains_and_evaluates(tmp_path, labels,
     assert "n02092339 Weimaraner  " in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_predict_shows_the_wnid_and_its_name(tmp_path):
     root = imagenet_as_shipped(tmp_path / "imagenet", "kaggle")
     run = tmp_path / "run"
@@ -99,6 +100,7 @@ def test_predict_shows_the_wnid_and_its_name(tmp_path):
         assert f"% {p['class']} {p['name']}\n" in result.stdout + "\n"
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_a_flat_val_without_labels_stops_saying_what_to_pass(tmp_path):
     root = imagenet_as_shipped(tmp_path / "imagenet", None)
     result = run_cli(*TINY, f"data.root={root}", f"hydra.run.dir={tmp_path / 'run'}")

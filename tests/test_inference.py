@@ -47,6 +47,7 @@ def fine_tuned(synthetic_run, tmp_path_factory):
     return run_dir, summary
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_evaluate_reproduces_the_runs_own_val_metrics(synthetic_run, tmp_path):
     run_dir, summary = synthetic_run
     result = run_cli(f"checkpoint={run_dir}/checkpoints/best.pt", f"hydra.run.dir={tmp_path / 'eval'}",
@@ -125,6 +126,7 @@ def fashion_pngs(folder, config, count=2):
     return paths, torch.stack(tensors)
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_predict_prints_top_k_class_names(fine_tuned, tmp_path):
     checkpoint = fine_tuned[0] / "checkpoints" / "last.pt"
     model, classes, config = load_trained(checkpoint, torch.device("cpu"))
@@ -144,6 +146,7 @@ def test_predict_prints_top_k_class_names(fine_tuned, tmp_path):
         assert f"#1 {top['probability'] * 100:6.2f}% {top['class']}" in result.stdout
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_predict_dense_maps_classes_over_a_larger_image(fine_tuned, tmp_path):
     checkpoint = fine_tuned[0] / "checkpoints" / "last.pt"
     paths, _ = fashion_pngs(tmp_path, load_trained(checkpoint, torch.device("cpu"))[2], count=1)
@@ -253,6 +256,7 @@ def test_layer_decay_gives_the_backbone_smaller_learning_rates(synthetic_run, tm
     assert logged == pytest.approx(max(g["lr"] for g in groups))  # the head's, not the most decayed group's
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_pretrained_offline_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = run_cli("model=timm", "model.name=resnet10t", "model.pretrained=true", "data=synthetic",

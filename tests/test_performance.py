@@ -40,6 +40,7 @@ def test_a_convolutions_backward_counts_its_forward_once_per_gradient(groups):
         assert train.get_total_flops() == torch_count.get_total_flops()
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_bench_trainer_columns_are_consistent(tmp_path, capsys):
     result = run_cli(*TINY_BENCH, "bench.trainer=true", "bench.trainer_rounds=2",
                      f"hydra.run.dir={tmp_path / 'lenet5'}", module="cnnbench.bench")
@@ -87,19 +88,40 @@ def test_decode_on_a_device_matches_pil_and_skips_the_same_files(image_tree):
         list(loaders(root, "data.decode_device=cpu", "data.on_bad_image=error").train_loader)
 
 
-def test_decode_on_a_device_takes_a_batch_without_jpegs(tmp_path):
-    for split, count in (("train", 6), ("val", 2)):  # PNGs only: no batch holds a JPEG (issue 20, item 2)
+def png_tree(root):
+    """Two classes of lossless PNGs: decoded anywhere, the same pixels."""
+    for split, count in (("train", 6), ("val", 2)):
         for c in range(2):
-            (tmp_path / split / f"class_{c}").mkdir(parents=True)
+            (root / split / f"class_{c}").mkdir(parents=True)
             for i in range(count):
                 pixels = np.random.default_rng(i).integers(0, 255, (40, 48, 3), np.uint8)
-                Image.fromarray(pixels).save(tmp_path / split / f"class_{c}" / f"{i}.png")
+                Image.fromarray(pixels).save(root / split / f"class_{c}" / f"{i}.png")
+
+
+def test_decode_on_a_device_takes_a_batch_without_jpegs(tmp_path):
+    png_tree(tmp_path)  # PNGs only: no batch holds a JPEG (issue 20, item 2)
     pil, decoded = loaders(tmp_path), loaders(tmp_path, "data.decode_device=cpu")
     for loader in ("val_loader", "train_loader"):
         pairs = list(zip(getattr(pil, loader), getattr(decoded, loader), strict=True))
         assert pairs
         for (pil_images, pil_labels), (images, labels) in pairs:  # lossless files: the same pixels
             assert torch.equal(pil_labels, labels) and torch.equal(pil_images, images)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_decode_on_a_device_lights_the_batch_at_once_as_pil_lights_each_image(tmp_path, channels):
+    """AlexNet's lighting after imagenet crops: one add for the decoded batch (issue 20, item 13), each
+    image's shift drawn where the per-image transform draws it, so the images are the PIL path's."""
+    png_tree(tmp_path)
+    lit = ["augmentation.lighting=0.1", f"data.channels={channels}",
+           *(["data.mean=[0.5]", "data.std=[0.25]"] if channels == 1 else [])]
+    pil, decoded = loaders(tmp_path, *lit), loaders(tmp_path, *lit, "data.decode_device=cpu")
+    assert decoded.train_loader.loader.lighting is not None  # the batched path, not the per-image one
+    pairs = list(zip(pil.train_loader, decoded.train_loader, strict=True))
+    assert pairs
+    for (pil_images, pil_labels), (images, labels) in pairs:
+        assert images.shape == (len(labels), channels, 32, 32)
+        assert torch.equal(pil_labels, labels) and torch.equal(pil_images, images)
 
 
 def test_training_with_decode_device_auto_names_the_bad_files(image_tree, tmp_path):

@@ -1,6 +1,7 @@
 """Sweeps as a user runs them (`-m`, in a subprocess), the report on them, and the bench."""
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -8,7 +9,10 @@ import sys
 import time
 
 import pytest
+import torchvision
 from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
@@ -23,7 +27,8 @@ from cnnbench.engine.build import count_flops
 from cnnbench.engine.hparams import METRICS as HPARAM_METRICS
 from cnnbench.errors import ConfigError
 from cnnbench.models import create_model
-from cnnbench.report import BENCH_COLUMNS, COLUMNS
+from cnnbench.models.registry import get_entry, list_models
+from cnnbench.report import BENCH_COLUMNS, COLUMNS, THROUGHPUT_NOTE
 from cnnbench.sweep import point_name
 
 from .helpers import CONF, ROOT, SMOKE, confusion_matrix, make_config, run_cli, tensorboard_events
@@ -82,7 +87,8 @@ def test_report_rows_are_the_summaries(grid, reported):
         assert {c: row[c] for c in COLUMNS} == {c: "" if summary[c] is None else str(summary[c]) for c in COLUMNS}
         assert row["run"] == f"model.depth_mult={row['model.depth_mult']},model.width_mult={row['model.width_mult']}"
     table = (grid / "results.md").read_text()
-    assert table.count("\n") == 2 + 4 and "| model.depth_mult | model.width_mult | model |" in table
+    assert table.count("\n") == 2 + 4 + 2 and "| model.depth_mult | model.width_mult | model |" in table
+    assert table.endswith(f"|\n\n{THROUGHPUT_NOTE}\n")  # what train_img_per_s is, under the table
     assert table in reported.stdout  # the terminal shows the same table
 
 
@@ -91,6 +97,46 @@ def test_report_plots_are_images(grid, reported):
         with Image.open(grid / "plots" / f"{name}.png") as image:
             image.verify()
             assert image.format == "PNG" and 600 <= image.width <= 2000 and 400 <= image.height <= 1500, name
+
+
+def test_report_plots_name_the_model_and_data_and_key_what_they_draw(grid, tmp_path):
+    runs = [report.read_run(point, "summary.json") for point in point_dirs(grid)]
+    varying = report.varying_overrides(runs)
+
+    curves = report.plot_learning_curves(runs, varying, tmp_path / "learning_curves.png")
+    assert curves.get_suptitle() == "Learning curves: fmnist_cnn on fashion_mnist"
+    top1, loss = curves.axes
+    assert top1.get_ylabel() == "val top-1 (%)" and loss.get_ylabel() == "loss"
+    for ax in (top1, loss):
+        assert all(tick == int(tick) for tick in ax.get_xticks())  # one epoch: no -0.04, 0.02, ... ticks
+    assert [text.get_text() for text in loss.get_legend().get_texts()] == ["train", "val"]
+    for run, (train_line, val_line) in zip(runs, zip(loss.lines[::2], loss.lines[1::2])):
+        [row] = read_csv(run["dir"] / "metrics.csv")
+        assert list(train_line.get_ydata()) == [float(row["train_loss"])] and train_line.get_linestyle() == "-"
+        assert list(val_line.get_ydata()) == [float(row["val_loss"])] and val_line.get_linestyle() == "--"
+        assert train_line.get_color() == val_line.get_color()  # the same run
+
+    chart = report.plot_accuracy_vs_flops(runs, varying, tmp_path / "top1_vs_gflops.png")
+    [ax] = chart.axes
+    assert ax.get_title() == "Accuracy vs compute: fmnist_cnn on fashion_mnist"
+    key = ax.get_legend()
+    assert key.get_title().get_text() == "parameters"
+    params = sorted(run["summary"]["params"] for run in runs)
+    assert [text.get_text() for text in key.get_texts()] == \
+        [report.count(float(f"{p:.2g}")) for p in (params[0], (params[0] * params[-1]) ** 0.5, params[-1])]
+    areas = [handle.get_sizes()[0] for handle in key.legend_handles]
+    assert areas == sorted(areas) and areas[0] < areas[-1]
+
+    width = report.plot_against_multiplier(runs, "width_mult", "depth_mult", tmp_path / "top1_vs_width.png")
+    assert width.axes[0].get_title() == "Accuracy vs width_mult: fmnist_cnn on fashion_mnist"
+    assert report.plot_against_multiplier(runs[:1], "width_mult", "depth_mult", tmp_path / "none.png") is None
+
+
+def test_plot_titles_list_a_few_models_and_call_more_various():
+    def runs(models, data="cifar10"):
+        return [{"summary": {"model": model, "data": data}} for model in models]
+    assert report.subject(runs(["resnet18", "lenet5", "resnet18"])) == "lenet5, resnet18 on cifar10"
+    assert report.subject(runs(["a", "b", "c", "d"], "fashion_mnist")) == "various (4) on fashion_mnist"
 
 
 def hparams_dashboard(logdir):
@@ -272,3 +318,123 @@ def test_bench_refuses_what_it_cannot_measure(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         bench(make_config(tmp_path, "model=lenet5", "hardware=cpu", override))
     assert not (tmp_path / "bench.json").exists()
+
+
+def zoo_models() -> list[str]:
+    """The architectures of `sweep=zoo`, as its sweep expands them."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["sweep=zoo"], return_hydra_config=True)
+    arguments = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
+    return [job[0].split("=", 1)[1] for batch in BasicSweeper.split_arguments(arguments, None) for job in batch]
+
+
+def test_the_zoo_preset_trains_every_family_at_one_budget():
+    """One architecture of each of the zoo's families at least (cnnbench's own small CNNs aside), those the
+    literature's table names, on one recipe and one compute budget, into a stable directory per data set."""
+    models = zoo_models()
+    assert len(models) == len(set(models)) == 21
+    for name in ("lenet5", "alexnet", "vgg11", "vgg16", "nin", "googlenet", "inception_v3", "resnet18",
+                 "resnet50", "wrn28_10", "resnext50_32x4d", "densenet121", "xception", "se_resnet50",
+                 "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "cspresnet50", "efficientnet_b0",
+                 "regnet_y_400mf", "bit_resnet50x1"):
+        assert name in models
+    families = {get_entry(name).family for name in list_models()} - {"timm", "torchvision", "compact", "fmnist_cnn"}
+    assert {get_entry(name).family for name in models} == families
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["sweep=zoo", "data=cifar10"], return_hydra_config=True)
+        chosen = compose("train", overrides=["sweep=zoo", "optimizer=sgd"])
+    assert cfg.hydra.sweep.dir == "outputs/sweeps/train/zoo/cifar10"
+    assert (cfg.optimizer.opt, cfg.scheduler.sched, cfg.train.budget_tflop, cfg.train.budget_images) == \
+        ("adamw", "cosine", 100, None)
+    assert chosen.optimizer.opt == "momentum"  # the command line's recipe wins over the preset's
+
+
+# Two of the zoo's points at a tiny compute budget: LeNet-5 (1.3 MFLOPs an image at 32x32) sees 8 batches,
+# MobileNet v2 one.
+ZOO = ["-m", "sweep=zoo", "hydra.sweeper.params.model='lenet5,mobilenet_v2'", "data=synthetic",
+       "data.image_size=32", "data.train_size=256", "data.val_size=64", "data.batch_size=32", "hardware=cpu",
+       "train.budget_tflop=0.001"]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    sweep_dir = tmp_path_factory.mktemp("zoo")
+    result = run_cli(*ZOO, f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr
+    return sweep_dir
+
+
+def test_zoo_points_train_to_one_budget_resume_and_are_charted(zoo):
+    """Each point trains the steps its FLOPs give the budget; rerunning the command trains nothing; the report
+    lists the budget and what each point trained, and charts top-1 against parameters and against FLOPs."""
+    summaries = {p.name: json.loads((p / "summary.json").read_text()) for p in point_dirs(zoo)}
+    assert sorted(summaries) == ["model=lenet5", "model=mobilenet_v2"]
+    for summary in summaries.values():
+        assert summary["status"] == "completed" and summary["budget_tflop"] == 0.001
+        images = math.ceil(1e9 / (3 * summary["gflops"] * 1e9 * 32)) * 32  # whole batches to reach the budget
+        assert summary["trained_images"] == images and summary["step"] == images // 32
+        assert summary["trained_tflop"] >= 0.001 > summary["trained_tflop"] - 3 * summary["gflops"] * 32 / 1e3
+    assert summaries["model=lenet5"]["trained_images"] > summaries["model=mobilenet_v2"]["trained_images"]
+
+    rerun = run_cli(*ZOO, f"hydra.sweep.dir={zoo}")
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.count("completed by an earlier run of this sweep; skipped") == 2
+
+    result = run_cli(str(zoo), module="cnnbench.report")
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(zoo / "results.csv")
+    for row in rows:
+        summary = summaries[row["run"]]
+        assert [row[c] for c in ("budget_tflop", "trained_images", "trained_tflop")] == \
+            [str(summary[c]) for c in ("budget_tflop", "trained_images", "trained_tflop")]
+    assert "budget_images" not in rows[0] and not (zoo / "published.md").exists()  # not ImageNet
+    runs = [report.read_run(point, "summary.json") for point in point_dirs(zoo)]
+    chart = report.plot_accuracy_vs_params(runs, report.varying_overrides(runs), zoo / "plots" / "again.png")
+    [ax] = chart.axes
+    assert ax.get_title() == "Accuracy vs parameters: lenet5, mobilenet_v2 on synthetic"
+    assert ax.get_xscale() == "log"  # 62k to 2.2M parameters
+    assert sorted(tuple(c.get_offsets()[0]) for c in ax.collections) == \
+        sorted((s["params"], s["best_val_top1"]) for s in summaries.values())
+    for name in ("top1_vs_params", "top1_vs_gflops"):
+        with Image.open(zoo / "plots" / f"{name}.png") as image:
+            image.verify()
+
+
+def test_imagenet_runs_are_reported_beside_their_published_top1(tmp_path):
+    """No ImageNet here: the summary.json of three ImageNet runs is written by hand. The report puts each
+    architecture's top-1 beside its torchvision weights' (their metadata, offline); SE-ResNet-50's reference
+    is timm's, which publishes none offline, so its published cells are blank; the chart draws the
+    published points hollow beside the runs'."""
+    runs = {"resnet50": (25_557_032, 8.18, 70.1), "mobilenet_v2": (3_504_872, 0.6, 60.2),
+            "se_resnet50": (28_088_024, 8.2, 71.0)}
+    for name, (params, gflops, top1) in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"model": name, "params": params, "gflops": gflops, "data": "imagenet", "best_val_top1": top1,
+             "status": "completed"}))
+    result = run_cli(str(tmp_path), module="cnnbench.report")
+    assert result.returncode == 0, result.stderr
+    rows = {row["model"]: row for row in read_csv(tmp_path / "published.csv")}
+    assert sorted(rows) == sorted(runs)
+    for name in ("resnet50", "mobilenet_v2"):
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        row = rows[name]
+        assert row["reference"] == f"torchvision:{name}" and row["reference_weights"] == str(weights)
+        assert float(row["published_top1"]) == weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+        assert int(row["published_params"]) == weights.meta["num_params"]
+        assert float(row["published_gflops"]) == pytest.approx(2 * weights.meta["_ops"])
+        assert float(row["best_val_top1"]) == runs[name][2]
+    assert rows["se_resnet50"]["reference"] == "timm:seresnet50"
+    assert rows["se_resnet50"]["published_top1"] == rows["se_resnet50"]["published_params"] == ""
+    assert (tmp_path / "published.md").read_text().endswith(f"\n\n{report.PUBLISHED_NOTE}\n")
+    assert "published_top1" in result.stdout
+
+    read = [report.read_run(tmp_path / name, "summary.json") for name in sorted(runs)]
+    published = [report.published_row(r) for r in read]
+    chart = report.plot_accuracy_vs_params(read, [], tmp_path / "chart.png", published)
+    [ax] = chart.axes
+    hollow = [line for line in ax.lines if line.get_marker() == "o" and line.get_markerfacecolor() == "none"]
+    assert sorted((line.get_xdata()[0], line.get_ydata()[0]) for line in hollow) == sorted(
+        (row["published_params"], row["published_top1"]) for row in published if row["published_top1"] is not None)
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == ["these runs", "published (torchvision weights)"]

@@ -83,6 +83,7 @@ def test_auto_is_resident_where_it_can_be_and_says_why_not(tmp_path, smoke):
         build_data(make_config(tmp_path, *smoke, "augmentation.lighting=0.1", "data.device_resident=true"))
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_device_resident_errors_are_one_line(tmp_path):
     result = run_cli(*SMOKE, "augmentation=randaugment", "data.device_resident=true",
                      f"hydra.run.dir={tmp_path / 'a'}")

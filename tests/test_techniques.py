@@ -180,6 +180,7 @@ def test_drop_path_drops_residuals_in_training_only():
     assert torch.equal(dropping(x), plain(x))
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_pseudo_labels_are_the_teachers_probabilities_for_the_pool(tmp_path):
     labeled = ["data=fashion_mnist", "data.train_size=512", "data.val_size=256", "data.batch_size=64",
                "model=lenet5", "model.variant=modern", "hardware=cpu"]

@@ -183,6 +183,7 @@ def test_synthetic_data_trains_with_grad_accumulation_and_clipping(tmp_path, smo
     assert summary["final_val_top1"] > 30  # 10 prototype classes: learnable
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_missing_fashion_mnist_is_a_clear_error(tmp_path):
     result = run_cli(f"data.root={tmp_path}", "data=mnist", f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
     assert result.returncode == 2

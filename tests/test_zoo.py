@@ -25,6 +25,18 @@ ZOO = [name for name in list_models() if get_entry(name).family not in LIBRARIES
 REFERENCED = [name for name in ZOO if get_entry(name).reference]
 
 
+def first_of_each_family(names: list[str]) -> list:
+    """`names` as parameters, all but each family's first marked slow: make test-quick builds one model of
+    a family, make test every one."""
+    seen = set()
+    params = []
+    for name in names:
+        family = get_entry(name).family
+        params.append(pytest.param(name, marks=() if family not in seen else pytest.mark.slow))
+        seen.add(family)
+    return params
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Two threads fighting other processes over two cores run these small models many times slower."""
@@ -59,7 +71,7 @@ def on_meta(build):
         return build()
 
 
-@pytest.mark.parametrize("name", REFERENCED + ["densenet264"])
+@pytest.mark.parametrize("name", first_of_each_family(REFERENCED + ["densenet264"]))
 def test_parameters_and_state_dict_match_the_reference(name):
     aux = {"aux_logits": False} if name in ("googlenet", "inception_v3") else {}
     ours = on_meta(lambda: create_model(name, **aux))
@@ -118,7 +130,7 @@ def test_loads_the_reference_state_dict_and_gives_its_logits(name, size):
         torch.testing.assert_close(ours.eval()(x), theirs.eval()(x))
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", first_of_each_family(ZOO))
 def test_forward_and_backward_on_fashion_mnist_sized_images(name):
     """28x28 grey images, the smallest the zoo meets; the small-input stems are chosen automatically."""
     torch.manual_seed(0)
@@ -349,6 +361,7 @@ def test_every_model_has_a_config():
     assert set(ZOO) | set(LIBRARIES) <= {path.stem for path in (CONF / "model").glob("*.yaml")}
 
 
+@pytest.mark.slow  # builds every EfficientNet at its paper's size to count its FLOPs
 def test_listing(capsys):
     assert list_zoo(["family=mobilenet", "input_size=32", "num_classes=10"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -374,7 +387,7 @@ def output_layer(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
     return seen[0] if seen[0].dim() == 2 else seen[0].mean((2, 3))
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", first_of_each_family(ZOO))
 def test_every_model_declares_its_classifier(name):
     """timm's way: the family names its head (ModelEntry.classifier) and create_model puts it in
     pretrained_cfg, where freeze=backbone, new_head and optimizer.layer_decay read it."""
@@ -475,6 +488,7 @@ def test_knobs_a_model_cannot_honour_are_refused(name, knobs, message):
     assert str(error.value) == message
 
 
+@pytest.mark.slow  # a real command in a subprocess
 def test_basic_blocks_refuse_resnext_groups_from_the_command_line(tmp_path):
     result = run_cli("data=synthetic", "model=resnet18", "model.groups=32", "hardware=cpu",
                      f"hydra.run.dir={tmp_path}", timeout=120)

@@ -10,9 +10,11 @@ import contextlib
 
 import torch
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import to_dtype
 
 from .datasets import BadImage, seeded
+from .transforms import Lighting
 
 JPEG_START = b"\xff\xd8"
 
@@ -47,10 +49,18 @@ def decode(files: list[tuple[str, bytes, int]], device: torch.device) -> tuple[l
 
 class DecodedBatches:
     """Batches of EncodedFiles decoded and transformed on `device`: yields ((images, labels) or None, bad)
-    as a DataLoader with collate_readable does, for ReadableBatches to apply data.on_bad_image."""
+    as a DataLoader with collate_readable does, for ReadableBatches to apply data.on_bad_image.
+    AlexNet's lighting, when last (no random erasing after it), shifts the stacked batch at once: one copy
+    and one add a batch, not a copy and a few kernels an image. Each image's shift is still drawn right
+    after its crop and flip, where the per-image transform draws it, so the images are the PIL path's (one
+    draw for the batch would take other numbers: the crops' draws come between, and torch's CPU normal
+    sampler draws 16 values or more another way)."""
 
     def __init__(self, loader: torch.utils.data.DataLoader, transform, device: torch.device):
-        self.loader, self.transform, self.device = loader, transform, device
+        self.loader, self.device = loader, device
+        self.transform, self.lighting = transform, None
+        if isinstance(transform, v2.Compose) and isinstance(transform.transforms[-1], Lighting):
+            self.transform, self.lighting = v2.Compose(transform.transforms[:-1]), transform.transforms[-1]
 
     def __len__(self):
         return len(self.loader)
@@ -62,8 +72,15 @@ class DecodedBatches:
                 yield None, bad
                 continue
             with seeded(seed) if seed is not None else contextlib.nullcontext():  # val: no randomness
-                images = [self.transform(image) for image in images]
-            yield (torch.stack(images), torch.tensor(labels)), bad
+                transformed, shifts = [], []
+                for image in images:
+                    transformed.append(self.transform(image))
+                    if self.lighting:
+                        shifts.append(self.lighting.shift(transformed[-1].shape[-3]))
+            batch = torch.stack(transformed)
+            if self.lighting:
+                batch = self.lighting.add(batch, torch.stack(shifts))
+            yield (batch, torch.tensor(labels)), bad
 
 
 def encoded_batch(batch):

@@ -77,9 +77,11 @@ def autoaugment_policy(name: str) -> v2.AutoAugmentPolicy:
 
 
 class Lighting(torch.nn.Module):
-    """AlexNet's PCA colour augmentation: add eigvec @ (alpha * eigval), alpha ~ N(0, std) per image,
+    """AlexNet's PCA colour augmentation (Krizhevsky, Sutskever and Hinton, "ImageNet Classification with
+    Deep Convolutional Neural Networks", 2012): add eigvec @ (alpha * eigval), alpha ~ N(0, std) per image,
     with the eigen decomposition of ImageNet's RGB pixel covariance (pixels in [0, 1]). Neither
-    torchvision nor timm has it. A grayscale image gets the mean of the three channels' shifts."""
+    torchvision nor timm has it. A grayscale image gets the mean of the three channels' shifts.
+    On a batch (data.decode_device), `shift` per image and one `add` for all: the same images."""
 
     EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
     EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
@@ -91,13 +93,21 @@ class Lighting(torch.nn.Module):
         self.std = std
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.add(image, self.shift(image.shape[-3]))
+
+    def shift(self, channels: int) -> torch.Tensor:
+        """One image's shift, (channels,): drawn from torch's CPU generator, as the PIL path draws it, so
+        that a batch decoded on a GPU gets the same images."""
         alpha = torch.randn(3) * self.std
         shift = 255 * self.EIGVEC @ (alpha * self.EIGVAL)
-        if image.shape[-3] == 1:
-            shift = shift.mean(0, keepdim=True)
-        # Drawn on the CPU as the PIL path draws it (the same images); on a GPU copied without a host sync.
-        shift = shift.view(-1, 1, 1).to(image.device, non_blocking=True)
-        return (image.float() + shift).round_().clamp_(0, 255).to(torch.uint8)
+        return shift.mean(0, keepdim=True) if channels == 1 else shift
+
+    @staticmethod
+    def add(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+        """uint8 images (..., C, H, W) plus shifts (..., C), on the images' device: the shifts copied there
+        without a host sync."""
+        shifts = shifts[..., None, None].to(images.device, non_blocking=True)
+        return (images.float() + shifts).round_().clamp_(0, 255).to(torch.uint8)
 
 
 class Normalize(torch.nn.Module):

@@ -4,11 +4,13 @@ import copy
 import math
 from dataclasses import dataclass
 
+import timm.optim
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from cnnbench.errors import ConfigError
 from cnnbench.models import create_model
 from cnnbench.models.registry import compound_image_size
 
@@ -61,22 +63,119 @@ def count_flops(model: torch.nn.Module, shape: tuple, device) -> int:
     return counter.get_total_flops()
 
 
+FUSED_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)  # those with fused kernels, found_inf
+
+
+def fused_optimizer(fused: bool | None, opt: str, placement: Placement) -> bool:
+    """optimizer.fused: as set, or where null on a GPU for torch's SGD, Adam and AdamW, but not inside
+    timm's Lookahead (whose step would not pass the non-finite flag on) nor under fp16's GradScaler (whose
+    first update often overflows, see build_optimization)."""
+    if fused is not None:
+        return fused
+    name = opt.lower().split("_")
+    return (placement.device.type == "cuda" and placement.amp_dtype != torch.float16 and len(name) == 1
+            and timm.optim.get_optimizer_info(name[0]).opt_class in FUSED_OPTIMIZERS)
+
+
+@dataclass
+class TrainingLength:
+    """How long a run trains: `steps` optimizer updates over `epochs` epochs, the last one cut short at
+    `steps` where a budget ends mid-epoch. Every training batch is whole (the loader drops an incomplete
+    last one), so the images a step count trained follow from the config alone."""
+    steps: int
+    epochs: int
+    batches_per_epoch: int
+    batch_size: int  # global
+    grad_accum_steps: int
+    flops: int  # forward, one image
+    budget_tflop: float | None
+    budget_images: int | None
+
+    @property
+    def updates_per_epoch(self) -> int:
+        return math.ceil(self.batches_per_epoch / self.grad_accum_steps)
+
+    def images(self, step: int) -> int:
+        """The images `step` updates trained on."""
+        epochs, updates = divmod(step, self.updates_per_epoch)
+        return (epochs * self.batches_per_epoch + updates * self.grad_accum_steps) * self.batch_size
+
+    def tflop(self, step: int) -> float:
+        return TRAIN_FLOPS_PER_FORWARD * self.flops * self.images(step) / 1e12
+
+    def record(self, step: int) -> dict:
+        """summary.json's: the budget (null without one) and what `step` updates trained."""
+        return {"budget_tflop": self.budget_tflop, "budget_images": self.budget_images,
+                "trained_images": self.images(step), "trained_tflop": self.tflop(step)}
+
+    def describe(self) -> str | None:
+        """For train.log: what the budget comes to; None without one."""
+        if self.budget_tflop is None and self.budget_images is None:
+            return None
+        budget = (f"train.budget_tflop={self.budget_tflop:g} (3 x {self.flops / 1e9:.4g} GFLOPs an image)"
+                  if self.budget_tflop is not None else f"train.budget_images={self.budget_images}")
+        return (f"{budget}: {self.steps} steps of {self.batch_size * self.grad_accum_steps} images, "
+                f"{self.images(self.steps):,} images, {self.tflop(self.steps):.4g} TFLOP, in {self.epochs} epochs "
+                f"of {self.updates_per_epoch} steps (train.epochs is not used)")
+
+
+# Training compute per image seen: the forward, and the backward's two products (the gradients of the
+# activations and of the weights), each as costly as the forward (Kaplan et al., "Scaling Laws for Neural
+# Language Models", 2020: 6N per token for 2N forward).
+TRAIN_FLOPS_PER_FORWARD = 3
+
+
+def training_length(cfg: DictConfig, flops: int, batches_per_epoch: int) -> TrainingLength:
+    """train.epochs whole epochs, or the steps that first reach a budget: train.budget_images images seen, or
+    train.budget_tflop TFLOP of training compute (3 x forward FLOPs x images). Steps follow from the config
+    and the model's FLOPs alone, so a resumed run derives the same ones."""
+    train = cfg.train
+    length = TrainingLength(0, 0, batches_per_epoch, cfg.data.batch_size, train.grad_accum_steps, flops,
+                            train.budget_tflop, train.budget_images)
+    if train.budget_images is not None:
+        batches = math.ceil(train.budget_images / cfg.data.batch_size)
+    elif train.budget_tflop is not None:
+        batches = math.ceil(train.budget_tflop * 1e12 / (TRAIN_FLOPS_PER_FORWARD * flops * cfg.data.batch_size))
+    else:
+        batches = train.epochs * batches_per_epoch
+    epochs, batches_left = divmod(batches, batches_per_epoch)
+    length.steps = epochs * length.updates_per_epoch + math.ceil(batches_left / train.grad_accum_steps)
+    length.epochs = math.ceil(length.steps / length.updates_per_epoch)
+    return length
+
+
 @dataclass
 class Optimization:
     optimizer: torch.optim.Optimizer
     scheduler: object  # timm's, stepped per update
     scaler: torch.amp.GradScaler
+    length: TrainingLength  # the steps the schedule spans, which the run trains
 
 
-def build_optimization(cfg: DictConfig, model: torch.nn.Module, batches_per_epoch: int,
+def build_optimization(cfg: DictConfig, network: Network, batches_per_epoch: int,
                        placement: Placement) -> Optimization:
-    """Optimizer and per-update schedule, built by timm's factories from their configs; a GradScaler in fp16."""
-    updates_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum_steps)
+    """Optimizer and per-update schedule, built by timm's factories from their configs; a GradScaler in fp16.
+    The schedule spans the run's steps (`training_length`), and so ends exactly at a budget's last step."""
+    length = training_length(cfg, network.flops, batches_per_epoch)
     optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     if (reference_batch := optimizer_cfg.pop("lr_reference_batch")) is not None:
         optimizer_cfg["lr"] *= cfg.data.batch_size / reference_batch  # the linear scaling rule
-    optimizer = instantiate(optimizer_cfg)(model)
-    scheduler, _ = instantiate(cfg.scheduler)(optimizer, num_epochs=cfg.train.epochs, step_on_epochs=False,
-                                              updates_per_epoch=updates_per_epoch)
+    if fused := fused_optimizer(optimizer_cfg.pop("fused"), optimizer_cfg["opt"], placement):
+        optimizer_cfg["fused"] = True
+    optimizer = instantiate(optimizer_cfg)(network.model)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.amp_dtype == torch.float16)
-    return Optimization(optimizer, scheduler, scaler)
+    if fused and scaler.is_enabled() and isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"]:
+        # torch 2.14's fused SGD, skipping the update that makes its momentum buffers, leaves them as
+        # torch.empty_like made them: NaN weights after a first fp16 update that overflows.
+        raise ConfigError("optimizer.fused: fused SGD with momentum under fp16's GradScaler keeps uninitialised "
+                          "momentum buffers when the scaler skips the first update; optimizer.fused=false, or "
+                          "hardware.precision=bf16")
+    # In updates, as timm converts epochs itself (times updates_per_epoch), but with the run's step count as
+    # the length: a budget's need not be whole epochs.
+    scheduler_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    for key in ("warmup_epochs", "decay_epochs"):
+        scheduler_cfg[key] *= length.updates_per_epoch
+    scheduler_cfg["decay_milestones"] = [m * length.updates_per_epoch for m in scheduler_cfg["decay_milestones"]]
+    scheduler, _ = instantiate(scheduler_cfg)(optimizer, num_epochs=length.steps, step_on_epochs=False,
+                                              updates_per_epoch=1)
+    return Optimization(optimizer, scheduler, scaler, length)

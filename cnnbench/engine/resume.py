@@ -18,12 +18,13 @@ from .distributed import restartable
 SCHEDULE = "the schedule is rebuilt from step {step}"
 APPLIED = {
     "train.epochs": "the schedule is rebuilt for {now} epochs from step {step}",
+    "train.budget_*": "the schedule is rebuilt for the new budget from step {step}",
     "scheduler.*": SCHEDULE, "optimizer.lr": SCHEDULE, "optimizer.lr_reference_batch": SCHEDULE,
     # Updates per epoch change with these, and so the schedule; they cut an epoch into other batches, so
     # they change where an epoch starts only.
     "data.batch_size": SCHEDULE, "train.limit_train_batches": SCHEDULE,
     "data.root": "the classes are checked against the checkpoint's",
-    **dict.fromkeys(["optimizer.weight_decay", "optimizer.momentum", "train.limit_val_batches",
+    **dict.fromkeys(["optimizer.weight_decay", "optimizer.momentum", "optimizer.fused", "train.limit_val_batches",
                      "train.log_every_steps", "train.checkpoint_every_steps", "train.clip_grad_norm",
                      "train.on_nonfinite", "data.workers", "data.prefetch_factor", "data.decode_device",
                      "data.device_resident", "data.download", "data.on_bad_image", "eval.*", "hardware.*",

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from cnnbench.config import TTA, check_config
 from cnnbench.data import Data, build_data
-from cnnbench.errors import CheckpointError, ConfigError, Interrupted, NonfiniteLoss, short_list
+from cnnbench.errors import CheckpointError, ConfigError, Interrupted, short_list
 
 from .build import Network, Optimization, build_network, build_optimization, run_config
 from .checkpoint import export_weights, rng_state, save_checkpoint, set_rng_state
@@ -40,11 +40,13 @@ from .distill import load_teacher
 from .distributed import Dist, all_reduce_sum, any_rank, init_distributed, sync_batchnorm
 from .hparams import hparam_summaries, session_end_summary
 from .losses import Objective
+from .nonfinite import NonfiniteGuard
 from .recorder import EMA_METRICS, METRICS, Recorder
 from .resume import StopSignals, config_changes, load_resume_state, restore_training_state, resume_path
 from .tta import batch_logits
 
 log = logging.getLogger("cnnbench")
+STOP_AGREEMENT_STEPS = 10  # with DDP and the non-finite flag on the device: updates between the ranks' agreements
 # validate's confusion matrix, up to this many classes: ImageNet's 1000 are 8 MB of counts on the device,
 # ImageNet-21k's would be 3.8 GB
 MAX_CONFUSION_CLASSES = 1000
@@ -62,6 +64,7 @@ class Run:
     ema: ModelEmaV3 | None  # the EMA of the weights, validated beside the raw model every epoch
     objective: Objective
     optimization: Optimization
+    guard: NonfiniteGuard  # train.on_nonfinite, decided on the device or read every update
     run_dir: Path
     topk: int  # top-5, or top-k with fewer than 5 classes
     recorder: Recorder | None = None  # rank 0's, from the run's first step on
@@ -168,14 +171,15 @@ def build_run(cfg: DictConfig, ctx: Dist, placement: Placement) -> Run:
                if cfg.distill.teacher else None)
     objective = Objective(cfg.augmentation, num_classes, cfg.data.batch_size // ctx.world_size,
                           getattr(network.model, "aux_weight", 0.0), teacher, cfg.distill)
-    optimization = build_optimization(cfg, network.model, len(data.train_batches), placement)
+    optimization = build_optimization(cfg, network, len(data.train_batches), placement)
     model = network.model
     if ctx.world_size > 1:
         model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if placement.device.type == "cuda" else None,
                                         find_unused_parameters=cfg.hardware.find_unused_parameters)
     if placement.compile:
         model = torch.compile(model)
-    return Run(cfg, ctx, placement, data, network, model, ema, objective, optimization, Path(cfg.run_dir),
+    guard = NonfiniteGuard(network.model, optimization.optimizer, optimization.scaler, cfg.train.on_nonfinite, ctx)
+    return Run(cfg, ctx, placement, data, network, model, ema, objective, optimization, guard, Path(cfg.run_dir),
                topk=min(5, num_classes))
 
 
@@ -220,12 +224,14 @@ def train_run(run: Run, state: TrainState, checkpointer: Checkpointer, stops: St
              f"{run.placement.precision}{', compiled' if run.placement.compile else ''}")
     if run.topk < 5:
         log.info(f"{len(run.data.classes)} classes: val_top5 is top-{run.topk}")
+    if budget := run.optimization.length.describe():
+        log.info(budget)
 
     status = "failed"
     try:
         if recorder:
             recorder.start(summary(run, state, "running"))
-        while state.epoch < cfg.train.epochs:
+        while state.epoch < run.optimization.length.epochs:
             epoch_started = time.perf_counter()
             reset_peak_memory(run.placement.device)
             images_seen = train_epoch(run, state, checkpointer, stops)
@@ -273,7 +279,7 @@ def train_run(run: Run, state: TrainState, checkpointer: Checkpointer, stops: St
 def train_epoch(run: Run, state: TrainState, checkpointer: Checkpointer, stops: StopSignals) -> int:
     """One epoch of train steps from the state's position in it; returns the images this rank trained on."""
     cfg, ctx, data, placement = run.cfg, run.ctx, run.data, run.placement
-    accumulate, skip_nonfinite = cfg.train.grad_accum_steps, cfg.train.on_nonfinite == "skip"
+    accumulate, guard = cfg.train.grad_accum_steps, run.guard
     run.model.train()
     start = state.batch_in_epoch
     data.train_batches.set_epoch(state.epoch, start)
@@ -282,10 +288,11 @@ def train_epoch(run: Run, state: TrainState, checkpointer: Checkpointer, stops: 
                disable=not (ctx.is_main and sys.stderr.isatty()), dynamic_ncols=True)
     images_seen = 0
     nonfinite = torch.zeros((), dtype=torch.bool, device=placement.device)  # any micro-batch of this update
-    buffers = None
     for i, (images, targets) in enumerate(data.train_loader, start=start):
-        if skip_nonfinite and i % accumulate == 0:
-            buffers = [b.clone() for b in run.bare_model.buffers()]  # a skipped update's forward moved BN stats
+        if state.step >= run.optimization.length.steps:  # a budget's last epoch ends at its step
+            break
+        if i % accumulate == 0:
+            guard.start_update()
         images = data.normalize(placement.put(images))
         images, targets, labels = run.objective.mix(images, targets.to(placement.device, non_blocking=True))
         if i == 0 and state.step == 0 and run.recorder:  # once per run: what the model sees
@@ -306,22 +313,33 @@ def train_epoch(run: Run, state: TrainState, checkpointer: Checkpointer, stops: 
         bar.update()
         if not last_micro_step:
             continue
-        # What an update reads on the host: the non-finite flag, decided before the poisoned gradients
-        # touch the weights (free on the CPU, the one device sync of a step on a GPU; fp16 adds the
-        # GradScaler's own), and with DDP one all-reduce on the CPU carrying it and the stop signal.
-        # Everything else (loss, metrics, lr) is read at log intervals and epoch ends.
-        nonfinite_anywhere, stop = any_rank((bool(nonfinite), bool(stops)), ctx)
-        if nonfinite_anywhere:
-            skip_update(run, state, loss, f"at step {state.step + 1} (epoch {state.epoch}, batch {i + 1})", buffers)
-            nonfinite.zero_()
+        # The non-finite flag is decided before the poisoned gradients touch the weights (engine/nonfinite.py):
+        # on the device where the optimizer can skip there; else read here, with DDP in one all-reduce on the
+        # CPU with the stop signal (free on the CPU, the one device sync of a step on a GPU; fp16 adds the
+        # GradScaler's own). Everything else (loss, metrics, lr) is read at log intervals and epoch ends.
+        where = (state.step + 1, state.epoch, i + 1)
+        if guard.on_device():
+            with guard.deciding(nonfinite, loss, where):
+                update(run, state)
+            # Ranks agree on a stop signal on the CPU every few updates and at the epoch's end, off the
+            # device's path: all of them at the same update.
+            agree = ctx.world_size == 1 or (state.step + 1) % STOP_AGREEMENT_STEPS == 0 or i + 1 == batches
+            stop = agree and any_rank((bool(stops),), ctx)[0]
         else:
-            update(run, state)
+            nonfinite_anywhere, stop = any_rank((bool(nonfinite), bool(stops)), ctx)
+            if nonfinite_anywhere:
+                guard.skip_on_host(loss, where, state.faults)
+            else:
+                update(run, state)
+        nonfinite.zero_()
         finish_step(run, state, loss, bar, i + 1, batches)
         state.batch_in_epoch = i + 1
         if stop or cfg.train.checkpoint_every_steps and state.step % cfg.train.checkpoint_every_steps == 0:
+            guard.read(state.faults)  # a checkpoint holds no update the device has not reported
             checkpointer.save("last.pt")
         if stop:
             raise Interrupted(stops.name if stops else "another rank's signal")
+    guard.read(state.faults)
     bar.close()
     return images_seen
 
@@ -343,28 +361,18 @@ def update(run: Run, state: TrainState) -> None:
                      f"lowered its scale to {scale:g}")
 
 
-def skip_update(run: Run, state: TrainState, loss: torch.Tensor, where: str,
-                buffers: list[torch.Tensor] | None) -> None:
-    """A non-finite loss on any rank: train.on_nonfinite=error stops the run, skip drops the update (and the
-    batch-norm statistics its forward passes moved)."""
-    if run.cfg.train.on_nonfinite == "error":
-        log.error(message := f"train: loss {loss.item()} {where}; the weights are kept from before it "
-                             f"(train.on_nonfinite=skip skips such steps)")
-        raise NonfiniteLoss(message)
-    state.faults["nonfinite_skipped_steps"] += 1
-    torch._foreach_copy_(list(run.bare_model.buffers()), buffers)
-    log.warning(f"train.on_nonfinite=skip: loss {loss.item()} {where}, update skipped")
-
-
 def finish_step(run: Run, state: TrainState, loss: torch.Tensor, bar: tqdm, batch: int, batches: int) -> None:
     """After an update (or a skipped one): the gradients cleared, the step counted, the EMA and the schedule
-    moved on, and at log intervals the loss and lr logged."""
+    moved on, and at log intervals what the device decided read, the loss and lr logged."""
     run.optimization.optimizer.zero_grad(set_to_none=True)
     state.step += 1
     if run.ema is not None:
         run.ema.update(run.bare_model, state.step)
     run.optimization.scheduler.step_update(state.step)
-    if state.step % run.cfg.train.log_every_steps == 0 and run.ctx.is_main:
+    if state.step % run.cfg.train.log_every_steps:
+        return
+    run.guard.read(state.faults)  # on every rank: in error mode all of them stop at this step
+    if run.ctx.is_main:
         loss_value, lr = loss.item(), peak_lr(run.optimization.optimizer)
         run.recorder.step(state.step, {"train/step_loss": loss_value, "train/lr": lr})
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
@@ -453,6 +461,7 @@ def summary(run: Run, state: TrainState, status: str) -> dict:
             "final_ema_val_top1": final.get("ema_val_top1")} if run.ema else {}),
         "wall_time_s": round(state.wall_time_s(), 3), "status": status,
         "skipped_image_count": len(state.faults["skipped_images"]), **state.faults,
+        **run.optimization.length.record(state.step),
     }
 
 
