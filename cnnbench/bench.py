@@ -39,7 +39,13 @@ from cnnbench.config import CONFIG_PATH, check_config, register_configs
 from cnnbench.data import build_data
 from cnnbench.data.datasets import dataset
 from cnnbench.engine.build import build_network, build_optimization, run_config
-from cnnbench.engine.device import job_settings, matmul_precision_of_convolutions, place
+from cnnbench.engine.device import (
+    job_settings,
+    matmul_precision_of_convolutions,
+    peak_memory_bytes,
+    place,
+    reset_peak_memory,
+)
 from cnnbench.engine.losses import Objective
 from cnnbench.engine.trainer import train
 from cnnbench.errors import ConfigError
@@ -79,21 +85,6 @@ def images_per_s(step, batch_size: int, device: torch.device, bench_cfg) -> floa
         synchronize(device)
         rates.append(batch_size * bench_cfg.steps_per_window / (time.perf_counter() - started))
     return statistics.median(rates)
-
-
-def reset_peak_memory(device: torch.device):
-    """Start counting the peak afresh, so that each bench of a sweep (one process) gets its own."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the process's peak RSS (VmHWM)
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    status = Path("/proc/self/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) * 1024  # kB
 
 
 def matmul_flops_per_s(n: int, dtype: torch.dtype, device: torch.device, bench_cfg) -> float:

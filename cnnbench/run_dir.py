@@ -23,7 +23,8 @@ from cnnbench.files import write_text
 LOCK = "run.lock"
 # What cnnbench's commands write into a run directory: a failed attempt of a sweep point or of a
 # torchrun restart, holding only these and no checkpoint to continue, is started over.
-RUN_FILES = {".hydra", LOCK, "train.log", "metrics.csv", "summary.json", "tb", "checkpoints", "bench.json"}
+RUN_FILES = {".hydra", LOCK, "train.log", "metrics.csv", "summary.json", "tb", "checkpoints", "bench.json",
+             "confusion_matrix.csv", "confusion_matrix.png"}
 
 
 def hydra_dir_key() -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -72,6 +73,30 @@ def sweep_arguments(sweep_dir: Path) -> list:
 
 def swept_keys(sweep_dir: Path) -> set[str]:
     return {o.get_key_element() for o in sweep_arguments(sweep_dir) if o.is_sweep_override()}
+
+
+def point_settings(run_dir: Path) -> dict[str, tuple]:
+    """A sweep point's swept keys (those of its `point_name`), sorted, each with (this point's value, every
+    value the sweep gives the key; [] for an interval or a glob); {} for a single run. Read from the point's
+    own .hydra record and the sweep's multirun.yaml above it, so that any rank, on any launcher's node,
+    finds them (Hydra's hydra.yaml keeps the sweep dir as written, ${now:...} unresolved)."""
+    try:
+        if OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.mode != RunMode.MULTIRUN.name:
+            return {}
+        overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    except OSError:
+        return {}
+    sweep_dir = next((d for d in run_dir.parents if (d / "multirun.yaml").is_file()), None)
+    if sweep_dir is None:
+        return {}
+    own = {o.get_key_element(): o.value() for o in OverridesParser.create().parse_overrides(list(overrides))}
+    settings = {}
+    for o in sweep_arguments(sweep_dir):
+        if o.is_sweep_override() and (key := o.get_key_element()) in own:
+            # A glob's values are config options, which only Hydra's config loader lists
+            listed = o.is_discrete_sweep() and o.value_type != ValueType.GLOB_CHOICE_SWEEP
+            settings[key.lstrip("+~")] = (own[key], list(o.sweep_iterator()) if listed else [])
+    return dict(sorted(settings.items()))
 
 
 def point_subdir(sweep_dir: str, overrides) -> str:

@@ -11,14 +11,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from cnnbench.config import register_configs
+from cnnbench.engine.recorder import MEASURED
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -90,6 +94,32 @@ def assert_same_weights_and_optimizer(a: dict, b: dict) -> None:
 def metrics(run_dir):
     with open(run_dir / "metrics.csv") as f:
         return list(csv.DictReader(f))
+
+
+def reproducible_metrics(run_dir):
+    """metrics.csv without the columns that measure the machine (time, memory): what an exact resume repeats."""
+    return [{k: v for k, v in row.items() if k not in MEASURED} for row in metrics(run_dir)]
+
+
+def confusion_matrix(run_dir) -> tuple[list[str], list[list[int]]]:
+    """confusion_matrix.csv's classes and counts (true class x predicted)."""
+    with open(run_dir / "confusion_matrix.csv") as f:
+        header, *rows = csv.reader(f)
+    assert [row[0] for row in rows] == header[1:]
+    return header[1:], [[int(n) for n in row[1:]] for row in rows]
+
+
+def tensorboard_events(run_dir) -> EventAccumulator:
+    """tb/ as TensorBoard reads it, every image and tensor kept."""
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "tensors": 0, "scalars": 0})
+    events.Reload()
+    return events
+
+
+def tensorboard_tag_counts(run_dir) -> Counter:
+    """How many times each tag was written to tb/, over all its event files (a resumed run adds one)."""
+    return Counter(value.tag for path in sorted((run_dir / "tb").iterdir())
+                   for event in EventFileLoader(str(path)).Load() for value in event.summary.value)
 
 
 def one_error_line(result):

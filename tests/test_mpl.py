@@ -49,9 +49,9 @@ def test_teacher_from_a_checkpoint_and_student_both_train(tmp_path):
     assert "epoch 1 mpl: the teacher's pseudo-labels agree with the hidden labels on" in log
     events = EventAccumulator(str(run / "tb"))
     events.Reload()
-    agreement = events.Scalars("mpl/pseudo_label_top1")
+    agreement = events.Scalars("train/mpl_pseudo_label_top1")
     assert [e.step for e in agreement] == [8, 16] and all(0 <= e.value <= 100 for e in agreement)
-    assert [e.step for e in events.Scalars("mpl/feedback")] == [8, 16]
+    assert [e.step for e in events.Scalars("train/mpl_feedback")] == [8, 16]
     rows = metrics(run)
     assert len(rows) == 2 and all(float(r["train_loss"]) > 0 for r in rows)
 

@@ -15,20 +15,23 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from PIL import Image
+from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
-from tensorboard.plugins.hparams import metadata
-from tensorboard.util import tensor_util
+from tensorboard.context import RequestContext
+from tensorboard.plugins.base_plugin import TBContext
+from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
 
 from cnnbench import report
 from cnnbench.bench import bench
 from cnnbench.engine.build import count_flops
+from cnnbench.engine.hparams import METRICS as HPARAM_METRICS
 from cnnbench.errors import ConfigError
 from cnnbench.models import create_model
 from cnnbench.models.registry import get_entry, list_models
 from cnnbench.report import BENCH_COLUMNS, COLUMNS, THROUGHPUT_NOTE
 from cnnbench.sweep import point_name
 
-from .helpers import CONF, ROOT, SMOKE, make_config, run_cli
+from .helpers import CONF, ROOT, SMOKE, confusion_matrix, make_config, run_cli, tensorboard_events
 
 pytestmark = pytest.mark.slow  # real sweeps
 
@@ -136,19 +139,50 @@ def test_plot_titles_list_a_few_models_and_call_more_various():
     assert report.subject(runs(["a", "b", "c", "d"], "fashion_mnist")) == "various (4) on fashion_mnist"
 
 
-def test_tensorboard_hparams_dashboard_sees_every_point(grid):
-    runs = EventMultiplexer().AddRunsFromDirectory(str(grid))
+def hparams_dashboard(logdir):
+    """What TensorBoard's HParams dashboard gets from its backend for this logdir: the experiment (its
+    hyperparameters in the dashboard's order) and every session group, with its metrics."""
+    runs = EventMultiplexer().AddRunsFromDirectory(str(logdir))
     runs.Reload()
-    sessions = runs.PluginRunToTagToContent(metadata.PLUGIN_NAME)
-    assert len(sessions) == 4
+    backend = backend_context.Context(TBContext(data_provider=MultiplexerDataProvider(runs, str(logdir))))
+    request_context = RequestContext()
+    experiment = get_experiment.Handler(request_context, backend, "", api_pb2.GetExperimentRequest()).run()
+    query = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=100, allowed_statuses=api_pb2.Status.values(),
+        col_params=[*(api_pb2.ColParams(hparam=h.name) for h in experiment.hparam_infos),
+                    *(api_pb2.ColParams(metric=m.name) for m in experiment.metric_infos)])
+    return experiment, list_session_groups.Handler(request_context, backend, "", query).run().session_groups
+
+
+def test_tensorboard_hparams_dashboard_shows_the_swept_keys_first(grid):
+    """The swept keys lead (the dashboard ticks the first five), every point's values are there, the
+    metrics are each run's scalar tags, and a run is named by its point; each point's events also hold its
+    augmented first batch, its config and its confusion matrix, whose CSV counts the val set once."""
+    experiment, groups = hparams_dashboard(grid)
+    assert [(h.name, h.differs) for h in experiment.hparam_infos][:3] == [
+        ("model.depth_mult", True), ("model.width_mult", True), ("augmentation.name", False)]
+    assert {tuple(v.number_value for v in h.domain_discrete.values) for h in experiment.hparam_infos[:2]} == {
+        (0.5, 1.0), (0.25, 0.5)}
+    assert [m.name.tag for m in experiment.metric_infos] == list(HPARAM_METRICS)
+    assert len(groups) == 4
     seen = set()
-    for run, tags in sessions.items():
-        start = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
-        width, depth = (start.hparams[k].number_value for k in ("model.width_mult", "model.depth_mult"))
+    for group in groups:
+        [session] = group.sessions
+        point = grid / session.name.removesuffix("/tb")
+        assert session.name == f"{point.name}/tb" and session.status == api_pb2.STATUS_SUCCESS
+        depth, width = (group.hparams[k].number_value for k in ("model.depth_mult", "model.width_mult"))
+        assert point.name == f"model.depth_mult={depth:g},model.width_mult={width:g}"
         seen.add((width, depth))
-        summary = json.loads((grid / run / ".." / "summary.json").read_text())
-        [final] = runs.Tensors(run, "hparam/best_val_top1")
-        assert tensor_util.make_ndarray(final.tensor_proto).item() == pytest.approx(summary["best_val_top1"])
+        summary = json.loads((point / "summary.json").read_text())
+        metric = {m.name.tag: m.value for m in group.metric_values}
+        assert metric.keys() == HPARAM_METRICS.keys()
+        for key, tag in (("best_val_top1", "val/best_top1"), ("final_val_top5", "val/top5"),
+                         ("params", "whole_run/params"), ("train_img_per_s", "whole_run/train_img_per_s")):
+            assert metric[tag] == pytest.approx(summary[key], rel=1e-6), tag
+        events = tensorboard_events(point)
+        assert len(events.Images("train/augmented_batch")) == len(events.Tensors("config/text_summary")) == 1
+        assert [image.step for image in events.Images("val/confusion_matrix")] == [summary["step"]]
+        assert sum(map(sum, confusion_matrix(point)[1])) == 256  # data.val_size
     assert seen == {(0.25, 0.5), (0.25, 1.0), (0.5, 0.5), (0.5, 1.0)}
 
 

@@ -1,5 +1,4 @@
 """Checkpoints: exact resume after a real SIGKILL, and refusal of anything that is not ours."""
-import csv
 import json
 import math
 import os
@@ -18,7 +17,15 @@ from cnnbench.engine.resume import resume_path
 from cnnbench.engine.trainer import train
 from cnnbench.errors import CheckpointError, ConfigError, Interrupted
 
-from .helpers import ROOT, SMOKE, RunsCode, assert_same_weights_and_optimizer, make_config
+from .helpers import (
+    ROOT,
+    SMOKE,
+    RunsCode,
+    assert_same_weights_and_optimizer,
+    make_config,
+    reproducible_metrics,
+    tensorboard_tag_counts,
+)
 
 pytestmark = pytest.mark.slow  # runs stopped by signals and resumed, in subprocesses
 
@@ -31,12 +38,6 @@ def launch(run_dir, *extra):
     return subprocess.Popen([sys.executable, "-m", "cnnbench.train", *EXACT, f"hydra.run.dir={run_dir}", *extra],
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def metrics_without_timing(run_dir):
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if k not in ("epoch_time_s", "train_img_per_s")}
-                for row in csv.DictReader(f)]
 
 
 def wait_for_checkpoint(process, last, after_ns=0):
@@ -75,7 +76,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
     assert a["scheduler"] == b["scheduler"]
     assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"]) and a["rng"][0]["python"] == b["rng"][0]["python"]
     assert torch.equal(a["rng"][0]["numpy"]["state"]["key"], b["rng"][0]["numpy"]["state"]["key"])
-    assert metrics_without_timing(straight) == metrics_without_timing(killed)
+    assert reproducible_metrics(straight) == reproducible_metrics(killed)
 
 
 def test_checkpoints_at_two_steps_differ(tmp_path):
@@ -101,9 +102,15 @@ def test_resume_auto_in_a_new_directory_starts_fresh(tmp_path):
 
 
 def test_resume_continues_to_more_epochs(tmp_path):
+    """... and writes what a run writes once (its first batch, config and HParams record) only once."""
     train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
     summary = train(make_config(tmp_path, *SMOKE, "train.epochs=2", "resume=auto"))
     assert summary["epochs"] == 2 and summary["step"] == 16
+    written = tensorboard_tag_counts(tmp_path)
+    assert len(list((tmp_path / "tb").iterdir())) == 2  # an event file each
+    for tag in ("train/augmented_batch", "config/text_summary", "_hparams_/experiment", "_hparams_/session_start_info"):
+        assert written[tag] == 1, tag
+    assert written["val/top1"] == written["train/epoch"] == 2
 
 
 def test_resume_refuses_another_architecture(tmp_path):
@@ -166,7 +173,7 @@ def test_training_longer_rebuilds_the_schedule_from_the_step(tmp_path):
     train(make_config(tmp_path, *SMOKE, "train.epochs=3", "resume=auto"))
     assert ("train.epochs 1 -> 3: the schedule is rebuilt for 3 epochs from step 8"
             in (tmp_path / "train.log").read_text())
-    rows = metrics_without_timing(tmp_path)
+    rows = reproducible_metrics(tmp_path)
     peak = first["config"]["optimizer"]["lr"]
     assert float(rows[1]["lr"]) == pytest.approx(peak * (1 + math.cos(math.pi * 16 / 24)) / 2)
     last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")

@@ -51,6 +51,23 @@ def build_transforms(aug, data, train: bool) -> v2.Compose:
     return v2.Compose([v2.ToImage(), to_channels, *geometry, *noise])
 
 
+def unused_keys(aug) -> set[str]:
+    """The augmentation keys that build_transforms and the batch mixing leave unused under this policy
+    (another crop's or policy's knobs): settings a record of the run should not show."""
+    crop = aug.crop if aug.name in POLICIES else aug.name
+    used = {"name", "lighting", "random_erasing", "label_smoothing", "mixup_alpha", "cutmix_alpha"}
+    used |= {"hflip"} if crop in ("basic", "imagenet", "alexnet") else set()
+    used |= {"crop_padding"} if crop == "basic" else set()
+    used |= {"scale"} if crop == "imagenet" else set()
+    used |= {"eval_crop_ratio"} if crop in ("imagenet", "alexnet") else set()
+    used |= {"crop"} if aug.name in POLICIES else set()
+    used |= {"randaugment_ops", "randaugment_magnitude"} if aug.name == "randaugment" else set()
+    used |= {"autoaugment_policy"} if aug.name == "autoaugment" else set()
+    used |= {"mixup_prob"} if aug.mixup_alpha > 0 or aug.cutmix_alpha > 0 else set()
+    used |= {"mixup_switch_prob"} if aug.mixup_alpha > 0 and aug.cutmix_alpha > 0 else set()
+    return set(aug) - used
+
+
 def autoaugment_policy(name: str) -> v2.AutoAugmentPolicy:
     try:
         return v2.AutoAugmentPolicy(name)
@@ -107,3 +124,7 @@ class Normalize(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.shift, images.float(), self.scale)
+
+    def denormalize(self, normalized: torch.Tensor) -> torch.Tensor:
+        """A normalized batch back to pixel values in [0, 1], for a person to look at."""
+        return ((normalized.float() - self.shift) / (255 * self.scale)).clamp(0, 1)

@@ -7,8 +7,10 @@ flags after it, so no later job inherits them.
 import contextlib
 import functools
 import os
+import resource
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -117,3 +119,23 @@ def compiles(hw, device: torch.device) -> bool:
     """hardware.compile=auto: on a GPU; on CPU compiling costs a minute and gains nothing (docs/performance.md).
     Not with hardware.sync_batchnorm: SyncBatchNorm breaks the graph at every layer and syncs every forward."""
     return device.type == "cuda" and not hw.sync_batchnorm if hw.compile == "auto" else hw.compile
+
+
+CLEAR_REFS = Path("/proc/self/clear_refs")  # Linux: writing 5 resets the process's peak RSS
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting the peak afresh: each epoch of a run, each bench of a sweep (one process) its own.
+    Where the process's peak RSS cannot be reset (macOS), it counts from the process's start."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif CLEAR_REFS.exists():
+        CLEAR_REFS.write_text("5")
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """On CUDA the peak of the tensors torch allocated; elsewhere the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux

@@ -96,8 +96,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "checkpoint": str(cfg.checkpoint), "data": data.name, "tta": cfg.eval.tta.value, "samples": int(total),
         "top1": 100 * sum(top1) / total, "top5": 100 * sum(topk_hits) / total, "top5_k": topk,
         "loss": loss.item() / total,
-        "per_class": [{"class": label, "name": class_name(label), "samples": int(n),
-                       "top1": 100 * hit / n if n else None} for label, n, hit in zip(classes, samples, top1)],
+        "per_class": per_class_top1(classes, samples, top1),
     }
     print(evaluation_table(result))
     write_json(Path(cfg.run_dir) / "evaluation.json", result)
@@ -106,16 +105,27 @@ def evaluate(cfg: DictConfig) -> dict:
     return result
 
 
-def evaluation_table(result: dict) -> str:
-    shown = [display_name(c["class"]) for c in result["per_class"]]
+def per_class_top1(classes: list[str], samples, hits) -> list[dict]:
+    """Each class's images and top-1 accuracy (None for a class without images), from per-class counts."""
+    return [{"class": label, "name": class_name(label), "samples": int(n), "top1": 100 * hit / n if n else None}
+            for label, n, hit in zip(classes, samples, hits)]
+
+
+def per_class_table(per_class: list[dict]) -> str:
+    """per_class_top1's classes as a table: class, images, top-1."""
+    shown = [display_name(c["class"]) for c in per_class]
     width = max(len("class"), *map(len, shown))
-    lines = [f"{result['checkpoint']} on {result['data']} ({result['samples']} images, tta {result['tta']}): "
-             f"top-1 {result['top1']:.2f}%, top-{result['top5_k']} {result['top5']:.2f}%, loss {result['loss']:.4f}",
-             f"{'class':<{width}}  {'images':>6}  {'top-1':>6}"]
-    for c, label in zip(result["per_class"], shown):
+    lines = [f"{'class':<{width}}  {'images':>6}  {'top-1':>6}"]
+    for c, label in zip(per_class, shown):
         lines.append(f"{label:<{width}}  {c['samples']:>6}  "
                      + (f"{c['top1']:>6.2f}" if c["top1"] is not None else f"{'-':>6}"))
     return "\n".join(lines)
+
+
+def evaluation_table(result: dict) -> str:
+    return (f"{result['checkpoint']} on {result['data']} ({result['samples']} images, tta {result['tta']}): "
+            f"top-1 {result['top1']:.2f}%, top-{result['top5_k']} {result['top5']:.2f}%, loss {result['loss']:.4f}\n"
+            + per_class_table(result["per_class"]))
 
 
 def read_image(path: str, channels: int) -> Image.Image:

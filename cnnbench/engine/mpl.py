@@ -312,11 +312,12 @@ def log_epoch(run, state) -> None:
     run.mpl.sums.zero_()
     if not steps:
         return
-    scalars = {"mpl/pseudo_label_top1": 100 * agree / pool_images, "mpl/feedback": feedback / steps,
-               "mpl/teacher_train_top1": 100 * teacher_correct / labeled,
-               "mpl/teacher_lr": peak_lr(run.mpl.optimization.optimizer)}
+    scalars = {"train/mpl_pseudo_label_top1": 100 * agree / pool_images, "train/mpl_feedback": feedback / steps,
+               "train/mpl_teacher_train_top1": 100 * teacher_correct / labeled,
+               "train/mpl_teacher_lr": peak_lr(run.mpl.optimization.optimizer)}
+    # Under train/, which TensorBoard's Time Series opens first with val/.
     log.info(f"epoch {state.epoch} mpl: the teacher's pseudo-labels agree with the hidden labels on "
-             f"{scalars['mpl/pseudo_label_top1']:.2f}%, its labeled top1 {scalars['mpl/teacher_train_top1']:.2f}, "
-             f"mean feedback h {scalars['mpl/feedback']:.2e}")
+             f"{scalars['train/mpl_pseudo_label_top1']:.2f}%, its labeled top1 "
+             f"{scalars['train/mpl_teacher_train_top1']:.2f}, mean feedback h {scalars['train/mpl_feedback']:.2e}")
     if run.recorder:
         run.recorder.step(state.step, scalars)

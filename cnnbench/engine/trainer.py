@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import timm.utils
 import torch
@@ -35,9 +36,10 @@ from cnnbench.errors import CheckpointError, ConfigError, Interrupted, short_lis
 
 from .build import Network, Optimization, build_network, build_optimization, run_config
 from .checkpoint import export_weights, rng_state, save_checkpoint, set_rng_state
-from .device import Placement, device_of, place, use_deterministic_algorithms
+from .device import Placement, device_of, peak_memory_bytes, place, reset_peak_memory, use_deterministic_algorithms
 from .distill import load_teacher
 from .distributed import Dist, all_reduce_sum, any_rank, init_distributed, sync_batchnorm
+from .hparams import hparam_summaries, session_end_summary
 from .losses import Objective
 from .mpl import MetaPseudoLabels, build_meta_pseudo_labels, mpl_epoch
 from .nonfinite import NonfiniteGuard
@@ -47,6 +49,9 @@ from .tta import batch_logits
 
 log = logging.getLogger("cnnbench")
 STOP_AGREEMENT_STEPS = 10  # with DDP and the non-finite flag on the device: updates between the ranks' agreements
+# validate's confusion matrix, up to this many classes: ImageNet's 1000 are 8 MB of counts on the device,
+# ImageNet-21k's would be 3.8 GB
+MAX_CONFUSION_CLASSES = 1000
 
 
 @dataclass
@@ -131,8 +136,9 @@ def train(cfg: DictConfig) -> dict:
         if ctx.is_main:
             run.recorder = Recorder(run.run_dir, state.history, state.step,
                                     METRICS + EMA_METRICS if run.ema else METRICS)
-            if state.step == 0:  # the schedule's start (warm-up's first lr)
+            if state.step == 0:  # once per run: the schedule's start (warm-up's first lr), the config, the HParams
                 run.recorder.step(0, {"train/lr": peak_lr(run.optimization.optimizer)})
+                run.recorder.begin(config_record, hparam_summaries(cfg, placement.precision))
         for warning in run.data.warnings + ([fallback_note] if resume_from is not None and fallback_note else []):
             log.warning(warning)
         for note in notes:
@@ -236,15 +242,21 @@ def train_run(run: Run, state: TrainState, checkpointer: Checkpointer, stops: St
             recorder.start(summary(run, state, "running"))
         while state.epoch < run.optimization.length.epochs:
             epoch_started = time.perf_counter()
+            reset_peak_memory(run.placement.device)
             images_seen = (mpl_epoch if run.mpl else train_epoch)(run, state, checkpointer, stops)
             train_time = time.perf_counter() - epoch_started
-            row = end_epoch(run, state, images_seen, train_time, epoch_started)
-            if recorder:
-                recorder.epoch(row)
-            else:
-                state.history.append(row)
-            if (candidate := best_of(row))["val_top1"] > state.best["val_top1"]:
+            row, confusions = end_epoch(run, state, images_seen, train_time, epoch_started)
+            state.history.append(row)
+            if improved := (candidate := best_of(row))["val_top1"] > state.best["val_top1"]:
                 state.best = candidate
+            if recorder:
+                recorder.epoch(row, summary(run, state, "running"))
+                if improved and (confusion := confusions[candidate["weights"]]) is not None:
+                    weights = " (EMA weights)" if candidate["weights"] == "ema" else ""
+                    recorder.best_epoch(row, confusion, run.data.classes,
+                                        f"{cfg.model.name} on {cfg.data.name}, epoch {row['epoch']}{weights}: "
+                                        f"val top-1 {candidate['val_top1']:.2f}%")
+            if improved:
                 checkpointer.save("best.pt")
             checkpointer.save("last.pt")
         if ctx.is_main:
@@ -265,7 +277,7 @@ def train_run(run: Run, state: TrainState, checkpointer: Checkpointer, stops: St
     finally:
         result = summary(run, state, status)
         if recorder:
-            recorder.finish(result, hparam_record(cfg))
+            recorder.finish(result, session_end_summary(status))
         if ctx.world_size > 1:
             torch.distributed.destroy_process_group()
     log.info(f"done: best val top1 {result['best_val_top1']:.2f} (epoch {result['best_epoch']}), "
@@ -292,6 +304,8 @@ def train_epoch(run: Run, state: TrainState, checkpointer: Checkpointer, stops: 
             guard.start_update()
         images = data.normalize(placement.put(images))
         images, targets, labels = run.objective.mix(images, targets.to(placement.device, non_blocking=True))
+        if i == 0 and state.step == 0 and run.recorder:  # once per run: what the model sees
+            run.recorder.batch(data.normalize.denormalize(images))
         last_micro_step = (i + 1) % accumulate == 0 or i + 1 == batches
         sync = contextlib.nullcontext() if last_micro_step or ctx.world_size == 1 else run.model.no_sync()
         with sync:
@@ -378,39 +392,64 @@ def finish_step(run: Run, state: TrainState, loss: torch.Tensor, bar: tqdm, batc
                      f"lr {lr:.4g}")
 
 
-def end_epoch(run: Run, state: TrainState, images_seen: int, train_time: float, epoch_started: float) -> dict:
-    """Validation and the epoch's row of metrics.csv; the state moves to the next epoch's start."""
+def end_epoch(run: Run, state: TrainState, images_seen: int, train_time: float,
+              epoch_started: float) -> tuple[dict, dict]:
+    """Validation and the epoch's row of metrics.csv, and the confusion matrix of each kind of weights
+    validated (best_of's: model, ema); the state moves to the next epoch's start."""
     train_loss, train_correct, train_count = all_reduce_sum(state.sums.clone(), run.ctx).tolist()
+    val_started = time.perf_counter()  # the device is idle: the train sums were just read
     val = validate(run.model, run.data.val_loader, run.data.normalize, run.placement, run.topk, run.ctx,
-                   run.cfg.eval.tta)
+                   run.cfg.eval.tta, len(run.data.classes))
+    val_time = time.perf_counter() - val_started
+    metrics, confusions = dict(val.metrics), {"model": val.confusion}
     if run.ema is not None:
         ema_val = validate(run.ema.module, run.data.val_loader, run.data.normalize, run.placement, run.topk, run.ctx,
-                           run.cfg.eval.tta)
-        val.update({f"ema_{key}": value for key, value in ema_val.items()})
+                           run.cfg.eval.tta, len(run.data.classes))
+        metrics.update({f"ema_{key}": value for key, value in ema_val.metrics.items()})
+        confusions["ema"] = ema_val.confusion
     row = {"epoch": state.epoch, "step": state.step, "lr": peak_lr(run.optimization.optimizer),
-           "train_loss": train_loss / train_count, "train_top1": 100 * train_correct / train_count, **val,
+           "train_loss": train_loss / train_count, "train_top1": 100 * train_correct / train_count, **metrics,
            "epoch_time_s": round(time.perf_counter() - epoch_started, 3),
-           "train_img_per_s": round(images_seen * run.ctx.world_size / train_time, 1)}
+           "train_img_per_s": round(images_seen * run.ctx.world_size / train_time, 1),
+           "val_img_per_s": round(val.images / val_time, 1),
+           "peak_memory_mb": round(peak_memory_bytes(run.placement.device) / 2 ** 20, 1)}  # rank 0's: MiB
     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     state.sums.zero_()
     log.info(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f} | "
              f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f} top{run.topk} {row['val_top5']:.2f} | "
              + (f"ema val top1 {row['ema_val_top1']:.2f} | " if run.ema else "")
-             + f"{row['train_img_per_s']:.0f} img/s, {row['epoch_time_s']:.1f}s")
-    return row
+             + f"{row['train_img_per_s']:.0f} img/s, val {row['val_img_per_s']:.0f} img/s, "
+               f"peak memory {row['peak_memory_mb']:.0f} MiB, {row['epoch_time_s']:.1f}s")
+    return row, confusions
+
+
+class Validation(NamedTuple):
+    metrics: dict  # val_loss, val_top1, val_top5
+    images: int  # over every rank
+    confusion: torch.Tensor | None  # true class x predicted top-1 counts (CPU); None above MAX_CONFUSION_CLASSES
 
 
 @torch.no_grad()
-def validate(model, loader, normalize, placement: Placement, topk: int, ctx: Dist, tta: TTA = TTA.none) -> dict:
+def validate(model, loader, normalize, placement: Placement, topk: int, ctx: Dist, tta: TTA,
+             num_classes: int) -> Validation:
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=placement.device)  # loss sum, top-1, top-k, samples
+    cells = num_classes ** 2 if num_classes <= MAX_CONFUSION_CLASSES else 0
+    # loss sum, top-1, top-k, samples, then the confusion matrix: counted on the device, one all-reduce
+    sums = torch.zeros(4 + cells, dtype=torch.float64, device=placement.device)
+    confusion = sums[4:].view(-1, num_classes) if cells else None
     for logits, targets in batch_logits(model, loader, normalize, placement, tta):
-        hits = logits.topk(topk, 1).indices == targets[:, None]
-        sums += torch.stack([F.cross_entropy(logits.float(), targets, reduction="sum").double(),
-                             hits[:, 0].sum().double(), hits.any(1).sum().double(),
-                             hits.new_full((), len(targets), dtype=torch.float64)])
-    loss, top1, topk_hits, count = all_reduce_sum(sums, ctx).tolist()
-    return {"val_loss": loss / count, "val_top1": 100 * top1 / count, "val_top5": 100 * topk_hits / count}
+        top = logits.topk(topk, 1).indices
+        hits = top == targets[:, None]
+        sums[:4] += torch.stack([F.cross_entropy(logits.float(), targets, reduction="sum").double(),
+                                 hits[:, 0].sum().double(), hits.any(1).sum().double(),
+                                 hits.new_full((), len(targets), dtype=torch.float64)])
+        if confusion is not None:  # index_put_'s accumulation is deterministic under hardware.deterministic
+            confusion.index_put_((targets, top[:, 0]), targets.new_ones(len(targets), dtype=torch.float64),
+                                 accumulate=True)
+    sums = all_reduce_sum(sums, ctx).cpu()
+    loss, top1, topk_hits, count = sums[:4].tolist()
+    return Validation({"val_loss": loss / count, "val_top1": 100 * top1 / count, "val_top5": 100 * topk_hits / count},
+                      round(count), sums[4:].long().view(-1, num_classes) if cells else None)
 
 
 def summary(run: Run, state: TrainState, status: str) -> dict:
@@ -422,8 +461,12 @@ def summary(run: Run, state: TrainState, status: str) -> dict:
         "data": run.cfg.data.name, "best_val_top1": best.get("val_top1") if history else None,
         "best_val_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),
         "final_val_top1": final.get("val_top1"), "final_val_top5": final.get("val_top5"),
-        "top5_k": run.topk, "epochs": len(history), "step": state.step,
-        "train_img_per_s": steady_throughput(history),
+        "top5_k": run.topk, "epochs": len(history), "step": state.step, "precision": run.placement.precision,
+        "train_img_per_s": steady_median(history, "train_img_per_s"),
+        "val_img_per_s": steady_median(history, "val_img_per_s"),
+        "epoch_time_s": steady_median(history, "epoch_time_s"),
+        "peak_memory_mb": max((row["peak_memory_mb"] for row in history if row.get("peak_memory_mb") is not None),
+                              default=None),
         **({"best_weights": best.get("weights"),
             "best_ema_val_top1": max((r["ema_val_top1"] for r in history), default=None),
             "final_ema_val_top1": final.get("ema_val_top1")} if run.ema else {}),
@@ -450,10 +493,10 @@ def peak_lr(optimizer) -> float:
     return max(group["lr"] for group in optimizer.param_groups)
 
 
-def steady_throughput(history: list[dict]) -> float | None:
-    """Training images/s of a run: the median over its epochs after the first (whose warm-up, allocator and
-    autotuning would count otherwise); the first alone in a one-epoch run."""
-    rates = [row["train_img_per_s"] for row in history]
+def steady_median(history: list[dict], key: str) -> float | None:
+    """A run's images/s (or epoch time): the median over its epochs after the first (whose warm-up,
+    allocator and autotuning would count otherwise); the first alone in a one-epoch run."""
+    rates = [row[key] for row in history if row.get(key) is not None]  # rows of older runs may lack a key
     return statistics.median(rates[1:] or rates) if rates else None
 
 
@@ -464,13 +507,3 @@ def best_of(row: dict) -> dict:
     prefix = "ema_" if weights == "ema" else ""
     return {"val_top1": row[f"{prefix}val_top1"], "val_top5": row[f"{prefix}val_top5"], "epoch": row["epoch"],
             "weights": weights}
-
-
-def hparam_record(cfg: DictConfig) -> dict:
-    """The run's scalar settings, for TensorBoard's HParams dashboard."""
-    flat = {}
-    for group in ("model", "data", "optimizer", "scheduler", "augmentation", "train", "distill", "mpl"):
-        for key, value in OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True).items():
-            if isinstance(value, (int, float, str, bool)) and not key.startswith("_"):
-                flat[f"{group}.{key}"] = value
-    return flat
