@@ -11,7 +11,7 @@ WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 XDIST  := -n $(WORKERS) --dist loadgroup
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-quick lint clean clean-outputs
+.PHONY: help setup train test test-quick lint format clean clean-outputs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,8 +38,15 @@ test: setup ## run the whole test suite (what CI runs)
 test-quick: setup ## the tests that start no subprocess run, cluster or GPU: about 4 minutes on 2 cores (all: 16)
 	$(PY) -m pytest -q $(XDIST) -m "not slow and not cluster and not gpu"
 
-lint: setup ## ruff: pyflakes, pycodestyle and import order (pyproject.toml)
-	$(PY) -m ruff check cnnbench tests scripts hydra_plugins
+LINTED := cnnbench tests scripts hydra_plugins conf
+
+lint: setup ## ruff: pyflakes, pycodestyle, import order, and the formatting `make format` gives (pyproject.toml)
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
+
+format: setup ## ruff format: rewrite the Python files in the project's one style (and sort imports)
+	$(PY) -m ruff check --select I --fix -q $(LINTED)
+	$(PY) -m ruff format -q $(LINTED)
 
 clean: ## remove the venv and the caches; the runs under outputs/ stay
 	rm -rf $(VENV) .pytest_cache

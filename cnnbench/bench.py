@@ -22,6 +22,7 @@ bench.input=true also times the train loader alone over data.root's files (image
 names the bottleneck: input pipeline or training step.
 scripts/benchmark.sh runs both for the models of docs/performance.md.
 """
+
 import copy
 import itertools
 import logging
@@ -56,8 +57,20 @@ register_configs()
 log = logging.getLogger("cnnbench")
 
 
-def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                       _output_padding, _groups, output_mask, **kwargs) -> int:
+def conv_backward_flop(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    **kwargs,
+) -> int:
     """Each gradient of a convolution (input, weight) takes as many multiply-adds as its forward pass.
     torch 2.14's own formula counts a grouped convolution's backward as a dense one: a depthwise 3x3
     over 64 channels at 65 times its forward (mobilenet_v2's train FLOPs at 28 px 7 times too many)."""
@@ -90,7 +103,7 @@ def images_per_s(step, batch_size: int, device: torch.device, bench_cfg) -> floa
 def matmul_flops_per_s(n: int, dtype: torch.dtype, device: torch.device, bench_cfg) -> float:
     """This machine's practical peak: an n x n matmul in the run's precision, timed like the model."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n ** 3 * images_per_s(lambda: a @ b, 1, device, bench_cfg)  # one "image": one matmul
+    return 2 * n**3 * images_per_s(lambda: a @ b, 1, device, bench_cfg)  # one "image": one matmul
 
 
 def bench(cfg: DictConfig) -> dict:
@@ -122,7 +135,8 @@ class BenchSteps:
         self.model = torch.compile(self.network.model) if placement.compile else self.network.model
         batch = cfg.data.batch_size
         self.images = torch.randn(batch, *self.network.image_shape, device=placement.device).to(
-            memory_format=placement.memory_format)
+            memory_format=placement.memory_format
+        )
         self.targets = torch.randint(0, num_classes, (batch,), device=placement.device)
         self.optimization = build_optimization(cfg, self.network, 1, placement)
         self.objective = Objective(cfg.augmentation, num_classes, batch, getattr(self.network.model, "aux_weight", 0.0))
@@ -167,12 +181,18 @@ def measure(cfg: DictConfig, user_cfg: DictConfig, steps: BenchSteps, num_classe
     with matmul_precision_of_convolutions():  # fp32: TF32 where cuDNN's convolutions use it
         peak = matmul_flops_per_s(n, placement.amp_dtype, device, bench_cfg)
     result = {
-        "model": cfg.model.name, "params": network.params, "gflops": network.flops / 1e9,
-        "train_gflops": train_flops / 1e9, "data": cfg.data.name, "image_size": cfg.data.image_size,
-        "batch_size": batch, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "model": cfg.model.name,
+        "params": network.params,
+        "gflops": network.flops / 1e9,
+        "train_gflops": train_flops / 1e9,
+        "data": cfg.data.name,
+        "image_size": cfg.data.image_size,
+        "batch_size": batch,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": placement.precision,
-        "train_img_per_s": round(train_rate, 1), "infer_img_per_s": round(infer_rate, 1),
-        "peak_memory_mb": round(peak_memory / 2 ** 20, 1),
+        "train_img_per_s": round(train_rate, 1),
+        "infer_img_per_s": round(infer_rate, 1),
+        "peak_memory_mb": round(peak_memory / 2**20, 1),
         "memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
         "matmul_tflops": float(f"{peak / 1e12:.4g}"),
         "train_matmul_fraction": round(train_flops * train_rate / peak, 4),
@@ -185,8 +205,9 @@ def measure(cfg: DictConfig, user_cfg: DictConfig, steps: BenchSteps, num_classe
     return {**result, "status": "completed"}
 
 
-def trainer_rounds(cfg: DictConfig, steps: BenchSteps, num_classes: int, train_rate: float, train_flops: float,
-                   peak: float) -> dict:
+def trainer_rounds(
+    cfg: DictConfig, steps: BenchSteps, num_classes: int, train_rate: float, train_flops: float, peak: float
+) -> dict:
     """The real loop on synthetic images of this shape (epoch 1 warms up, epoch 2 is timed), each time
     between two timings of the bare step: this CPU's speed drifts by 10-30% within minutes, more than the
     loop's own cost, so a round's ratio is against the bare steps on either side of it, and the reported
@@ -200,27 +221,36 @@ def trainer_rounds(cfg: DictConfig, steps: BenchSteps, num_classes: int, train_r
         bare_rates.append(images_per_s(steps.train_step, cfg.data.batch_size, steps.placement.device, bench_cfg))
         ratios.append(round(2 * trainer_rates[-1] / (bare_rates[-2] + bare_rates[-1]), 4))
     trainer_rate = statistics.median(trainer_rates)
-    return {"trainer_img_per_s": round(trainer_rate, 1),
-            "trainer_ratio": statistics.median(ratios), "trainer_round_ratios": ratios,
-            "trainer_tflops": float(f"{train_flops * trainer_rate / 1e12:.4g}"),
-            "trainer_matmul_fraction": round(train_flops * trainer_rate / peak, 4)}
+    return {
+        "trainer_img_per_s": round(trainer_rate, 1),
+        "trainer_ratio": statistics.median(ratios),
+        "trainer_round_ratios": ratios,
+        "trainer_tflops": float(f"{train_flops * trainer_rate / 1e12:.4g}"),
+        "trainer_matmul_fraction": round(train_flops * trainer_rate / peak, 4),
+    }
 
 
 def log_result(cfg: DictConfig, result: dict) -> None:
-    log.info(f"{result['model']} at {cfg.data.image_size}px, batch {result['batch_size']}, {result['device']} "
-             f"{result['precision']}: {result['params']:,} parameters, {result['gflops']:.3f} GFLOPs; train "
-             f"{result['train_img_per_s']:.0f} img/s ({result['train_matmul_fraction']:.1%} of the "
-             f"{result['matmul_tflops']:.3g} TFLOP/s matmul peak), inference {result['infer_img_per_s']:.0f} img/s "
-             f"({result['infer_matmul_fraction']:.1%}), peak memory {result['peak_memory_mb']:.0f} MiB; "
-             f"{cfg.run_dir}/bench.json")
+    log.info(
+        f"{result['model']} at {cfg.data.image_size}px, batch {result['batch_size']}, {result['device']} "
+        f"{result['precision']}: {result['params']:,} parameters, {result['gflops']:.3f} GFLOPs; train "
+        f"{result['train_img_per_s']:.0f} img/s ({result['train_matmul_fraction']:.1%} of the "
+        f"{result['matmul_tflops']:.3g} TFLOP/s matmul peak), inference {result['infer_img_per_s']:.0f} img/s "
+        f"({result['infer_matmul_fraction']:.1%}), peak memory {result['peak_memory_mb']:.0f} MiB; "
+        f"{cfg.run_dir}/bench.json"
+    )
     if cfg.bench.trainer:
-        log.info(f"trainer {result['trainer_img_per_s']:.0f} img/s: {result['trainer_ratio']:.3f} of the bare "
-                 f"step (the median of {result['trainer_round_ratios']}), {result['trainer_matmul_fraction']:.1%} of "
-                 f"the matmul peak")
+        log.info(
+            f"trainer {result['trainer_img_per_s']:.0f} img/s: {result['trainer_ratio']:.3f} of the bare "
+            f"step (the median of {result['trainer_round_ratios']}), {result['trainer_matmul_fraction']:.1%} of "
+            f"the matmul peak"
+        )
     if cfg.bench.input:
-        log.info(f"input pipeline {result['input_img_per_s']:.0f} img/s ({result['input_workers']} workers), training "
-                 f"step {result['train_img_per_s']:.0f} img/s: the {result['bottleneck']} is the bottleneck, "
-                 f"{result['bottleneck_factor']:.1f}x slower than the other")
+        log.info(
+            f"input pipeline {result['input_img_per_s']:.0f} img/s ({result['input_workers']} workers), training "
+            f"step {result['train_img_per_s']:.0f} img/s: the {result['bottleneck']} is the bottleneck, "
+            f"{result['bottleneck_factor']:.1f}x slower than the other"
+        )
 
 
 def trainer_images_per_s(cfg: DictConfig, num_classes: int, batches: int) -> float:
@@ -238,14 +268,16 @@ def trainer_images_per_s(cfg: DictConfig, num_classes: int, batches: int) -> flo
 
 def input_data(cfg: DictConfig, device: torch.device):
     if not dataset(cfg.data.name).files:
-        raise ConfigError(f"bench.input: times the loader of a file data set (imagenet, imagefolder), "
-                          f"not {cfg.data.name}")
+        raise ConfigError(
+            f"bench.input: times the loader of a file data set (imagenet, imagefolder), not {cfg.data.name}"
+        )
     return build_data(cfg, device=device)
 
 
 def input_images_per_s(data, batch_size: int, step_rate: float, device: torch.device, bench_cfg) -> dict:
     """The train loader alone, timed like the step (batches: warm-up, then windows), and which of the two
     is the bottleneck."""
+
     def epochs():
         for epoch in itertools.count():
             data.train_batches.set_epoch(epoch)
@@ -254,8 +286,12 @@ def input_images_per_s(data, batch_size: int, step_rate: float, device: torch.de
     batches = epochs()
     input_rate = images_per_s(lambda: next(batches), batch_size, device, bench_cfg)
     slower, faster = sorted([("input pipeline", input_rate), ("training step", step_rate)], key=lambda r: r[1])
-    return {"input_img_per_s": round(input_rate, 1), "input_workers": data.workers,
-            "bottleneck": slower[0], "bottleneck_factor": round(faster[1] / slower[1], 2)}
+    return {
+        "input_img_per_s": round(input_rate, 1),
+        "input_workers": data.workers,
+        "bottleneck": slower[0],
+        "bottleneck_factor": round(faster[1] / slower[1], 2),
+    }
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench")

@@ -1,4 +1,5 @@
 """Shared by the entry points: a user's mistake ends in one line on stderr and a non-zero exit."""
+
 import sys
 
 from cnnbench.errors import EXIT_CTRL_C, EXIT_INTERRUPTED, EXIT_USER_ERROR, CnnbenchError, Interrupted, RankFailed

@@ -5,6 +5,7 @@ writes into the typed tree regardless: `check_keys` refuses those. `check_config
 values before any work, each with one line that names the key; the optimizer, the schedule and the
 model's knobs are checked by timm's and the registry's own code, on a stand-in, before data or model.
 """
+
 import dataclasses
 import difflib
 import functools
@@ -191,6 +192,7 @@ class PseudoLabel(str, Enum):
 class MplConfig:
     """Meta Pseudo Labels (Pham, Dai, Xie, Luong and Le, CVPR 2021): the run's model is the student; a teacher
     labels the unlabeled pool for it and learns from the student's labeled loss (cnnbench/engine/mpl.py)."""
+
     enabled: bool = False
     teacher: Optional[str] = None  # the teacher's start: a cnnbench checkpoint (.pt); null: model.*, from scratch
     teacher_lr: Optional[float] = None  # the teacher's optimizer.lr (same optimizer and schedule); null: optimizer.lr
@@ -259,6 +261,7 @@ class PredictConfig:
 @dataclass
 class PseudolabelConfig:
     """`python -m cnnbench.pseudolabel`: a teacher's soft labels for the unlabeled pool (Noisy Student)."""
+
     checkpoint: str = MISSING  # the teacher: a cnnbench checkpoint
     data: DataConfig = field(default_factory=DataConfig)  # data.train_size marks the labeled part; the rest is the pool
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
@@ -285,6 +288,7 @@ def register_configs() -> None:
     # the chosen model's native image side and evaluation crop, as timm's default configs carry them.
     OmegaConf.register_new_resolver("model_input", model_input, replace=True)
     from cnnbench.sweep import point_subdir  # the sweep imports this module's checks
+
     # ${point_name:${hydra.sweep.dir},${hydra.overrides.task}}: a sweep point's directory (conf/train.yaml).
     OmegaConf.register_new_resolver("point_name", point_subdir, replace=True)
 
@@ -328,6 +332,7 @@ def memoize_group_options() -> None:
 
 def cuda_device_count() -> int:
     import torch  # here, not at the top: --help, --cfg and shell completion never pay for importing torch
+
     return torch.cuda.device_count()
 
 
@@ -339,8 +344,9 @@ def check_keys(cfg: DictConfig, prefix: str = "") -> None:
     for key in cfg.keys():
         if fields is not None and key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
-            raise ConfigError(f"{prefix}{key}: not a key of the config"
-                              f"{f' (did you mean {prefix}{close[0]}?)' if close else ''}")
+            raise ConfigError(
+                f"{prefix}{key}: not a key of the config{f' (did you mean {prefix}{close[0]}?)' if close else ''}"
+            )
         node = cfg._get_node(key)
         if OmegaConf.is_dict(node) and not node._is_none() and not node._is_missing():
             check_keys(node, f"{prefix}{key}.")
@@ -371,9 +377,11 @@ def check_optimization(cfg: DictConfig) -> None:
     names = timm.optim.list_optimizers()
     if str(cfg.optimizer.opt).lower().split("_")[-1] not in names:  # timm reads "lookahead_adamw" as adamw
         close = ", ".join(difflib.get_close_matches(str(cfg.optimizer.opt), names, n=3))
-        raise ConfigError(f"optimizer.opt: timm has no optimizer {cfg.optimizer.opt!r} ("
-                          + (f"did you mean {close}? " if close else "")
-                          + f"timm.optim.list_optimizers() names all {len(names)})")
+        raise ConfigError(
+            f"optimizer.opt: timm has no optimizer {cfg.optimizer.opt!r} ("
+            + (f"did you mean {close}? " if close else "")
+            + f"timm.optim.list_optimizers() names all {len(names)})"
+        )
     optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     optimizer_cfg.pop("lr_reference_batch")
     optimizer_cfg.pop("layer_decay")  # needs the real model's layers; its range is checked below
@@ -388,12 +396,15 @@ def check_optimization(cfg: DictConfig) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            scheduler, _ = instantiate(cfg.scheduler)(optimizer, num_epochs=cfg.train.epochs, step_on_epochs=False,
-                                                      updates_per_epoch=1)
+            scheduler, _ = instantiate(cfg.scheduler)(
+                optimizer, num_epochs=cfg.train.epochs, step_on_epochs=False, updates_per_epoch=1
+            )
     except (ValueError, AssertionError) as e:  # timm: "Unknown scheduler 'nosuch'."
         key = next((k for k in cfg.scheduler if k != "sched" and k in str(e)), "sched")
-        raise ConfigError(f"scheduler.{key}: {str(e).rstrip('.') or 'not stepped per update'} (timm schedules "
-                          f"stepped per update: {', '.join(TIMM_SCHEDULES)})") from None
+        raise ConfigError(
+            f"scheduler.{key}: {str(e).rstrip('.') or 'not stepped per update'} (timm schedules "
+            f"stepped per update: {', '.join(TIMM_SCHEDULES)})"
+        ) from None
     if scheduler is None:
         raise ConfigError("scheduler.sched: none keeps no schedule to checkpoint; scheduler=constant holds the lr")
 
@@ -406,46 +417,62 @@ def check_config(cfg: DictConfig) -> None:
     """Impossible values, each named by its key: what the types alone cannot say."""
     check_keys(cfg)
     positive = {
-        "train.epochs": cfg.train.epochs, "data.batch_size": cfg.data.batch_size,
-        "data.image_size": cfg.data.image_size, "data.channels": cfg.data.channels,
-        "train.grad_accum_steps": cfg.train.grad_accum_steps, "train.log_every_steps": cfg.train.log_every_steps,
-        "optimizer.lr": cfg.optimizer.lr, "hardware.nproc": cfg.hardware.nproc,
-        "bench.windows": cfg.bench.windows, "bench.steps_per_window": cfg.bench.steps_per_window,
+        "train.epochs": cfg.train.epochs,
+        "data.batch_size": cfg.data.batch_size,
+        "data.image_size": cfg.data.image_size,
+        "data.channels": cfg.data.channels,
+        "train.grad_accum_steps": cfg.train.grad_accum_steps,
+        "train.log_every_steps": cfg.train.log_every_steps,
+        "optimizer.lr": cfg.optimizer.lr,
+        "hardware.nproc": cfg.hardware.nproc,
+        "bench.windows": cfg.bench.windows,
+        "bench.steps_per_window": cfg.bench.steps_per_window,
         "bench.trainer_rounds": cfg.bench.trainer_rounds,
         "distill.temperature": cfg.distill.temperature,
     }
     optional_positive = {
-        "data.num_classes": cfg.data.num_classes, "data.train_size": cfg.data.train_size,
-        "data.val_size": cfg.data.val_size, "train.clip_grad_norm": cfg.train.clip_grad_norm,
+        "data.num_classes": cfg.data.num_classes,
+        "data.train_size": cfg.data.train_size,
+        "data.val_size": cfg.data.val_size,
+        "train.clip_grad_norm": cfg.train.clip_grad_norm,
         "train.limit_train_batches": cfg.train.limit_train_batches,
         "train.limit_val_batches": cfg.train.limit_val_batches,
-        "train.budget_tflop": cfg.train.budget_tflop, "train.budget_images": cfg.train.budget_images,
+        "train.budget_tflop": cfg.train.budget_tflop,
+        "train.budget_images": cfg.train.budget_images,
         "optimizer.lr_reference_batch": cfg.optimizer.lr_reference_batch,
-        "bench.matmul_size": cfg.bench.matmul_size, "data.prefetch_factor": cfg.data.prefetch_factor,
+        "bench.matmul_size": cfg.bench.matmul_size,
+        "data.prefetch_factor": cfg.data.prefetch_factor,
     }
     for key, value in {**positive, **{k: v for k, v in optional_positive.items() if v is not None}}.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
-    non_negative = {"data.workers": cfg.data.workers or 0, "optimizer.weight_decay": cfg.optimizer.weight_decay,
-                    "train.checkpoint_every_steps": cfg.train.checkpoint_every_steps,
-                    "scheduler.warmup_epochs": cfg.scheduler.warmup_epochs,
-                    "augmentation.label_smoothing": cfg.augmentation.label_smoothing,
-                    "bench.warmup_steps": cfg.bench.warmup_steps,
-                    "augmentation.lighting": cfg.augmentation.lighting,
-                    "augmentation.mixup_alpha": cfg.augmentation.mixup_alpha,
-                    "augmentation.cutmix_alpha": cfg.augmentation.cutmix_alpha,
-                    "augmentation.randaugment_ops": cfg.augmentation.randaugment_ops}
+    non_negative = {
+        "data.workers": cfg.data.workers or 0,
+        "optimizer.weight_decay": cfg.optimizer.weight_decay,
+        "train.checkpoint_every_steps": cfg.train.checkpoint_every_steps,
+        "scheduler.warmup_epochs": cfg.scheduler.warmup_epochs,
+        "augmentation.label_smoothing": cfg.augmentation.label_smoothing,
+        "bench.warmup_steps": cfg.bench.warmup_steps,
+        "augmentation.lighting": cfg.augmentation.lighting,
+        "augmentation.mixup_alpha": cfg.augmentation.mixup_alpha,
+        "augmentation.cutmix_alpha": cfg.augmentation.cutmix_alpha,
+        "augmentation.randaugment_ops": cfg.augmentation.randaugment_ops,
+    }
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
     # timm's random_seed seeds numpy (seeds in [0, 2**32)) with seed + rank on each rank
     ranks = int(os.environ.get("WORLD_SIZE", 0)) or cfg.hardware.nproc
     if not 0 <= cfg.seed <= 2**32 - ranks:
-        raise ConfigError(f"seed: in [0, {2**32 - ranks}] (numpy's range, less one per extra rank: rank r uses "
-                          f"seed + r; here {ranks} ranks), got {cfg.seed}")
+        raise ConfigError(
+            f"seed: in [0, {2**32 - ranks}] (numpy's range, less one per extra rank: rank r uses "
+            f"seed + r; here {ranks} ranks), got {cfg.seed}"
+        )
     if cfg.train.budget_tflop is not None and cfg.train.budget_images is not None:
-        raise ConfigError(f"train.budget_tflop, train.budget_images: one budget, in compute or in images seen, "
-                          f"got both ({cfg.train.budget_tflop} and {cfg.train.budget_images})")
+        raise ConfigError(
+            f"train.budget_tflop, train.budget_images: one budget, in compute or in images seen, "
+            f"got both ({cfg.train.budget_tflop} and {cfg.train.budget_images})"
+        )
     if cfg.hardware.compile not in (True, False, "auto"):
         raise ConfigError(f"hardware.compile: true, false or auto, got {cfg.hardware.compile!r}")
     if cfg.data.decode_device == Device.cuda and cfg.hardware.device == Device.cpu:
@@ -458,11 +485,13 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.channels: 1 or 3, got {cfg.data.channels}")
     if cfg.optimizer.layer_decay is not None and not 0 < cfg.optimizer.layer_decay <= 1:
         raise ConfigError(f"optimizer.layer_decay: in (0, 1], got {cfg.optimizer.layer_decay}")
-    probabilities = {"augmentation.hflip": cfg.augmentation.hflip,
-                     "augmentation.random_erasing": cfg.augmentation.random_erasing,
-                     "augmentation.mixup_prob": cfg.augmentation.mixup_prob,
-                     "augmentation.mixup_switch_prob": cfg.augmentation.mixup_switch_prob,
-                     "distill.alpha": cfg.distill.alpha}
+    probabilities = {
+        "augmentation.hflip": cfg.augmentation.hflip,
+        "augmentation.random_erasing": cfg.augmentation.random_erasing,
+        "augmentation.mixup_prob": cfg.augmentation.mixup_prob,
+        "augmentation.mixup_switch_prob": cfg.augmentation.mixup_switch_prob,
+        "distill.alpha": cfg.distill.alpha,
+    }
     for key, value in probabilities.items():
         if not 0 <= value <= 1:
             raise ConfigError(f"{key}: in [0, 1], got {value}")
@@ -471,8 +500,10 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.augmentation.label_smoothing >= 1:
         raise ConfigError(f"augmentation.label_smoothing: must be < 1, got {cfg.augmentation.label_smoothing}")
     if cfg.eval.tta == TTA.tencrop:
-        raise ConfigError("eval.tta: training validates with none or flip; tencrop needs the larger images "
-                          "that python -m cnnbench.evaluate makes")
+        raise ConfigError(
+            "eval.tta: training validates with none or flip; tencrop needs the larger images "
+            "that python -m cnnbench.evaluate makes"
+        )
     if cfg.resume not in (None, "auto") and not str(cfg.resume).endswith((".pt", ".pth")):
         raise ConfigError(f"resume: null, auto or a checkpoint .pt path, got {cfg.resume!r}")
     if "name" not in cfg.model:
@@ -486,9 +517,12 @@ def check_config(cfg: DictConfig) -> None:
 def check_mpl(cfg: DictConfig) -> None:
     """Meta Pseudo Labels' keys, and what its two-network step does not combine with."""
     mpl = cfg.mpl
-    for key, value in {"mpl.teacher_lr": mpl.teacher_lr, "mpl.pool_size": mpl.pool_size,
-                       "mpl.unlabeled_batch_ratio": mpl.unlabeled_batch_ratio,
-                       "mpl.uda_temperature": mpl.uda_temperature}.items():
+    for key, value in {
+        "mpl.teacher_lr": mpl.teacher_lr,
+        "mpl.pool_size": mpl.pool_size,
+        "mpl.unlabeled_batch_ratio": mpl.unlabeled_batch_ratio,
+        "mpl.uda_temperature": mpl.uda_temperature,
+    }.items():
         if value is not None and value <= 0:
             raise ConfigError(f"{key}: must be > 0, got {value}")
     if mpl.uda_weight < 0:
@@ -496,20 +530,24 @@ def check_mpl(cfg: DictConfig) -> None:
     if not 0 <= mpl.uda_threshold < 1:
         raise ConfigError(f"mpl.uda_threshold: in [0, 1), got {mpl.uda_threshold}")
     if cfg.data.train_size is None:
-        raise ConfigError("data.train_size: marks the labeled part of the training split for mpl (the rest is "
-                          "the unlabeled pool); set it")
+        raise ConfigError(
+            "data.train_size: marks the labeled part of the training split for mpl (the rest is "
+            "the unlabeled pool); set it"
+        )
     # Each of these would need a second copy of its machinery for the teacher, or a meaning under pseudo-labels.
-    unsupported = {"distill.teacher": cfg.distill.teacher is not None,
-                   "data.pseudo_labels": cfg.data.pseudo_labels is not None,
-                   "augmentation.mixup_alpha/cutmix_alpha": bool(cfg.augmentation.mixup_alpha
-                                                                 or cfg.augmentation.cutmix_alpha),
-                   "train.grad_accum_steps": cfg.train.grad_accum_steps != 1,
-                   "train.budget_tflop/budget_images": (cfg.train.budget_tflop is not None
-                                                        or cfg.train.budget_images is not None),
-                   "train.on_nonfinite=skip": cfg.train.on_nonfinite == OnNonfinite.skip,
-                   "hardware.precision=fp16": cfg.hardware.precision == Precision.fp16,
-                   "hardware.nproc": cfg.hardware.nproc != 1}
+    unsupported = {
+        "distill.teacher": cfg.distill.teacher is not None,
+        "data.pseudo_labels": cfg.data.pseudo_labels is not None,
+        "augmentation.mixup_alpha/cutmix_alpha": bool(cfg.augmentation.mixup_alpha or cfg.augmentation.cutmix_alpha),
+        "train.grad_accum_steps": cfg.train.grad_accum_steps != 1,
+        "train.budget_tflop/budget_images": (cfg.train.budget_tflop is not None or cfg.train.budget_images is not None),
+        "train.on_nonfinite=skip": cfg.train.on_nonfinite == OnNonfinite.skip,
+        "hardware.precision=fp16": cfg.hardware.precision == Precision.fp16,
+        "hardware.nproc": cfg.hardware.nproc != 1,
+    }
     for key, used in unsupported.items():
         if used:
-            raise ConfigError(f"{key}: not with mpl.enabled=true (Meta Pseudo Labels trains its two networks "
-                              f"in one process, fp32 or bf16, a step per batch)")
+            raise ConfigError(
+                f"{key}: not with mpl.enabled=true (Meta Pseudo Labels trains its two networks "
+                f"in one process, fp32 or bf16, a step per batch)"
+            )

@@ -1,5 +1,6 @@
 """`python -m cnnbench.evaluate checkpoint=PATH [data=NAME] [eval.tta=none|flip|tencrop]`: top-1, top-5 and
 per-class accuracy of a trained model; the work is `cnnbench.engine.inference.evaluate(cfg)`."""
+
 import hydra
 from omegaconf import DictConfig
 

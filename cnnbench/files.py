@@ -4,6 +4,7 @@ A temporary file beside the target (its name holds the writer's pid), flushed, f
 the target, then the directory fsynced: a crash at any moment leaves the old file or the new one, whole.
 A full disk, a quota or an I/O error is one line naming the file (WriteError), the old file kept.
 """
+
 import json
 import os
 import secrets
@@ -30,8 +31,10 @@ def write_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
         # torch.save reports a failed write as a RuntimeError raised from the OSError.
         os_error = e if isinstance(e, OSError) else e.__context__
         if isinstance(os_error, OSError) and os_error.errno:
-            raise WriteError(f"{path}: could not be written ({os.strerror(os_error.errno)}); the previous "
-                             f"{path.name}, if any, is kept whole") from None
+            raise WriteError(
+                f"{path}: could not be written ({os.strerror(os_error.errno)}); the previous "
+                f"{path.name}, if any, is kept whole"
+            ) from None
         raise
     remove_stale_temp_files(path)
 
@@ -57,8 +60,9 @@ def read_json(path: Path):
     except FileNotFoundError:
         return None
     except (ValueError, OSError) as e:  # ValueError: not JSON, or not UTF-8
-        raise CnnbenchError(f"{path}: unreadable ({str(e).splitlines()[0]}); delete it, or rerun the run "
-                            f"that wrote it") from None
+        raise CnnbenchError(
+            f"{path}: unreadable ({str(e).splitlines()[0]}); delete it, or rerun the run that wrote it"
+        ) from None
 
 
 def fsync_directory(directory: Path) -> None:

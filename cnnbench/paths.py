@@ -1,5 +1,6 @@
 """Paths a user gives: what a file holds before it is parsed, and directories that cannot be made or written,
 each told in one line that says what to do."""
+
 import errno
 import os
 import sys
@@ -52,8 +53,9 @@ def unpickling_reason(error: Exception) -> str:
     text = str(error)
     if "Weights only load failed" not in text:
         return text.splitlines()[0]
-    detail = next((line.strip() for line in text.partition("WeightsUnpickler error:")[2].splitlines() if line.strip()),
-                  "")
+    detail = next(
+        (line.strip() for line in text.partition("WeightsUnpickler error:")[2].splitlines() if line.strip()), ""
+    )
     if not detail or "Unsupported global" in detail:
         return "it holds objects that are not plain data (refused: loading them could run code)"
     return f"a pickle that torch.load's data-only reader cannot read ({detail})"

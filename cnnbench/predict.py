@@ -1,5 +1,6 @@
 """`python -m cnnbench.predict checkpoint=PATH images=[a.jpg,b.png] [topk=5] [dense=true]`: the top-k classes
 of each image; the work is `cnnbench.engine.inference.predict(cfg)`."""
+
 import hydra
 from omegaconf import DictConfig
 

@@ -4,6 +4,7 @@ labels to the training split's images outside its labeled data.train_size subset
 data.train_size=N data.pseudo_labels=PATH augmentation=randaugment ...` then trains a noised student on both,
 and the student becomes the next teacher (README, "Techniques").
 """
+
 import logging
 from pathlib import Path
 
@@ -41,8 +42,9 @@ def pseudolabel(cfg: DictConfig) -> dict:
     # The teacher's own eval transform: it sees the pool as it saw its validation images.
     augmentation = OmegaConf.merge(OmegaConf.structured(AugmentationConfig), state["config"]["augmentation"])
     whole.transform = build_transforms(augmentation, cfg.data, train=False)
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(whole, pool), batch_size=cfg.data.batch_size,
-                                         num_workers=loader_workers(cfg.data))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(whole, pool), batch_size=cfg.data.batch_size, num_workers=loader_workers(cfg.data)
+    )
     probabilities, labels = [], []
     for logits, targets in batch_logits(teacher, loader, Normalize(cfg.data).to(placement.device), placement):
         probabilities.append(logits.softmax(1).cpu())
@@ -56,14 +58,17 @@ def pseudolabel(cfg: DictConfig) -> dict:
     save_pseudo_labels(Path(cfg.output), indices, probabilities[keep], split, cfg.data, cfg.checkpoint)
     # The pool's true labels are at hand here (it is a labeled set posing as unlabeled): how good the teacher is.
     accuracy = 100 * (predicted[keep] == labels[keep]).float().mean().item()
-    log.info(f"pseudo-labelled {len(indices)} of {len(pool)} pool images (threshold {cfg.threshold}, per_class "
-             f"{cfg.per_class}) with {cfg.checkpoint}; their argmax agrees with the hidden labels on "
-             f"{accuracy:.2f}%; wrote {cfg.output}")
+    log.info(
+        f"pseudo-labelled {len(indices)} of {len(pool)} pool images (threshold {cfg.threshold}, per_class "
+        f"{cfg.per_class}) with {cfg.checkpoint}; their argmax agrees with the hidden labels on "
+        f"{accuracy:.2f}%; wrote {cfg.output}"
+    )
     return {"pool": len(pool), "kept": len(indices), "pseudo_label_top1": accuracy, "output": cfg.output}
 
 
-def balanced(keep: torch.Tensor, confidence: torch.Tensor, predicted: torch.Tensor, per_class: int,
-             num_classes: int) -> torch.Tensor:
+def balanced(
+    keep: torch.Tensor, confidence: torch.Tensor, predicted: torch.Tensor, per_class: int, num_classes: int
+) -> torch.Tensor:
     """`per_class` of `keep` for each predicted class, most confident first, cycled where a class has fewer:
     without it the easy classes, where the teacher is confident, would outnumber the hard ones."""
     chosen = []

@@ -12,6 +12,7 @@ The literature's chart (`sweep=zoo`): top-1 against parameters and against FLOPs
 ImageNet also get DIR/published.csv and DIR/published.md, each architecture's top-1 beside the one its
 reference weights publish (torchvision's weights metadata, offline), and those points on the charts.
 """
+
 import argparse
 import csv
 import io
@@ -30,22 +31,67 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-COLUMNS = ["model", "params", "gflops", "best_val_top1", "best_val_top5", "final_val_top1", "final_val_top5",
-           "best_epoch", "epochs", "wall_time_s", "train_img_per_s", "status"]
-BENCH_COLUMNS = ["model", "params", "gflops", "image_size", "batch_size", "device", "precision", "train_img_per_s",
-                 "trainer_img_per_s", "trainer_ratio", "trainer_tflops", "trainer_matmul_fraction", "input_img_per_s",
-                 "input_workers", "bottleneck", "bottleneck_factor", "infer_img_per_s", "peak_memory_mb",
-                 "matmul_tflops", "train_matmul_fraction", "infer_matmul_fraction", "status"]
+COLUMNS = [
+    "model",
+    "params",
+    "gflops",
+    "best_val_top1",
+    "best_val_top5",
+    "final_val_top1",
+    "final_val_top5",
+    "best_epoch",
+    "epochs",
+    "wall_time_s",
+    "train_img_per_s",
+    "status",
+]
+BENCH_COLUMNS = [
+    "model",
+    "params",
+    "gflops",
+    "image_size",
+    "batch_size",
+    "device",
+    "precision",
+    "train_img_per_s",
+    "trainer_img_per_s",
+    "trainer_ratio",
+    "trainer_tflops",
+    "trainer_matmul_fraction",
+    "input_img_per_s",
+    "input_workers",
+    "bottleneck",
+    "bottleneck_factor",
+    "infer_img_per_s",
+    "peak_memory_mb",
+    "matmul_tflops",
+    "train_matmul_fraction",
+    "infer_matmul_fraction",
+    "status",
+]
 # Under results.md: one epoch's rate holds warm-up and the machine's noise, so summary.json's is a median.
-THROUGHPUT_NOTE = ("train_img_per_s: training images/s, the median over the epochs after the first "
-                   "(the first alone in a one-epoch run)")
+THROUGHPUT_NOTE = (
+    "train_img_per_s: training images/s, the median over the epochs after the first "
+    "(the first alone in a one-epoch run)"
+)
 CURVE_METRICS = ["val_top1", "train_loss", "val_loss"]  # metrics.csv's columns the learning curves draw
-PUBLISHED_COLUMNS = ["model", "params", "gflops", "best_val_top1", "reference", "reference_weights",
-                     "published_top1", "published_params", "published_gflops"]
-PUBLISHED_NOTE = ("published_*: the ImageNet-1K val top-1 (one centre crop at the weights' own resolution), "
-                  "parameters and GFLOPs (2 x torchvision's multiply-adds, as cnnbench counts) of the reference's "
-                  "torchvision weights (their DEFAULT, named in reference_weights), from torchvision's metadata; "
-                  "blank where the reference is timm's, whose package carries no accuracies, or there is none")
+PUBLISHED_COLUMNS = [
+    "model",
+    "params",
+    "gflops",
+    "best_val_top1",
+    "reference",
+    "reference_weights",
+    "published_top1",
+    "published_params",
+    "published_gflops",
+]
+PUBLISHED_NOTE = (
+    "published_*: the ImageNet-1K val top-1 (one centre crop at the weights' own resolution), "
+    "parameters and GFLOPs (2 x torchvision's multiply-adds, as cnnbench counts) of the reference's "
+    "torchvision weights (their DEFAULT, named in reference_weights), from torchvision's metadata; "
+    "blank where the reference is timm's, whose package carries no accuracies, or there is none"
+)
 
 
 def read_run(run_dir: Path, record: str) -> dict:
@@ -56,11 +102,15 @@ def read_run(run_dir: Path, record: str) -> dict:
     if (run_dir / "metrics.csv").exists():
         with open(run_dir / "metrics.csv") as f:
             curve = [{"epoch": int(r["epoch"]), **{k: float(r[k]) for k in CURVE_METRICS}} for r in csv.DictReader(f)]
-    return {"dir": run_dir, "summary": read_json(run_dir / record), "curve": curve,
-            "overrides": dict(o.split("=", 1) for o in overrides
-                              if "=" in o and not o.startswith(("hydra.", "run_dir"))),
-            "width_mult": model.get("width_mult"), "depth_mult": model.get("depth_mult"),
-            "source": model.get("source", "cnnbench")}
+    return {
+        "dir": run_dir,
+        "summary": read_json(run_dir / record),
+        "curve": curve,
+        "overrides": dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("hydra.", "run_dir"))),
+        "width_mult": model.get("width_mult"),
+        "depth_mult": model.get("depth_mult"),
+        "source": model.get("source", "cnnbench"),
+    }
 
 
 def varying_overrides(runs: list[dict]) -> list[str]:
@@ -90,16 +140,20 @@ def markdown(header: list[str], rows: list[list]) -> str:
 
 
 def label(run: dict, varying: list[str]) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={run['overrides'][k]}" for k in varying if k in run["overrides"]) \
+    return (
+        ", ".join(f"{k.split('.')[-1]}={run['overrides'][k]}" for k in varying if k in run["overrides"])
         or run["summary"]["model"]
+    )
 
 
 def subject(runs: list[dict]) -> str:
     """What the runs trained, for every plot's title: `resnet18 on cifar10`; several models or data sets are
     listed, more than three are "various"."""
+
     def names(key: str) -> str:
         values = sorted({str(r["summary"].get(key)) for r in runs})
         return ", ".join(values) if len(values) <= 3 else f"various ({len(values)})"
+
     return f"{names('model')} on {names('data')}"
 
 
@@ -127,20 +181,36 @@ def plot_accuracy_vs_flops(runs, varying, path: Path):
     for r in runs:
         s = r["summary"]
         ax.scatter(s["gflops"], s["best_val_top1"], s=area(s["params"]), alpha=0.5)
-        ax.annotate(label(r, varying), (s["gflops"], s["best_val_top1"]), xytext=(0, 9), textcoords="offset points",
-                    fontsize=7, ha="center", va="bottom")
+        ax.annotate(
+            label(r, varying),
+            (s["gflops"], s["best_val_top1"]),
+            xytext=(0, 9),
+            textcoords="offset points",
+            fontsize=7,
+            ha="center",
+            va="bottom",
+        )
     # The key: the smallest, largest and (geometric) middle parameter count, rounded to two digits.
     params = [r["summary"]["params"] for r in runs]
     low, high = min(params), max(params)
     keys = sorted({float(f"{p:.2g}") for p in (low, (low * high) ** 0.5, high)})
     handles = [ax.scatter([], [], s=area(p), color="gray", alpha=0.4) for p in keys]
     # Spacing in font sizes, wide enough for the largest marker (about 36 points across).
-    ax.legend(handles, [count(p) for p in keys], title="parameters", fontsize=8, title_fontsize=8,
-              labelspacing=3, borderpad=1.5, handletextpad=2)
+    ax.legend(
+        handles,
+        [count(p) for p in keys],
+        title="parameters",
+        fontsize=8,
+        title_fontsize=8,
+        labelspacing=3,
+        borderpad=1.5,
+        handletextpad=2,
+    )
     ax.margins(x=0.15, y=0.15)  # room for the labels of the outermost points
     log_scale_if_spread(ax, [r["summary"]["gflops"] for r in runs])
-    ax.set(xlabel="GFLOPs per image (forward)", ylabel="best val top-1 (%)",
-           title=f"Accuracy vs compute: {subject(runs)}")
+    ax.set(
+        xlabel="GFLOPs per image (forward)", ylabel="best val top-1 (%)", title=f"Accuracy vs compute: {subject(runs)}"
+    )
     ax.grid(alpha=0.3)
     return save(fig, path)
 
@@ -160,18 +230,41 @@ def plot_accuracy_vs_params(runs, varying, path: Path, published: list[dict] | N
     for r in runs:
         s = r["summary"]
         ax.scatter(s["params"], s["best_val_top1"], s=60, alpha=0.6)
-        ax.annotate(label(r, varying), (s["params"], s["best_val_top1"]), xytext=(0, 7), textcoords="offset points",
-                    fontsize=7, ha="center", va="bottom")
+        ax.annotate(
+            label(r, varying),
+            (s["params"], s["best_val_top1"]),
+            xytext=(0, 7),
+            textcoords="offset points",
+            fontsize=7,
+            ha="center",
+            va="bottom",
+        )
     drawn = [row for row in published or [] if row["published_top1"] is not None]
     for row in drawn:
-        ax.plot([row["params"], row["published_params"]], [row["best_val_top1"], row["published_top1"]], ":",
-                color="gray", linewidth=0.8)
-        ax.plot(row["published_params"], row["published_top1"], "o", markersize=8, markerfacecolor="none",
-                markeredgecolor="black")
+        ax.plot(
+            [row["params"], row["published_params"]],
+            [row["best_val_top1"], row["published_top1"]],
+            ":",
+            color="gray",
+            linewidth=0.8,
+        )
+        ax.plot(
+            row["published_params"],
+            row["published_top1"],
+            "o",
+            markersize=8,
+            markerfacecolor="none",
+            markeredgecolor="black",
+        )
     if drawn:
-        ax.legend([Line2D([], [], marker="o", linestyle="", color="gray", alpha=0.6),
-                   Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="black")],
-                  ["these runs", "published (torchvision weights)"], fontsize=8)
+        ax.legend(
+            [
+                Line2D([], [], marker="o", linestyle="", color="gray", alpha=0.6),
+                Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="black"),
+            ],
+            ["these runs", "published (torchvision weights)"],
+            fontsize=8,
+        )
     ax.margins(x=0.15, y=0.15)
     log_scale_if_spread(ax, [r["summary"]["params"] for r in runs] + [row["published_params"] for row in drawn])
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: count(value)))
@@ -200,8 +293,13 @@ def published_row(run: dict) -> dict:
 
     s = run["summary"]
     row = {key: s.get(key) for key in ("model", "params", "gflops", "best_val_top1")}
-    row.update(reference=reference_of(s["model"], run["source"]), reference_weights=None, published_top1=None,
-               published_params=None, published_gflops=None)
+    row.update(
+        reference=reference_of(s["model"], run["source"]),
+        reference_weights=None,
+        published_top1=None,
+        published_params=None,
+        published_gflops=None,
+    )
     library, _, name = (row["reference"] or "").partition(":")
     if library == "torchvision":
         try:
@@ -209,8 +307,12 @@ def published_row(run: dict) -> dict:
         except ValueError:  # a torchvision model without weights
             return row
         meta = weights.meta
-        row.update(reference_weights=str(weights), published_top1=meta["_metrics"]["ImageNet-1K"]["acc@1"],
-                   published_params=meta["num_params"], published_gflops=2 * meta["_ops"])
+        row.update(
+            reference_weights=str(weights),
+            published_top1=meta["_metrics"]["ImageNet-1K"]["acc@1"],
+            published_params=meta["num_params"],
+            published_gflops=2 * meta["_ops"],
+        )
     return row
 
 
@@ -222,8 +324,11 @@ def plot_against_multiplier(runs, key: str, other: str, path: Path):
     fig, ax = plt.subplots(figsize=(7, 5))
     several = len({r[other] for r in runs}) > 1
     for model, other_value in sorted({(r["summary"]["model"], r[other]) for r in runs}, key=str):
-        points = sorted((r[key], r["summary"]["best_val_top1"]) for r in runs
-                        if (r["summary"]["model"], r[other]) == (model, other_value) and r[key] is not None)
+        points = sorted(
+            (r[key], r["summary"]["best_val_top1"])
+            for r in runs
+            if (r["summary"]["model"], r[other]) == (model, other_value) and r[key] is not None
+        )
         ax.plot(*zip(*points), marker="o", label=f"{model}, {other}={other_value}" if several else model)
     ax.set(xlabel=key, ylabel="best val top-1 (%)", title=f"Accuracy vs {key}: {subject(runs)}")
     ax.legend(fontsize=8)
@@ -240,13 +345,15 @@ def plot_learning_curves(runs, varying, path: Path):
             epochs = [row["epoch"] for row in r["curve"]]
             [line] = top1.plot(epochs, [row["val_top1"] for row in r["curve"]], marker=".", label=label(r, varying))
             loss.plot(epochs, [row["train_loss"] for row in r["curve"]], marker=".", color=line.get_color())
-            loss.plot(epochs, [row["val_loss"] for row in r["curve"]], marker=".", color=line.get_color(),
-                      linestyle="--")
+            loss.plot(
+                epochs, [row["val_loss"] for row in r["curve"]], marker=".", color=line.get_color(), linestyle="--"
+            )
     top1.set(xlabel="epoch", ylabel="val top-1 (%)", title="Validation top-1")
     top1.legend(fontsize=8)
     loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    loss.legend([Line2D([], [], color="black"), Line2D([], [], color="black", linestyle="--")], ["train", "val"],
-                fontsize=8)
+    loss.legend(
+        [Line2D([], [], color="black"), Line2D([], [], color="black", linestyle="--")], ["train", "val"], fontsize=8
+    )
     for ax in (top1, loss):
         # Epochs are whole: no 0.5 ticks, and a one-epoch run gets its one tick.
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
@@ -255,14 +362,16 @@ def plot_learning_curves(runs, varying, path: Path):
     return save(fig, path)
 
 
-def write_tables(root: Path, name: str, runs: list[dict], varying: list[str], columns: list[str],
-                 note: str = "") -> str:
+def write_tables(
+    root: Path, name: str, runs: list[dict], varying: list[str], columns: list[str], note: str = ""
+) -> str:
     """DIR/<name>.csv (with each run's directory, for scripts) and DIR/<name>.md, the note under its table;
     returns the markdown."""
     header, rows = table(runs, varying, columns)
     lines = io.StringIO()
-    csv.writer(lines).writerows([["run", *header], *([str(r["dir"].relative_to(root)), *row]
-                                                     for r, row in zip(runs, rows))])
+    csv.writer(lines).writerows(
+        [["run", *header], *([str(r["dir"].relative_to(root)), *row] for r, row in zip(runs, rows))]
+    )
     write_text(root / f"{name}.csv", lines.getvalue())
     text = markdown(header, rows) + (f"\n{note}\n" if note else "")
     write_text(root / f"{name}.md", text)

@@ -7,6 +7,7 @@ then refuses a directory that holds anything other than a run resume=auto contin
 (.hydra/config.yaml, hydra.yaml, overrides.yaml) is written here, after those checks: conf/*.yaml set
 hydra.output_subdir to null, or Hydra would write it into the directory before any check could refuse.
 """
+
 import fcntl
 import json
 import os
@@ -23,8 +24,18 @@ from cnnbench.files import write_text
 LOCK = "run.lock"
 # What cnnbench's commands write into a run directory: a failed attempt of a sweep point or of a
 # torchrun restart, holding only these and no checkpoint to continue, is started over.
-RUN_FILES = {".hydra", LOCK, "train.log", "metrics.csv", "summary.json", "tb", "checkpoints", "bench.json",
-             "confusion_matrix.csv", "confusion_matrix.png"}
+RUN_FILES = {
+    ".hydra",
+    LOCK,
+    "train.log",
+    "metrics.csv",
+    "summary.json",
+    "tb",
+    "checkpoints",
+    "bench.json",
+    "confusion_matrix.csv",
+    "confusion_matrix.png",
+}
 
 
 def hydra_dir_key() -> str:
@@ -47,8 +58,10 @@ def lock(path: Path) -> int:
         holder = os.pread(fd, 256, 0).decode(errors="replace").split()
         os.close(fd)
         who = f"pid {holder[1]} on {holder[0]}" if len(holder) == 2 else "another process"
-        raise ConfigError(f"{hydra_dir_key()}: {path.parent} is in use by {who} ({LOCK}); wait for it to "
-                          f"end, or choose another directory") from None
+        raise ConfigError(
+            f"{hydra_dir_key()}: {path.parent} is in use by {who} ({LOCK}); wait for it to "
+            f"end, or choose another directory"
+        ) from None
     return fd
 
 
@@ -104,21 +117,31 @@ def claim(run_dir: Path, resume: str | None, retry: bool, record: str = "summary
     for a directory that holds anything else. retry: a sweep point or a torchrun restart, whose own
     failed attempt (cnnbench's files only, no checkpoint, not completed) starts over."""
     own = own_output()
-    held = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK and file_id(p) not in own) \
-        if run_dir.is_dir() else []
+    held = (
+        sorted(p.name for p in run_dir.iterdir() if p.name != LOCK and file_id(p) not in own)
+        if run_dir.is_dir()
+        else []
+    )
     if not held:
         return False
     if (run_dir / "checkpoints" / "last.pt").exists():
         if resume == "auto":
             return True
-        raise ConfigError(f"resume: {run_dir} already holds a run (checkpoints/last.pt); pass resume=auto "
-                          f"to continue it, or choose another {hydra_dir_key()}")
+        raise ConfigError(
+            f"resume: {run_dir} already holds a run (checkpoints/last.pt); pass resume=auto "
+            f"to continue it, or choose another {hydra_dir_key()}"
+        )
     if retry and set(held) <= RUN_FILES and status(run_dir, record) != "completed":
         return False
-    what = "a run without checkpoints/last.pt to continue" if record in held else ", ".join(held[:3]) + (
-        ", ..." if len(held) > 3 else "")
-    raise ConfigError(f"{hydra_dir_key()}: {run_dir} already holds {what}; cnnbench writes only into a new "
-                      f"or empty directory: choose another")
+    what = (
+        "a run without checkpoints/last.pt to continue"
+        if record in held
+        else ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+    )
+    raise ConfigError(
+        f"{hydra_dir_key()}: {run_dir} already holds {what}; cnnbench writes only into a new "
+        f"or empty directory: choose another"
+    )
 
 
 def save_hydra_record(run_dir: Path, task_cfg: DictConfig) -> None:
@@ -126,6 +149,9 @@ def save_hydra_record(run_dir: Path, task_cfg: DictConfig) -> None:
     config and the command line's overrides."""
     record = run_dir / ".hydra"
     record.mkdir(exist_ok=True)
-    for name, node in (("config.yaml", task_cfg), ("hydra.yaml", HydraConfig.instance().cfg),
-                       ("overrides.yaml", HydraConfig.get().overrides.task)):
+    for name, node in (
+        ("config.yaml", task_cfg),
+        ("hydra.yaml", HydraConfig.instance().cfg),
+        ("overrides.yaml", HydraConfig.get().overrides.task),
+    ):
         write_text(record / name, OmegaConf.to_yaml(node))

@@ -9,6 +9,7 @@ A point's directory is named by its swept keys (`point_name`), so the same point
 always lands in the same directory, whatever the launcher and the job order; all of its overrides are
 in its .hydra/overrides.yaml.
 """
+
 import copy
 import functools
 import hashlib
@@ -37,8 +38,17 @@ log = logging.getLogger("cnnbench")
 MAX_NAME = 100  # characters of a point's directory name: well under the file system's 255
 # Keys that change how a run goes, not what it computes: a completed point rerun with another value is
 # still complete.
-INERT_KEYS = {"resume", "resume_fallback", "run_dir", "hardware.compile", "train.log_every_steps",
-              "train.checkpoint_every_steps", "data.workers", "data.prefetch_factor", "data.download"}
+INERT_KEYS = {
+    "resume",
+    "resume_fallback",
+    "run_dir",
+    "hardware.compile",
+    "train.log_every_steps",
+    "train.checkpoint_every_steps",
+    "data.workers",
+    "data.prefetch_factor",
+    "data.download",
+}
 
 
 def point_name(overrides: list[str], swept: set[str]) -> str:
@@ -46,11 +56,12 @@ def point_name(overrides: list[str], swept: set[str]) -> str:
     `model.width_mult=0.5,model=resnet18`; a long one (or one holding a path) is cut, with a short hash
     of the whole. The same name is the point's directory, its row in the report and its TensorBoard run."""
     items = sorted(o for o in overrides if o.split("=", 1)[0] in swept) or sorted(
-        o for o in overrides if o.split("=", 1)[0] not in INERT_KEYS)
+        o for o in overrides if o.split("=", 1)[0] not in INERT_KEYS
+    )
     name = ",".join(items) or "default"
     if len(name) > MAX_NAME or "/" in name:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-        name = f"{name.replace('/', '_')[:MAX_NAME - 9]}-{digest}"
+        name = f"{name.replace('/', '_')[: MAX_NAME - 9]}-{digest}"
     return name
 
 
@@ -152,17 +163,22 @@ def run_point(cfg: DictConfig, task_cfg: DictConfig, check, fn, *args, record: s
     try:
         if record and status(run_dir, record) == "completed":
             saved = run_dir / ".hydra" / "config.yaml"
-            changed = (changed_keys(OmegaConf.to_container(OmegaConf.load(saved)),
-                                    OmegaConf.to_container(task_cfg, enum_to_str=True))
-                       if saved.exists() else ["(no .hydra/config.yaml)"])
+            changed = (
+                changed_keys(
+                    OmegaConf.to_container(OmegaConf.load(saved)), OmegaConf.to_container(task_cfg, enum_to_str=True)
+                )
+                if saved.exists()
+                else ["(no .hydra/config.yaml)"]
+            )
             if not changed:
                 log.info(f"{run_dir}: completed by an earlier run of this sweep; skipped")
                 return read_json(run_dir / record)
             if not (run_dir / "checkpoints" / "last.pt").exists():
-                raise ConfigError(f"{run_dir.name}: completed with another config ({', '.join(changed)}) and "
-                                  f"holds no checkpoints/last.pt to continue: choose another hydra.sweep.dir")
-            log.info(f"{run_dir}: completed with another config ({', '.join(changed)}); continuing it with "
-                     f"resume=auto")
+                raise ConfigError(
+                    f"{run_dir.name}: completed with another config ({', '.join(changed)}) and "
+                    f"holds no checkpoints/last.pt to continue: choose another hydra.sweep.dir"
+                )
+            log.info(f"{run_dir}: completed with another config ({', '.join(changed)}); continuing it with resume=auto")
         if "resume" in cfg:
             cfg.resume = cfg.resume or "auto"
         from cnnbench.engine.device import job_settings  # torch: for a run, not for --help
@@ -184,8 +200,9 @@ def run_job(cfg: DictConfig, fn, *args, record: str | None = "summary.json", che
     task_cfg = copy.deepcopy(cfg)  # as composed: what .hydra/config.yaml records
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return run_point(cfg, task_cfg, check, fn, *args, record=record)
-    return run_reporting_errors(functools.partial(run_in_dir, cfg, task_cfg, check, fn, retry=False,
-                                                  record=record), *args)
+    return run_reporting_errors(
+        functools.partial(run_in_dir, cfg, task_cfg, check, fn, retry=False, record=record), *args
+    )
 
 
 def sweep_points(sweep_dir: Path) -> list[str]:
@@ -216,10 +233,12 @@ class SweepReport(Callback):
         interrupted = [p for p, s in states.items() if s == "interrupted"]
         failed = [p for p, s in states.items() if s not in ("completed", "interrupted")]
         if failed or interrupted:
-            print(f"cnnbench: error: {len(failed) + len(interrupted)} of {len(points)} sweep points did not "
-                  f"complete: {'; '.join(failed + interrupted)}"
-                  + (f" ({len(interrupted)} interrupted)" if interrupted else "")
-                  + f" (in {sweep_dir}; rerun the same command to retry them)", file=sys.stderr)
+            print(
+                f"cnnbench: error: {len(failed) + len(interrupted)} of {len(points)} sweep points did not "
+                f"complete: {'; '.join(failed + interrupted)}"
+                + (f" ({len(interrupted)} interrupted)" if interrupted else "")
+                + f" (in {sweep_dir}; rerun the same command to retry them)",
+                file=sys.stderr,
+            )
             raise SystemExit(EXIT_POINTS_FAILED if failed else EXIT_INTERRUPTED)
         log.info(f"sweep: all {len(points)} points completed in {sweep_dir}")
-

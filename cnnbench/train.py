@@ -7,6 +7,7 @@
 The entry point only composes the config; the work is `cnnbench.engine.trainer.train(cfg)`, on each of
 hardware.nproc ranks (`hardware=ddp`) or under torchrun.
 """
+
 import hydra
 from omegaconf import DictConfig
 

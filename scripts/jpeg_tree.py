@@ -5,6 +5,7 @@
 Each image is smooth random colour fields with some grain, saved at JPEG quality 90: about the bytes
 and decode cost of an ImageNet photo of the same size (noise alone would be far larger and slower).
 """
+
 import argparse
 from pathlib import Path
 

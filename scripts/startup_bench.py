@@ -8,6 +8,7 @@ the medians are compared. `--help`, `--cfg job` and shell completion import no t
 trainer's own `time_to_first_step_s` in summary.json, from the process's start; target: at most 2x) and
 as the whole command (one validation batch, the checkpoint and the summary included).
 """
+
 import argparse
 import json
 import os
@@ -30,9 +31,21 @@ def commands(run_dir: str) -> dict[str, tuple[list[str], dict]]:
         "--help": (TRAIN + ["--help"], {}),
         "--cfg job": (TRAIN + ["--cfg", "job"], {}),
         "shell completion": (TRAIN + ["-sc", "query=bash"], {"COMP_LINE": line, "COMP_POINT": str(len(line))}),
-        "one-step run": (TRAIN + ["data=synthetic", "data.image_size=32", "model=lenet5", "hardware=cpu",
-                                "train.epochs=1", "train.limit_train_batches=1", "train.limit_val_batches=1",
-                                f"hydra.run.dir={run_dir}/run", "resume=auto"], {}),
+        "one-step run": (
+            TRAIN
+            + [
+                "data=synthetic",
+                "data.image_size=32",
+                "model=lenet5",
+                "hardware=cpu",
+                "train.epochs=1",
+                "train.limit_train_batches=1",
+                "train.limit_val_batches=1",
+                f"hydra.run.dir={run_dir}/run",
+                "resume=auto",
+            ],
+            {},
+        ),
     }
 
 
@@ -58,8 +71,10 @@ def main() -> None:
     print(f"{'command':<18} {'median s':>9} {'/ import torch':>15} {'target':>7}")
     for name, median in medians.items():
         target = targets.get(name)
-        print(f"{name:<18} {median:9.2f} {median / base:15.2f} {'' if target is None else f'<= {target}':>7}"
-              + ("" if target is None else ("  ok" if median / base <= target else "  MISSED")))
+        print(
+            f"{name:<18} {median:9.2f} {median / base:15.2f} {'' if target is None else f'<= {target}':>7}"
+            + ("" if target is None else ("  ok" if median / base <= target else "  MISSED"))
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Starts `tensorboard --logdir DIR` with this Python's TensorBoard, waits until it
 headless Chromium screenshot per page (timeseries.png, scalars.png, hparams.png), then stops TensorBoard.
 Needs `chromium` on PATH (Debian and Ubuntu: `apt-get install chromium`).
 """
+
 import argparse
 import json
 import os
@@ -50,9 +51,17 @@ def wait_for_runs(url: str, tensorboard: subprocess.Popen, log, timeout: float) 
 def screenshot(chromium: str, url: str, path: Path, size: str, wait_ms: int) -> None:
     # The virtual-time budget lets the page's scripts fetch and draw the charts before the picture is taken.
     with tempfile.TemporaryDirectory() as profile:
-        command = [chromium, "--headless", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
-                   f"--window-size={size.replace('x', ',')}", f"--virtual-time-budget={wait_ms}",
-                   f"--screenshot={path}", url]
+        command = [
+            chromium,
+            "--headless",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--window-size={size.replace('x', ',')}",
+            f"--virtual-time-budget={wait_ms}",
+            f"--screenshot={path}",
+            url,
+        ]
         if os.geteuid() == 0:
             command.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -78,8 +87,21 @@ def main() -> None:
     port = args.port or free_port()
     url = f"http://localhost:{port}"
     log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a pipe nobody reads would stall TensorBoard
-    tensorboard = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(args.logdir),
-                                    "--host", "localhost", "--port", str(port)], stdout=log, stderr=log)
+    tensorboard = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(args.logdir),
+            "--host",
+            "localhost",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=log,
+    )
     try:
         runs = wait_for_runs(url, tensorboard, log, timeout=120)
         print(f"tensorboard on {url}: {len(runs)} runs")

@@ -1,4 +1,5 @@
 """Fixtures and hooks; the helpers the test modules share are in helpers.py."""
+
 import os
 import subprocess
 
@@ -43,8 +44,9 @@ def tiny_disk(tmp_path, request):
     disk = tmp_path / "disk"
     disk.mkdir()
     size = getattr(request, "param", "2m")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
-                      capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
         pytest.skip("mounting a tmpfs needs root")
     yield disk
     subprocess.run(["umount", str(disk)], check=True)

@@ -1,5 +1,6 @@
 """Helpers shared by more than one test module. Configs are built the way `python -m cnnbench.train` builds
 them: Hydra's compose API on conf/."""
+
 import atexit
 import csv
 import functools
@@ -35,14 +36,16 @@ def make_config(run_dir: Path, *overrides: str, app: str = "train"):
         return compose(app, overrides=[f"run_dir={run_dir}", *overrides])
 
 
-def run_cli(*args: str, module: str = "cnnbench.train", timeout: float = 300, cold: bool = False,
-            cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, module: str = "cnnbench.train", timeout: float = 300, cold: bool = False, cwd: Path = ROOT
+) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS` as a user runs it, in a process of its own: forked from the suite's warm
     interpreter (tests/zygote.py), or with `cold` a fresh `python` that imports everything itself."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if cold:
-        return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                              timeout=timeout, cwd=cwd, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
+        )
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull) as stdin:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.connect(zygote())
@@ -58,8 +61,9 @@ def run_cli(*args: str, module: str = "cnnbench.train", timeout: float = 300, co
                 raise subprocess.TimeoutExpired([module, *args], timeout) from None
         out.seek(0)
         err.seek(0)
-        return subprocess.CompletedProcess([sys.executable, "-m", module, *args], returncode,
-                                           out.read().decode(), err.read().decode())
+        return subprocess.CompletedProcess(
+            [sys.executable, "-m", module, *args], returncode, out.read().decode(), err.read().decode()
+        )
 
 
 @functools.cache
@@ -67,8 +71,12 @@ def zygote() -> str:
     """The socket of this test process's warm interpreter, started on first use; it ends with this process
     (its stdin closes)."""
     path = os.path.join(tempfile.mkdtemp(prefix="cnnbench-zygote-"), "socket")
-    process = subprocess.Popen([sys.executable, "-m", "tests.zygote", path], stdin=subprocess.PIPE, cwd=ROOT,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.zygote", path],
+        stdin=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     atexit.register(process.stdin.close)
     while not os.path.exists(path):
         if process.poll() is not None:
@@ -78,8 +86,16 @@ def zygote() -> str:
 
 
 # A run small enough for a test: tiny batches, synthetic 32x32 images, one thread of work.
-SMOKE = ["data=synthetic", "data.image_size=32", "data.train_size=256", "data.val_size=64",
-         "data.batch_size=32", "model=lenet5", "model.variant=modern", "hardware=cpu"]
+SMOKE = [
+    "data=synthetic",
+    "data.image_size=32",
+    "data.train_size=256",
+    "data.val_size=64",
+    "data.batch_size=32",
+    "model=lenet5",
+    "model.variant=modern",
+    "hardware=cpu",
+]
 
 
 def assert_same_weights_and_optimizer(a: dict, b: dict) -> None:
@@ -118,8 +134,12 @@ def tensorboard_events(run_dir) -> EventAccumulator:
 
 def tensorboard_tag_counts(run_dir) -> Counter:
     """How many times each tag was written to tb/, over all its event files (a resumed run adds one)."""
-    return Counter(value.tag for path in sorted((run_dir / "tb").iterdir())
-                   for event in EventFileLoader(str(path)).Load() for value in event.summary.value)
+    return Counter(
+        value.tag
+        for path in sorted((run_dir / "tb").iterdir())
+        for event in EventFileLoader(str(path)).Load()
+        for value in event.summary.value
+    )
 
 
 def one_error_line(result):

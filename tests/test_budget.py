@@ -1,5 +1,6 @@
 """Budgeted training (train.budget_tflop, train.budget_images): the steps that follow from a budget, a
 schedule that ends exactly there, and exact resume of a run whose last epoch the budget cuts short."""
+
 import json
 import math
 import os
@@ -33,8 +34,9 @@ def test_a_budget_in_tflop_or_in_images_gives_the_same_steps(tmp_path):
     a, b = training_length(images, flops, 8), training_length(tflop, flops, 8)
     assert (a.steps, a.epochs, a.images(a.steps)) == (b.steps, b.epochs, b.images(b.steps)) == (12, 2, 384)
     assert b.tflop(b.steps) == pytest.approx(3 * flops * 384 / 1e12)
-    accumulated = training_length(make_config(tmp_path, *SMOKE, "train.budget_images=384",
-                                              "train.grad_accum_steps=3"), flops, 8)
+    accumulated = training_length(
+        make_config(tmp_path, *SMOKE, "train.budget_images=384", "train.grad_accum_steps=3"), flops, 8
+    )
     # 3 updates an epoch (3 + 3 + 2 batches): the 12 batches are one epoch and 4 more, whose whole updates
     # are 2 (6 batches): the first step count to reach the budget
     assert (accumulated.steps, accumulated.epochs, accumulated.images(accumulated.steps)) == (5, 2, 448)
@@ -47,8 +49,9 @@ def test_a_budget_in_tflop_or_in_images_gives_the_same_steps(tmp_path):
 @pytest.mark.parametrize("scheduler", ["cosine", "linear"])
 def test_the_schedule_ends_at_the_budgets_step(tmp_path, scheduler):
     """Warm-up, then decay to zero exactly at the budget's last step (30 steps: 3.75 epochs of 8)."""
-    cfg = make_config(tmp_path, *SMOKE, f"scheduler={scheduler}", "scheduler.warmup_epochs=1",
-                      "train.budget_images=960")
+    cfg = make_config(
+        tmp_path, *SMOKE, f"scheduler={scheduler}", "scheduler.warmup_epochs=1", "train.budget_images=960"
+    )
     placement = place(cfg.hardware)
     model = torch.nn.Linear(2, 2)
     optimization = build_optimization(cfg, Network(model, 6, 12, (1, 1, 2)), 8, placement)
@@ -117,16 +120,24 @@ def test_a_budgeted_run_stops_at_its_step_and_resumes_exactly(tmp_path):
     assert a["step"] == b["step"] == 12
     assert_same_weights_and_optimizer(a, b)
     timing = ("epoch_time_s", "train_img_per_s")
-    assert [{k: v for k, v in r.items() if k not in timing} for r in rows] == \
-        [{k: v for k, v in r.items() if k not in timing} for r in metrics(stopped)]
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows] == [
+        {k: v for k, v in r.items() if k not in timing} for r in metrics(stopped)
+    ]
     assert (resumed["step"], resumed["trained_images"]) == (12, 384)
 
 
 @pytest.mark.parametrize("scheduler", ["step", "multistep", "cosine"])
 def test_without_a_budget_the_schedule_is_timms_over_whole_epochs(tmp_path, scheduler):
     """The schedule in updates is the one timm builds from epochs (it multiplies them by updates_per_epoch)."""
-    cfg = make_config(tmp_path, *SMOKE, f"scheduler={scheduler}", "scheduler.warmup_epochs=0.5",
-                      "scheduler.decay_epochs=2", "scheduler.decay_milestones=[1,3]", "train.epochs=4")
+    cfg = make_config(
+        tmp_path,
+        *SMOKE,
+        f"scheduler={scheduler}",
+        "scheduler.warmup_epochs=0.5",
+        "scheduler.decay_epochs=2",
+        "scheduler.decay_milestones=[1,3]",
+        "train.epochs=4",
+    )
     ours = build_optimization(cfg, Network(torch.nn.Linear(2, 2), 6, 12, (1, 1, 2)), 7, place(cfg.hardware))
     optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=cfg.optimizer.lr)
     timms, _ = instantiate(cfg.scheduler)(optimizer, num_epochs=4, step_on_epochs=False, updates_per_epoch=7)

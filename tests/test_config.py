@@ -1,4 +1,5 @@
 """The config surface: every option composes, --help and --cfg show it, bad values stop the run early."""
+
 import pytest
 
 from cnnbench.config import check_config
@@ -6,8 +7,12 @@ from cnnbench.errors import ConfigError
 
 from .helpers import CONF, make_config, run_cli
 
-OPTIONS = [(group.name, option.stem) for group in sorted(CONF.iterdir()) if group.is_dir()
-           for option in sorted(group.glob("*.yaml"))]
+OPTIONS = [
+    (group.name, option.stem)
+    for group in sorted(CONF.iterdir())
+    if group.is_dir()
+    for option in sorted(group.glob("*.yaml"))
+]
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -34,23 +39,26 @@ def test_cfg_job_prints_composed_config():
 
 
 @pytest.mark.slow  # each case a real command in a subprocess
-@pytest.mark.parametrize("override,key", [
-    ("train.epochs=-1", "train.epochs"),
-    ("train.epochs=0", "train.epochs"),
-    ("optimizer.lr=0", "optimizer.lr"),
-    ("optimizer.lr=-0.1", "optimizer.lr"),
-    ("data.batch_size=0", "data.batch_size"),
-    ("model.width_mult=0", "model.width_mult"),
-    ("data.batch_size=abc", "data.batch_size"),
-    ("train.epochs=1.5", "train.epochs"),
-    ("hardware.precision=fp8", "hardware.precision"),
-    ("model.depth_mult=-1", "model.depth_mult"),
-    ("train.on_nonfinite=ignore", "train.on_nonfinite"),
-    ("resume_fallback=maybe", "resume_fallback"),
-    ("train.no_such_key=1", "train.no_such_key"),
-    ("+model.no_such_knob=1", "model.no_such_knob"),
-    ("model=no_such_model", "model"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("train.epochs=-1", "train.epochs"),
+        ("train.epochs=0", "train.epochs"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("optimizer.lr=-0.1", "optimizer.lr"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("model.width_mult=0", "model.width_mult"),
+        ("data.batch_size=abc", "data.batch_size"),
+        ("train.epochs=1.5", "train.epochs"),
+        ("hardware.precision=fp8", "hardware.precision"),
+        ("model.depth_mult=-1", "model.depth_mult"),
+        ("train.on_nonfinite=ignore", "train.on_nonfinite"),
+        ("resume_fallback=maybe", "resume_fallback"),
+        ("train.no_such_key=1", "train.no_such_key"),
+        ("+model.no_such_knob=1", "model.no_such_knob"),
+        ("model=no_such_model", "model"),
+    ],
+)
 def test_bad_config_stops_before_work_naming_the_key(override, key, tmp_path):
     result = run_cli("data=synthetic", f"hydra.run.dir={tmp_path}", override, timeout=120)
     assert result.returncode != 0
@@ -102,22 +110,27 @@ def test_evaluating_on_imagenet_like_data_takes_the_trained_size(tmp_path):
     assert evaluation_data(cfg, trained).image_size == 32
 
 
-@pytest.mark.parametrize("override,message", [
-    ("+train.nosuchkey=1", "train.nosuchkey: not a key of the config"),
-    ("+nosuchtop=1", "nosuchtop: not a key of the config"),
-    ("+data.batch_sise=64", "data.batch_sise: not a key of the config (did you mean data.batch_size?)"),
-    ("+model.no_such_knob=1", "model.no_such_knob: not a knob of lenet5"),
-    ("optimizer.opt=nosuchopt", "optimizer.opt: timm has no optimizer 'nosuchopt'"),
-    ("optimizer.opt=adamx", "optimizer.opt: timm has no optimizer 'adamx' (did you mean adamax"),
-    ("optimizer.momentum=-1", "optimizer.momentum: Invalid momentum value: -1"),
-    ("scheduler.sched=nosuch",
-     "scheduler.sched: Unknown scheduler 'nosuch' (timm schedules stepped per update: cosine"),
-    ("scheduler.sched=plateau", "scheduler.sched: Plateau LR only supports step per epoch"),
-    ("scheduler.sched=none", "scheduler.sched: none keeps no schedule"),
-    ("scheduler.warmup_lr=-1", "scheduler.warmup_lr: must be >= 0"),
-    ("scheduler.min_lr=-1e-5", "scheduler.min_lr: must be >= 0"),
-    ("scheduler.decay_rate=0", "scheduler.decay_rate: must be > 0"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("+train.nosuchkey=1", "train.nosuchkey: not a key of the config"),
+        ("+nosuchtop=1", "nosuchtop: not a key of the config"),
+        ("+data.batch_sise=64", "data.batch_sise: not a key of the config (did you mean data.batch_size?)"),
+        ("+model.no_such_knob=1", "model.no_such_knob: not a knob of lenet5"),
+        ("optimizer.opt=nosuchopt", "optimizer.opt: timm has no optimizer 'nosuchopt'"),
+        ("optimizer.opt=adamx", "optimizer.opt: timm has no optimizer 'adamx' (did you mean adamax"),
+        ("optimizer.momentum=-1", "optimizer.momentum: Invalid momentum value: -1"),
+        (
+            "scheduler.sched=nosuch",
+            "scheduler.sched: Unknown scheduler 'nosuch' (timm schedules stepped per update: cosine",
+        ),
+        ("scheduler.sched=plateau", "scheduler.sched: Plateau LR only supports step per epoch"),
+        ("scheduler.sched=none", "scheduler.sched: none keeps no schedule"),
+        ("scheduler.warmup_lr=-1", "scheduler.warmup_lr: must be >= 0"),
+        ("scheduler.min_lr=-1e-5", "scheduler.min_lr: must be >= 0"),
+        ("scheduler.decay_rate=0", "scheduler.decay_rate: must be > 0"),
+    ],
+)
 def test_every_key_and_the_optimizer_are_checked_by_the_schema_and_timm(override, message, tmp_path):
     with pytest.raises(ConfigError) as error:
         check_config(make_config(tmp_path, "model=lenet5", override))
@@ -128,8 +141,13 @@ def test_every_key_and_the_optimizer_are_checked_by_the_schema_and_timm(override
 def test_config_is_checked_before_the_data_is_looked_for(tmp_path):
     """Hydra's own hint for train.nosuchkey is +train.nosuchkey; the optimizer fails before any data."""
     for override in ("+train.nosuchkey=1", "optimizer.opt=nosuchopt"):
-        result = run_cli("data=imagefolder", f"data.root={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'run'}",
-                         override, timeout=120)
+        result = run_cli(
+            "data=imagefolder",
+            f"data.root={tmp_path / 'missing'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            override,
+            timeout=120,
+        )
         assert result.returncode == 2 and result.stderr.startswith(f"cnnbench: error: {override.lstrip('+')[:10]}")
         assert "Traceback" not in result.stderr and "missing" not in result.stderr
         assert not any((tmp_path / "run").iterdir())

@@ -1,5 +1,6 @@
 """The paths only a GPU runs (issue 20), checked on the CPU where their mechanism shows there; the rest is
 scripts/gpu_acceptance.sh's, on a GPU."""
+
 import copy
 import os
 import random
@@ -23,8 +24,10 @@ from cnnbench.models.pooling import AdaptiveAvgPool2d, pool_by_matmul
 from .helpers import make_config, run_cli
 
 
-@pytest.mark.parametrize("size, output_size", [((6, 6), (6, 6)), ((1, 1), (7, 7)), ((3, 3), (6, 6)),
-                                                ((13, 13), (6, 6)), ((10, 10), (4, 4)), ((7, 9), (5, 3))])
+@pytest.mark.parametrize(
+    "size, output_size",
+    [((6, 6), (6, 6)), ((1, 1), (7, 7)), ((3, 3), (6, 6)), ((13, 13), (6, 6)), ((10, 10), (4, 4)), ((7, 9), (5, 3))],
+)
 def test_adaptive_pool_is_skipped_or_a_deterministic_matmul_with_the_same_values(size, output_size):
     # item 3: torch's CUDA backward of adaptive_avg_pool2d has no deterministic kernel
     x = torch.randn(2, 3, *size, dtype=torch.float64)
@@ -132,8 +135,9 @@ def test_the_synthetic_set_is_uint8_throughout():
 def test_decoding_on_a_gpu_for_a_cpu_run_is_refused(tmp_path):
     # item 16
     cfg = make_config(tmp_path, "data=imagefolder", "data.decode_device=cuda", "hardware=cpu")
-    with pytest.raises(ConfigError,
-                       match="^data.decode_device: cuda decodes where a GPU trains, and hardware.device is cpu$"):
+    with pytest.raises(
+        ConfigError, match="^data.decode_device: cuda decodes where a GPU trains, and hardware.device is cpu$"
+    ):
         check_config(cfg)
 
 
@@ -150,17 +154,22 @@ def test_more_ranks_than_gpus_is_one_line_naming_both_counts():
 @pytest.mark.slow  # a real command in a subprocess
 def test_a_gpu_ddp_run_without_gpus_stops_with_one_line(tmp_path):
     # item 14: the sbatch scripts pass hardware.device=cuda when SLURM granted GPUs; none seen is one line
-    result = run_cli("hardware=ddp", "hardware.device=cuda", "data=synthetic", "model=lenet5",
-                     f"hydra.run.dir={tmp_path}")
+    result = run_cli(
+        "hardware=ddp", "hardware.device=cuda", "data=synthetic", "model=lenet5", f"hydra.run.dir={tmp_path}"
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].endswith(
-        "hardware.nproc: 2 ranks on this node, but it has 0 CUDA devices: one rank per GPU")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("hardware.nproc: 2 ranks on this node, but it has 0 CUDA devices: one rank per GPU")
+    )
 
 
 def test_fused_update_kernels_on_a_gpu_where_the_optimizer_has_them(tmp_path):
     # item 13: torch's fused SGD, Adam and AdamW skip a non-finite update on the device (engine/nonfinite.py)
     def placement(device, dtype=torch.bfloat16):
         return Placement(torch.device(device), dtype, torch.channels_last, False)
+
     assert fused_optimizer(None, "momentum", placement("cuda")) and fused_optimizer(None, "adamw", placement("cuda"))
     assert not fused_optimizer(None, "momentum", placement("cpu"))
     assert fused_optimizer(True, "momentum", placement("cpu"))

@@ -1,4 +1,5 @@
 """DDP on CPU (gloo) with real processes: `python -m cnnbench.train hardware=ddp` starts its own ranks."""
+
 import contextlib
 import json
 import os
@@ -36,17 +37,35 @@ pytestmark = pytest.mark.slow  # real DDP ranks and torchrun in subprocesses
 
 # BN-free (LeNet-5 classic: tanh, average pooling), no augmentation, deterministic kernels: 2 ranks of
 # 16 images add up to 1 rank of 32 up to float rounding. 63 validation images: not a multiple of 2.
-RUN = ["data=synthetic", "data.image_size=32", "data.train_size=512", "data.val_size=63", "data.batch_size=32",
-       "model=lenet5", "model.variant=classic", "augmentation=none", "hardware.device=cpu",
-       "hardware.precision=fp32", "hardware.deterministic=true", "train.epochs=2", "train.checkpoint_every_steps=3"]
+RUN = [
+    "data=synthetic",
+    "data.image_size=32",
+    "data.train_size=512",
+    "data.val_size=63",
+    "data.batch_size=32",
+    "model=lenet5",
+    "model.variant=classic",
+    "augmentation=none",
+    "hardware.device=cpu",
+    "hardware.precision=fp32",
+    "hardware.deterministic=true",
+    "train.epochs=2",
+    "train.checkpoint_every_steps=3",
+]
 ONE_RANK, TWO_RANKS = ["hardware.nproc=1"], ["hardware=ddp", "hardware.nproc=2"]
 
 
 def launch(run_dir, *extra):
     """A run in its own process group, so that a test can kill all of its processes at once."""
-    return subprocess.Popen([sys.executable, "-m", "cnnbench.train", *RUN, f"hydra.run.dir={run_dir}", *extra],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnbench.train", *RUN, f"hydra.run.dir={run_dir}", *extra],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process, timeout=240):
@@ -183,12 +202,29 @@ def test_a_failing_rank_stops_every_rank_and_is_named(tmp_path):
     corrupt = sorted((tmp_path / "images" / "val").rglob("*.*"))[-1]
     corrupt.write_bytes(b"not an image")
     run = subprocess.Popen(
-        [sys.executable, "-m", "cnnbench.train", "data=imagefolder", f"data.root={tmp_path / 'images'}",
-         "data.image_size=32", "data.batch_size=6", "data.workers=1", "data.on_bad_image=error", "model=lenet5",
-         "train.epochs=1",
-         *TWO_RANKS, "hardware.device=cpu", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "cnnbench.train",
+            "data=imagefolder",
+            f"data.root={tmp_path / 'images'}",
+            "data.image_size=32",
+            "data.batch_size=6",
+            "data.workers=1",
+            "data.on_bad_image=error",
+            "model=lenet5",
+            "train.epochs=1",
+            *TWO_RANKS,
+            "hardware.device=cpu",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     returncode, stderr = finish(run)  # no rank waits forever: a hang is the timeout, however fast the machine
     assert returncode == 2
     last_line = stderr.strip().splitlines()[-1]
@@ -202,10 +238,25 @@ def test_torchrun_restarts_a_killed_rank_which_resumes_bit_identical(straight, t
     # torchrun gives each rank one thread; the self-launched reference ranks took a share of the cores.
     threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
     run = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
-         "-m", "cnnbench.train", *RUN, "hardware=ddp"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": threads}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "--max-restarts=1",
+            "-m",
+            "cnnbench.train",
+            *RUN,
+            "hardware=ddp",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": threads},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while not (found := list(tmp_path.glob("outputs/*/checkpoints/last.pt"))):
         assert run.poll() is None, run.stderr.read()
         time.sleep(0.005)

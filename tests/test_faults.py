@@ -1,6 +1,7 @@
 """Fault injection: the checkpoint write killed or out of space, unreadable checkpoints and images, labels
 that do not fit, NaN losses, malicious pickles. Each fault is real: a killed process, a full tmpfs, bytes
 on disk; only the poisoned batch is injected into the loop from outside."""
+
 import copy
 import json
 import logging
@@ -45,10 +46,17 @@ def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     last = tmp_path / "checkpoints" / "last.pt"
     before = last.read_bytes()
     writer = subprocess.Popen(  # a 200 MB state: long enough to be caught in the middle of torch.save
-        [sys.executable, "-c", "import sys, torch; from pathlib import Path; "
-         "from cnnbench.engine.checkpoint import save_checkpoint; "
-         "save_checkpoint({'model': {'w': torch.ones(50_000_000)}}, Path(sys.argv[1]))", str(last)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-c",
+            "import sys, torch; from pathlib import Path; "
+            "from cnnbench.engine.checkpoint import save_checkpoint; "
+            "save_checkpoint({'model': {'w': torch.ones(50_000_000)}}, Path(sys.argv[1]))",
+            str(last),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     deadline = time.monotonic() + 60
     while not [p for p in last.parent.glob(".last.pt.*.tmp") if p.stat().st_size > 0]:
         assert writer.poll() is None and time.monotonic() < deadline, "the write ended before the kill"
@@ -115,8 +123,15 @@ def summary_model(run_dir):
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]["model"]
 
 
-IMAGES = ["data=imagefolder", "data.image_size=32", "data.batch_size=6", "data.workers=1", "model=lenet5",
-          "train.epochs=1", "hardware=cpu"]
+IMAGES = [
+    "data=imagefolder",
+    "data.image_size=32",
+    "data.batch_size=6",
+    "data.workers=1",
+    "model=lenet5",
+    "train.epochs=1",
+    "hardware=cpu",
+]
 
 
 def test_bad_images_are_skipped_and_named(tmp_path):
@@ -148,8 +163,11 @@ def test_on_bad_image_error_stops_with_the_path_from_a_worker(tmp_path):
     make_image_tree(tmp_path / "images")
     broken = sorted((tmp_path / "images" / "train" / "n01443537").iterdir())[0]
     broken.write_bytes(broken.read_bytes()[:200])
-    line = one_error_line(run_cli(*IMAGES, f"data.root={tmp_path / 'images'}", "data.on_bad_image=error",
-                                  f"hydra.run.dir={tmp_path / 'run'}"))
+    line = one_error_line(
+        run_cli(
+            *IMAGES, f"data.root={tmp_path / 'images'}", "data.on_bad_image=error", f"hydra.run.dir={tmp_path / 'run'}"
+        )
+    )
     assert line.startswith(f"cnnbench: error: {broken}: not a readable image")
 
 
@@ -163,8 +181,11 @@ def test_labels_outside_the_classes_stop_before_training(tmp_path):
     for prefix in ("train", "t10k"):
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.zeros((64, 28, 28)))
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.arange(64) % 11)  # 10 is no MNIST digit
-    with pytest.raises(DataError, match=r"^data: mnist \(train\) sample 10 has label 10, outside \[0, 10\) for "
-                                        r"its 10 classes$"):
+    with pytest.raises(
+        DataError,
+        match=r"^data: mnist \(train\) sample 10 has label 10, outside \[0, 10\) for "
+        r"its 10 classes$",
+    ):
         train(make_config(tmp_path / "run", "data=mnist", f"data.root={tmp_path}"))
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -186,8 +207,11 @@ def test_fine_tuning_onto_as_many_other_classes_needs_a_new_head(tmp_path):
     common = [*IMAGES, "data.workers=0"]
     train(make_config(tmp_path / "run", *common, f"data.root={tmp_path / 'a'}"))
     weights = f"model.weights={tmp_path / 'run' / 'checkpoints' / 'last.pt'}"
-    with pytest.raises(ConfigError, match=r"^model.weights: .*last.pt was trained on other classes \(3: cat, dog, "
-                                          r"fox; here 3: cat, dog, owl\); model.new_head=true trains a new"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^model.weights: .*last.pt was trained on other classes \(3: cat, dog, "
+        r"fox; here 3: cat, dog, owl\); model.new_head=true trains a new",
+    ):
         train(make_config(tmp_path / "tuned", *common, f"data.root={tmp_path / 'b'}", weights))
     assert not (tmp_path / "tuned").exists()
 
@@ -205,13 +229,16 @@ def test_fine_tuning_onto_as_many_other_classes_needs_a_new_head(tmp_path):
 def poisoned_batch(monkeypatch):
     """The third batch the model sees (a training batch) holds NaN or huge values, as a corrupt sample
     or a bad augmentation would make it."""
+
     def poison(value):
         forward, calls = Normalize.forward, []
 
         def poisoned(self, images):
             calls.append(1)
             return forward(self, images) * value if len(calls) == 3 else forward(self, images)
+
         monkeypatch.setattr(Normalize, "forward", poisoned)
+
     return poison
 
 
@@ -228,8 +255,10 @@ def test_on_nonfinite_skip_skips_and_counts_the_step(tmp_path, poisoned_batch):
     poisoned_batch(float("inf"))
     summary = train(make_config(tmp_path, *SMOKE, "train.epochs=1", "train.on_nonfinite=skip"))
     assert summary["status"] == "completed" and summary["nonfinite_skipped_steps"] == 1
-    assert re.search(r"train.on_nonfinite=skip: loss (nan|inf) at step 3 \(epoch 0, batch 3\), update skipped",
-                     (tmp_path / "train.log").read_text())
+    assert re.search(
+        r"train.on_nonfinite=skip: loss (nan|inf) at step 3 \(epoch 0, batch 3\), update skipped",
+        (tmp_path / "train.log").read_text(),
+    )
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert all(t.isfinite().all() for t in state["model"].values())
     assert np.isfinite(state["history"][0]["train_loss"])
@@ -242,10 +271,14 @@ def test_a_nonfinite_update_is_decided_on_the_device_and_read_later(name, on_non
     skips the poisoned update, torch.where puts back the batch-norm statistics, and the host hears of it
     at the next read. In error mode the updates until then are skipped too: the weights stay from before."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
-                                torch.nn.Linear(64, 2))
-    optimizer = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True) if name == "sgd" else
-                 torch.optim.AdamW(model.parameters(), lr=0.01, fused=True))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(64, 2)
+    )
+    optimizer = (
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
+        if name == "sgd"
+        else torch.optim.AdamW(model.parameters(), lr=0.01, fused=True)
+    )
     guard = NonfiniteGuard(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), on_nonfinite, Dist())
     faults = {"nonfinite_skipped_steps": 0}
 
@@ -278,18 +311,24 @@ def test_a_nonfinite_update_is_decided_on_the_device_and_read_later(name, on_non
         with caplog.at_level(logging.WARNING, "cnnbench"):
             guard.read(faults)
         assert faults["nonfinite_skipped_steps"] == 1 and not guard.unread
-        assert re.fullmatch(r"train.on_nonfinite=skip: loss (nan|inf) at step 2 \(epoch 0, batch 2\), update skipped",
-                            caplog.records[-1].getMessage())
+        assert re.fullmatch(
+            r"train.on_nonfinite=skip: loss (nan|inf) at step 2 \(epoch 0, batch 2\), update skipped",
+            caplog.records[-1].getMessage(),
+        )
         # The skipped update alone, replayed from `before`: weights, statistics and optimizer state untouched.
         model.load_state_dict(before["model"])
         optimizer.load_state_dict(before["optimizer"])
         update(2, float("inf"))
         assert_same_weights_and_optimizer(before, state())
     else:
-        assert_same_weights_and_optimizer({"model": {k: before["model"][k] for k in parameters},
-                                           "optimizer": before["optimizer"]}, after)
-        with pytest.raises(NonfiniteLoss, match=r"^train: loss (nan|inf) at step 2 \(epoch 0, batch 2\); the "
-                                                r"weights are kept from before it"):
+        assert_same_weights_and_optimizer(
+            {"model": {k: before["model"][k] for k in parameters}, "optimizer": before["optimizer"]}, after
+        )
+        with pytest.raises(
+            NonfiniteLoss,
+            match=r"^train: loss (nan|inf) at step 2 \(epoch 0, batch 2\); the "
+            r"weights are kept from before it",
+        ):
             guard.read(faults)
 
 
@@ -301,8 +340,10 @@ def test_nonfinite_updates_decided_on_the_device_in_a_run(tmp_path, poisoned_bat
     poisoned_batch(float("inf"))
     summary = train(make_config(tmp_path / "poisoned", *common, "train.limit_train_batches=3"))
     assert summary["status"] == "completed" and summary["nonfinite_skipped_steps"] == 1
-    assert re.search(r"train.on_nonfinite=skip: loss (nan|inf) at step 3 \(epoch 0, batch 3\), update skipped",
-                     (tmp_path / "poisoned" / "train.log").read_text())
+    assert re.search(
+        r"train.on_nonfinite=skip: loss (nan|inf) at step 3 \(epoch 0, batch 3\), update skipped",
+        (tmp_path / "poisoned" / "train.log").read_text(),
+    )
     clean, poisoned = (load_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in ("clean", "poisoned"))
     assert poisoned["step"] == 3 and all(group["fused"] for group in poisoned["optimizer"]["param_groups"])
     assert_same_weights_and_optimizer(clean, poisoned)
@@ -313,8 +354,7 @@ def test_a_nonfinite_update_decided_on_the_device_stops_the_run_at_the_next_read
     step (here step 4's checkpoint, which is not written), naming that step."""
     poisoned_batch(float("nan"))
     with pytest.raises(NonfiniteLoss, match=r"loss nan at step 3 \(epoch 0, batch 3\)"):
-        train(make_config(tmp_path, *SMOKE, "train.epochs=1", "optimizer.fused=true",
-                          "train.checkpoint_every_steps=2"))
+        train(make_config(tmp_path, *SMOKE, "train.epochs=1", "optimizer.fused=true", "train.checkpoint_every_steps=2"))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["step"] == 4  # the host's read every update stops at 2
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2
@@ -323,12 +363,22 @@ def test_a_nonfinite_update_decided_on_the_device_stops_the_run_at_the_next_read
 def test_fp16_overflow_skips_are_counted(tmp_path, poisoned_batch):
     """Inputs x1000 through a network without batch norm: finite loss, fp16 gradients that overflow."""
     poisoned_batch(1000.0)
-    summary = train(make_config(tmp_path, *[a for a in SMOKE if "variant" not in a], "model=fmnist_cnn",
-                                "model.width_mult=0.25", "hardware.precision=fp16", "train.epochs=1",
-                                "train.limit_train_batches=4", "train.limit_val_batches=1"))
+    summary = train(
+        make_config(
+            tmp_path,
+            *[a for a in SMOKE if "variant" not in a],
+            "model=fmnist_cnn",
+            "model.width_mult=0.25",
+            "hardware.precision=fp16",
+            "train.epochs=1",
+            "train.limit_train_batches=4",
+            "train.limit_val_batches=1",
+        )
+    )
     assert summary["scaler_skipped_steps"] >= 1 and summary["nonfinite_skipped_steps"] == 0
-    assert "step 3: fp16 gradients overflowed; the GradScaler skipped the update" in \
-        (tmp_path / "train.log").read_text()
+    assert (
+        "step 3: fp16 gradients overflowed; the GradScaler skipped the update" in (tmp_path / "train.log").read_text()
+    )
 
 
 def test_an_absurd_learning_rate_stops_with_the_step_and_value(tmp_path):

@@ -1,5 +1,6 @@
 """Careless and hostile inputs (issue 21): each ends in one line naming the culprit and what to do, exits
 non-zero and loses nothing, or is handled as a user would want (linked folders followed, never mislabelled)."""
+
 import logging
 import os
 import shutil
@@ -54,8 +55,9 @@ def test_linked_folders_are_followed_but_never_into_a_loop_or_another_class(tmp_
 
 def test_a_model_too_big_for_the_images_names_the_smallest_size(tmp_path):
     run = tmp_path / "run"
-    line = one_error_line(run_cli(*[a for a in SMOKE if "variant" not in a], "model=alexnet", "data.image_size=8",
-                                  f"hydra.run.dir={run}"))
+    line = one_error_line(
+        run_cli(*[a for a in SMOKE if "variant" not in a], "model=alexnet", "data.image_size=8", f"hydra.run.dir={run}")
+    )
     assert line == "cnnbench: error: model.name=alexnet: needs data.image_size >= 15, got 8"
     assert not (run / "checkpoints").exists()
     for name, size, smallest in (("lenet5", 2, 28), ("lenet5", 30, 32), ("nin", 8, 15)):
@@ -77,15 +79,20 @@ def test_weights_of_another_channel_count_adapt_the_first_conv(tmp_path, caplog)
     assert f"model.weights: 0.weight of {path} adapted from 1 input channels to 3" in caplog.text
     images = torch.rand(2, 1, 32, 32)  # a gray image and its RGB copy meet the same network
     torch.testing.assert_close(rgb(images.expand(-1, 3, -1, -1)), gray(images))
-    with pytest.raises(ConfigError, match=r"^model.weights: .*gray.safetensors does not fit this model: \S+ is "
-                                          r"\[16\] there, \[32\] here"):  # another width: no adapting that
+    with pytest.raises(
+        ConfigError,
+        match=r"^model.weights: .*gray.safetensors does not fit this model: \S+ is "
+        r"\[16\] there, \[32\] here",
+    ):  # another width: no adapting that
         create_model("lenet5", num_classes=10, in_chans=1, image_size=32, width_mult=2.0, weights=str(path))
 
 
 def test_seeds_outside_numpys_range_stop_naming_the_range(tmp_path):
     line = one_error_line(run_cli(*SMOKE, "seed=99999999999999999999", f"hydra.run.dir={tmp_path / 'run'}"))
-    assert line == ("cnnbench: error: seed: in [0, 4294967295] (numpy's range, less one per extra rank: rank r "
-                    "uses seed + r; here 1 ranks), got 99999999999999999999")
+    assert line == (
+        "cnnbench: error: seed: in [0, 4294967295] (numpy's range, less one per extra rank: rank r "
+        "uses seed + r; here 1 ranks), got 99999999999999999999"
+    )
     with pytest.raises(ConfigError, match=r"^seed: in \[0, 4294967295\] .* got -1$"):
         check_config(make_config(tmp_path, *SMOKE, "seed=-1"))
     # Two ranks: rank 1 would seed numpy with seed + 1, so the top seed is one less.
@@ -97,23 +104,29 @@ def test_seeds_outside_numpys_range_stop_naming_the_range(tmp_path):
     timm.utils.random_seed(4294967294, 1)
 
 
-@pytest.mark.parametrize("module, key, kind, message", [
-    ("cnnbench.evaluate", "checkpoint", "empty", "is empty (0 bytes)"),
-    ("cnnbench.predict", "checkpoint", "text", "is not a checkpoint file (it is text)"),
-    ("cnnbench.train", "model.weights", "directory", "is a directory; pass a .pt or .safetensors file"),
-    ("cnnbench.train", "model.weights", "empty", "is empty (0 bytes)"),
-])
+@pytest.mark.parametrize(
+    "module, key, kind, message",
+    [
+        ("cnnbench.evaluate", "checkpoint", "empty", "is empty (0 bytes)"),
+        ("cnnbench.predict", "checkpoint", "text", "is not a checkpoint file (it is text)"),
+        ("cnnbench.train", "model.weights", "directory", "is a directory; pass a .pt or .safetensors file"),
+        ("cnnbench.train", "model.weights", "empty", "is empty (0 bytes)"),
+    ],
+)
 def test_files_that_are_no_checkpoint_say_what_they_are(tmp_path, module, key, kind, message):
     path = tmp_path / ("weights.safetensors" if kind == "empty" and key == "model.weights" else "model.pt")
     if kind == "directory":
         path.mkdir()
     else:
         path.write_text("" if kind == "empty" else "step 10: loss 0.5\n")
-    args = {"cnnbench.train": [*SMOKE, f"hydra.run.dir={tmp_path / 'run'}"],
-            "cnnbench.predict": [f"images=[{tmp_path / 'x.png'}]"]}.get(module, [])
+    args = {
+        "cnnbench.train": [*SMOKE, f"hydra.run.dir={tmp_path / 'run'}"],
+        "cnnbench.predict": [f"images=[{tmp_path / 'x.png'}]"],
+    }.get(module, [])
     line = one_error_line(run_cli(*args, f"{key}={path}", module=module))
-    assert line.startswith("cnnbench: error: ") and line.endswith(f"{path} {message}" if key == "model.weights"
-                                                                    else f"{path}: {message}")
+    assert line.startswith("cnnbench: error: ") and line.endswith(
+        f"{path} {message}" if key == "model.weights" else f"{path}: {message}"
+    )
 
 
 def test_an_empty_last_checkpoint_falls_back_to_the_valid_one(tmp_path):
@@ -144,16 +157,28 @@ def test_predict_names_a_decompression_bomb_and_bounds_dense_scale(tmp_path):
         Image.open(bomb)
     # Training leaves it out of its batch (as test_faults.py::test_bad_images_are_skipped_and_named), predict names it.
     assert ImageFiles(str(tmp_path / "images"), loader=_open_image)[0] == (str(bomb), ANY)
-    train(make_config(tmp_path / "run", *SMOKE, "train.epochs=1", "train.limit_train_batches=1",
-                      "train.limit_val_batches=1"))
+    train(
+        make_config(
+            tmp_path / "run", *SMOKE, "train.epochs=1", "train.limit_train_batches=1", "train.limit_val_batches=1"
+        )
+    )
     checkpoint = f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.pt'}"
     line = one_error_line(run_cli(checkpoint, f"images=[{bomb}]", "hardware=cpu", module="cnnbench.predict"))
     assert line.startswith(f"cnnbench: error: images: {bomb} is too large to decode (Image size (900000000 pixels)")
     Image.new("RGB", (32, 32)).save(tmp_path / "fine.png")
-    line = one_error_line(run_cli(checkpoint, f"images=[{tmp_path / 'fine.png'}]", "dense=true", "dense_scale=1000",
-                                  "hardware=cpu", module="cnnbench.predict"))
-    assert line == ("cnnbench: error: dense_scale: at most 128 for this model's 32 px images (a 4096 px side), "
-                    "got 1000.0")
+    line = one_error_line(
+        run_cli(
+            checkpoint,
+            f"images=[{tmp_path / 'fine.png'}]",
+            "dense=true",
+            "dense_scale=1000",
+            "hardware=cpu",
+            module="cnnbench.predict",
+        )
+    )
+    assert line == (
+        "cnnbench: error: dense_scale: at most 128 for this model's 32 px images (a 4096 px side), got 1000.0"
+    )
 
 
 @pytest.fixture
@@ -165,28 +190,35 @@ def read_only_dir(tiny_disk):
 
 def test_paths_that_cannot_be_used_end_in_one_line(tmp_path, read_only_dir):
     long_root = tmp_path / ("a" * 300)
-    line = one_error_line(run_cli("data=imagefolder", f"data.root={long_root}", "hardware=cpu",
-                                  f"hydra.run.dir={tmp_path / 'run'}"))
-    assert line == f"cnnbench: error: {long_root / 'train'}: File name too long; use a shorter path (the system " \
-                   f"allows 255 bytes a name, 4096 in all)"
+    line = one_error_line(
+        run_cli("data=imagefolder", f"data.root={long_root}", "hardware=cpu", f"hydra.run.dir={tmp_path / 'run'}")
+    )
+    assert (
+        line == f"cnnbench: error: {long_root / 'train'}: File name too long; use a shorter path (the system "
+        f"allows 255 bytes a name, 4096 in all)"
+    )
     (tmp_path / "taken").write_text("notes\n")
-    for run_dir, reason in ((tmp_path / "taken", "File exists; a file stands where a directory is needed"),
-                            (tmp_path / "taken" / "run", "Not a directory; a file stands where a directory is needed"),
-                            (read_only_dir / "run", "Read-only file system; choose a place on a writable file system"),
-                            (read_only_dir, "Read-only file system; choose a place on a writable file system")):
+    for run_dir, reason in (
+        (tmp_path / "taken", "File exists; a file stands where a directory is needed"),
+        (tmp_path / "taken" / "run", "Not a directory; a file stands where a directory is needed"),
+        (read_only_dir / "run", "Read-only file system; choose a place on a writable file system"),
+        (read_only_dir, "Read-only file system; choose a place on a writable file system"),
+    ):
         line = one_error_line(run_cli(*SMOKE, f"hydra.run.dir={run_dir}"))
         assert line.startswith(f"cnnbench: error: hydra.run.dir={run_dir}: {reason}"), line
     assert (tmp_path / "taken").read_text() == "notes\n"
-    line = one_error_line(run_cli("checkpoint=best.pt", f"hydra.run.dir={tmp_path / 'taken'}",
-                                  module="cnnbench.evaluate"))
+    line = one_error_line(
+        run_cli("checkpoint=best.pt", f"hydra.run.dir={tmp_path / 'taken'}", module="cnnbench.evaluate")
+    )
     assert line.startswith(f"cnnbench: error: hydra.run.dir={tmp_path / 'taken'}: File exists")
 
 
 def test_cpu_ranks_beyond_the_cores_are_warned_and_far_beyond_refused(tmp_path, caplog):
     cores = len(os.sched_getaffinity(0))
     line = one_error_line(run_cli(*SMOKE, f"hardware.nproc={4 * cores + 1}", f"hydra.run.dir={tmp_path / 'run'}"))
-    assert line.startswith(f"cnnbench: error: hardware.nproc: {4 * cores + 1} CPU ranks are too many for {cores} "
-                           f"cores and ") and line.endswith(f"{cores} run at full speed")
+    assert line.startswith(
+        f"cnnbench: error: hardware.nproc: {4 * cores + 1} CPU ranks are too many for {cores} cores and "
+    ) and line.endswith(f"{cores} run at full speed")
     assert not (tmp_path / "run" / "train.log").exists()
     with caplog.at_level(logging.WARNING, "cnnbench"):
         check_cpu_rank_count(make_config(tmp_path, *SMOKE, f"hardware.nproc={cores + 1}").hardware)

@@ -1,4 +1,5 @@
 """Files a run leaves (cnnbench.files): whole or not at all, on a disk that really fills up."""
+
 import errno
 import json
 import os
@@ -31,10 +32,22 @@ def test_a_disk_that_fills_up_while_metrics_are_written_ends_in_one_line_and_fai
     """The disk fills between two epochs (the run stopped meanwhile, so that nothing else lands first):
     metrics.csv cannot be written, and the run ends with one line naming it and summary.json saying failed."""
     run = tiny_disk / "run"
-    process = subprocess.Popen([sys.executable, "-m", "cnnbench.train", *SMOKE, "train.epochs=2",
-                                "data.device_resident=false", f"hydra.run.dir={run}"], cwd=ROOT,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cnnbench.train",
+            *SMOKE,
+            "train.epochs=2",
+            "data.device_resident=false",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         while not (run / "checkpoints" / "last.pt").exists():
             assert process.poll() is None, process.stderr.read()
@@ -45,9 +58,11 @@ def test_a_disk_that_fills_up_while_metrics_are_written_ends_in_one_line_and_fai
     finally:
         process.kill()  # a failed assertion must not leave it holding the disk
     assert process.returncode == 2 and "Traceback" not in stderr, stderr
-    assert stderr.strip().splitlines()[-1] == (f"cnnbench: error: {run / 'metrics.csv'}: could not be written (No "
-                                               f"space left on device); the previous metrics.csv, if any, "
-                                               f"is kept whole")
+    assert stderr.strip().splitlines()[-1] == (
+        f"cnnbench: error: {run / 'metrics.csv'}: could not be written (No "
+        f"space left on device); the previous metrics.csv, if any, "
+        f"is kept whole"
+    )
     assert json.loads((run / "summary.json").read_text())["status"] == "failed"
     assert not list(run.rglob(".*.tmp"))
 

@@ -1,5 +1,6 @@
 """On a GPU: mixed precision learns. Skipped without CUDA (tests/conftest.py); scripts/gpu_acceptance.sh
 measures the rest of the CUDA paths."""
+
 import pytest
 
 from cnnbench.engine.trainer import train
@@ -13,8 +14,9 @@ pytestmark = pytest.mark.gpu
 def test_a_mixed_precision_run_learns_on_the_gpu(precision, tmp_path):
     """The loss falls over three epochs, and fp16's GradScaler skips no step after its first scale search."""
     on_cpu = [o for o in SMOKE if o != "hardware=cpu"]
-    cfg = make_config(tmp_path, *on_cpu, "hardware=gpu", f"hardware.precision={precision}", "train.epochs=3",
-                      "optimizer.lr=0.05")
+    cfg = make_config(
+        tmp_path, *on_cpu, "hardware=gpu", f"hardware.precision={precision}", "train.epochs=3", "optimizer.lr=0.05"
+    )
     summary = train(cfg)
     losses = [float(line.split(",")[3]) for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
     assert summary["status"] == "completed" and losses[-1] < losses[0]

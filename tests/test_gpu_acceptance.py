@@ -1,5 +1,6 @@
 """scripts/gpu_acceptance.sh on the CPU (DEVICE=cpu): its logic runs with tiny shapes, the rows that need
 CUDA are recorded as skipped, and the table and its JSON hold every row."""
+
 import json
 import os
 import subprocess
@@ -17,8 +18,14 @@ CUDA_ROWS = ["host_syncs", "cuda_prefetcher", "deterministic_resume", "predict_d
 
 def test_gpu_acceptance_runs_on_cpu_and_records_every_row(tmp_path):
     env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([str(ROOT / "scripts" / "gpu_acceptance.sh"), str(tmp_path)], capture_output=True,
-                            text=True, env=env, cwd=ROOT, timeout=600)
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "gpu_acceptance.sh"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     table = json.loads((tmp_path / "gpu_acceptance.json").read_text())
     assert table["device"] == "cpu"

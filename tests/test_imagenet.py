@@ -4,6 +4,7 @@ tests/data/meta.mat (and meta_uncompressed.mat) are small copies of the devkit's
 scipy.io.savemat (compressed, and not) with the devkit's `synsets` fields: three classes whose
 ILSVRC2012_IDs run against wnid order, as the real IDs do, and one parent synset that is not a class.
 """
+
 import json
 import shutil
 from pathlib import Path
@@ -26,8 +27,16 @@ CLASSES = ["n01440764", "n02092339", "n02119789"]  # tench, Weimaraner, kit fox:
 DEVKIT_IDS = {"n02119789": 1, "n02092339": 2, "n01440764": 3}  # as in the meta.mat fixtures
 COLOURS = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]
 VAL_CLASSES = [2, 0, 1, 2, 1, 2]  # ILSVRC2012_val_00000001.JPEG ... by class index: 1, 2 and 3 images per class
-TINY = ["data=imagenet", "data.image_size=32", "data.batch_size=6", "data.workers=0", "model=lenet5",
-        "model.variant=modern", "train.epochs=1", "hardware=cpu"]
+TINY = [
+    "data=imagenet",
+    "data.image_size=32",
+    "data.batch_size=6",
+    "data.workers=0",
+    "model=lenet5",
+    "model.variant=modern",
+    "train.epochs=1",
+    "hardware=cpu",
+]
 
 
 def solid(path: Path, c: int):
@@ -50,12 +59,14 @@ def imagenet_as_shipped(base: Path, labels: str | None) -> Path:
         data.mkdir(parents=True)
         shutil.copy(FIXTURES / "meta.mat", data / "meta.mat")
         (data / "ILSVRC2012_validation_ground_truth.txt").write_text(
-            "".join(f"{DEVKIT_IDS[CLASSES[c]]}\n" for c in VAL_CLASSES))
+            "".join(f"{DEVKIT_IDS[CLASSES[c]]}\n" for c in VAL_CLASSES)
+        )
     elif labels == "kaggle":
         rows = [f"{name},{CLASSES[c]} 1 2 18 20 {CLASSES[c]} 3 4 10 12" for name, c in zip(names, VAL_CLASSES)]
         (base / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(reversed(rows)) + "\n")
-        (base / "LOC_synset_mapping.txt").write_text("n01440764 tench, Tinca tinca\nn02092339 Weimaraner\n"
-                                                     "n02119789 kit fox, Vulpes macrotis\n")
+        (base / "LOC_synset_mapping.txt").write_text(
+            "n01440764 tench, Tinca tinca\nn02092339 Weimaraner\nn02119789 kit fox, Vulpes macrotis\n"
+        )
     return root
 
 
@@ -77,10 +88,16 @@ def test_flat_val_with_either_labels_file_trains_and_evaluates(tmp_path, labels,
     assert train(make_config(run, *TINY, f"data.root={root}"))["status"] == "completed"
     assert load_checkpoint(run / "checkpoints" / "last.pt")["classes"] == CLASSES
     capsys.readouterr()
-    result = evaluate(make_config(tmp_path / "evaluate", f"checkpoint={run / 'checkpoints' / 'last.pt'}",
-                                  "hardware=cpu", app="evaluate"))
+    result = evaluate(
+        make_config(
+            tmp_path / "evaluate", f"checkpoint={run / 'checkpoints' / 'last.pt'}", "hardware=cpu", app="evaluate"
+        )
+    )
     assert [(c["class"], c["name"], c["samples"]) for c in result["per_class"]] == [
-        ("n01440764", "tench", 1), ("n02092339", "Weimaraner", 2), ("n02119789", "kit fox", 3)]
+        ("n01440764", "tench", 1),
+        ("n02092339", "Weimaraner", 2),
+        ("n02119789", "kit fox", 3),
+    ]
     assert "n02092339 Weimaraner  " in capsys.readouterr().out
 
 
@@ -90,12 +107,20 @@ def test_predict_shows_the_wnid_and_its_name(tmp_path):
     run = tmp_path / "run"
     train(make_config(run, *TINY, f"data.root={root}"))
     image = root / "val" / "ILSVRC2012_val_00000001.JPEG"
-    result = run_cli(f"checkpoint={run / 'checkpoints' / 'last.pt'}", f"images=[{image}]", "hardware=cpu",
-                     f"hydra.run.dir={tmp_path / 'predict'}", module="cnnbench.predict")
+    result = run_cli(
+        f"checkpoint={run / 'checkpoints' / 'last.pt'}",
+        f"images=[{image}]",
+        "hardware=cpu",
+        f"hydra.run.dir={tmp_path / 'predict'}",
+        module="cnnbench.predict",
+    )
     assert result.returncode == 0, result.stderr
     topk = json.loads((tmp_path / "predict" / "predictions.json").read_text())[0]["topk"]
-    assert {(p["class"], p["name"]) for p in topk} == {("n01440764", "tench"), ("n02092339", "Weimaraner"),
-                                                       ("n02119789", "kit fox")}
+    assert {(p["class"], p["name"]) for p in topk} == {
+        ("n01440764", "tench"),
+        ("n02092339", "Weimaraner"),
+        ("n02119789", "kit fox"),
+    }
     for p in topk:
         assert f"% {p['class']} {p['name']}\n" in result.stdout + "\n"
 
@@ -108,7 +133,8 @@ def test_a_flat_val_without_labels_stops_saying_what_to_pass(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"cnnbench: error: data.val_labels: {root / 'val'} holds images but no class folders; pass "
         f"data.val_labels=FILE: the devkit's data/ILSVRC2012_validation_ground_truth.txt (meta.mat beside it) "
-        f"or Kaggle's LOC_val_solution.csv")
+        f"or Kaggle's LOC_val_solution.csv"
+    )
 
 
 def test_labels_that_do_not_fit_the_folder_are_named(tmp_path):

@@ -1,4 +1,5 @@
 """Using trained models: evaluate (TTA, per-class), predict (top-k, dense), convolutionize, LRN, fine-tuning."""
+
 import csv
 import json
 
@@ -21,14 +22,34 @@ from .helpers import make_config, run_cli
 
 # 4 synthetic classes of 28x28 grayscale images: a checkpoint to evaluate, and to fine-tune onto
 # Fashion-MNIST's 10 classes.
-SYNTHETIC = ["data=synthetic", "data.image_size=28", "data.channels=1", "data.num_classes=4", "data.train_size=256",
-             "data.val_size=64", "data.batch_size=32", "model=lenet5", "model.variant=modern", "hardware=cpu"]
-FASHION = ["data.train_size=2000", "data.val_size=500", "data.batch_size=50", "model=lenet5", "model.variant=modern",
-           "optimizer=adamw", "optimizer.lr=0.01",  # a linear probe: Adam gets far in 40 steps
-           "hardware=cpu", "train.epochs=1"]
+SYNTHETIC = [
+    "data=synthetic",
+    "data.image_size=28",
+    "data.channels=1",
+    "data.num_classes=4",
+    "data.train_size=256",
+    "data.val_size=64",
+    "data.batch_size=32",
+    "model=lenet5",
+    "model.variant=modern",
+    "hardware=cpu",
+]
+FASHION = [
+    "data.train_size=2000",
+    "data.val_size=500",
+    "data.batch_size=50",
+    "model=lenet5",
+    "model.variant=modern",
+    "optimizer=adamw",
+    "optimizer.lr=0.01",  # a linear probe: Adam gets far in 40 steps
+    "hardware=cpu",
+    "train.epochs=1",
+]
 # lenet5's classifier: the last module of its Sequential
-HEAD = create_model("lenet5", num_classes=4, in_chans=1, image_size=28,
-                    variant="modern").pretrained_cfg["classifier"] + "."
+HEAD = (
+    create_model("lenet5", num_classes=4, in_chans=1, image_size=28, variant="modern").pretrained_cfg["classifier"]
+    + "."
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +71,13 @@ def fine_tuned(synthetic_run, tmp_path_factory):
 @pytest.mark.slow  # a real command in a subprocess
 def test_evaluate_reproduces_the_runs_own_val_metrics(synthetic_run, tmp_path):
     run_dir, summary = synthetic_run
-    result = run_cli(f"checkpoint={run_dir}/checkpoints/best.pt", f"hydra.run.dir={tmp_path / 'eval'}",
-                     f"output={tmp_path / 'out' / 'eval.json'}", "hardware=cpu", module="cnnbench.evaluate")
+    result = run_cli(
+        f"checkpoint={run_dir}/checkpoints/best.pt",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        f"output={tmp_path / 'out' / 'eval.json'}",
+        "hardware=cpu",
+        module="cnnbench.evaluate",
+    )
     assert result.returncode == 0, result.stderr
     on_disk = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert on_disk == json.loads((tmp_path / "out" / "eval.json").read_text())
@@ -85,24 +111,39 @@ def test_tta_averages_the_logits_of_its_views(synthetic_run, tmp_path):
         large = batches[TTA.tencrop]
         side = large.shape[-1]
         assert side == 32  # 28 / eval_crop_ratio 0.875: the larger image the crops come from
-        corners = [(0, 0), (0, side - size), (side - size, 0), (side - size, side - size),
-                   ((side - size) // 2, (side - size) // 2)]
-        crops = [large[..., y:y + size, x:x + size] for y, x in corners]
+        corners = [
+            (0, 0),
+            (0, side - size),
+            (side - size, 0),
+            (side - size, side - size),
+            ((side - size) // 2, (side - size) // 2),
+        ]
+        crops = [large[..., y : y + size, x : x + size] for y, x in corners]
         expected = torch.stack([model(c) for c in crops] + [model(c.flip(-1)) for c in crops]).mean(0)
         assert torch.allclose(logits[TTA.tencrop], expected, atol=1e-5)
     assert not torch.allclose(logits[TTA.none], logits[TTA.flip])
     assert not torch.allclose(logits[TTA.none], logits[TTA.tencrop])
     # the whole evaluation, with tencrop: its own numbers, every sample still counted once
-    results = {tta: evaluate(make_config(tmp_path / tta.value, f"checkpoint={synthetic_run[0]}/checkpoints/best.pt",
-                                         "hardware=cpu", f"eval.tta={tta.value}", app="evaluate"))
-               for tta in (TTA.none, TTA.tencrop)}
+    results = {
+        tta: evaluate(
+            make_config(
+                tmp_path / tta.value,
+                f"checkpoint={synthetic_run[0]}/checkpoints/best.pt",
+                "hardware=cpu",
+                f"eval.tta={tta.value}",
+                app="evaluate",
+            )
+        )
+        for tta in (TTA.none, TTA.tencrop)
+    }
     assert results[TTA.tencrop]["samples"] == 64 and results[TTA.tencrop]["loss"] != results[TTA.none]["loss"]
 
 
 def test_evaluate_refuses_data_of_other_classes(synthetic_run, tmp_path):
     checkpoint = synthetic_run[0] / "checkpoints" / "best.pt"
-    cfg = make_config(tmp_path, f"checkpoint={checkpoint}", "data=fashion_mnist", "data.image_size=28", "hardware=cpu",
-                      app="evaluate")
+    cfg = make_config(
+        tmp_path, f"checkpoint={checkpoint}", "data=fashion_mnist", "data.image_size=28", "hardware=cpu", app="evaluate"
+    )
     with pytest.raises(CheckpointError, match=f"^{checkpoint}: trained on other classes than fashion_mnist's$"):
         evaluate(cfg)
 
@@ -133,8 +174,14 @@ def test_predict_prints_top_k_class_names(fine_tuned, tmp_path):
     paths, images = fashion_pngs(tmp_path, config)
     with torch.no_grad():
         probabilities = model(Normalize(config.data)(images)).softmax(1)
-    result = run_cli(f"checkpoint={checkpoint}", f"images=[{','.join(map(str, paths))}]", "topk=3", "hardware=cpu",
-                     f"hydra.run.dir={tmp_path / 'predict'}", module="cnnbench.predict")
+    result = run_cli(
+        f"checkpoint={checkpoint}",
+        f"images=[{','.join(map(str, paths))}]",
+        "topk=3",
+        "hardware=cpu",
+        f"hydra.run.dir={tmp_path / 'predict'}",
+        module="cnnbench.predict",
+    )
     assert result.returncode == 0, result.stderr
     predictions = json.loads((tmp_path / "predict" / "predictions.json").read_text())
     for path, prediction, expected in zip(paths, predictions, probabilities):
@@ -150,8 +197,15 @@ def test_predict_prints_top_k_class_names(fine_tuned, tmp_path):
 def test_predict_dense_maps_classes_over_a_larger_image(fine_tuned, tmp_path):
     checkpoint = fine_tuned[0] / "checkpoints" / "last.pt"
     paths, _ = fashion_pngs(tmp_path, load_trained(checkpoint, torch.device("cpu"))[2], count=1)
-    result = run_cli(f"checkpoint={checkpoint}", f"images=[{paths[0]}]", "dense=true", "dense_scale=2",
-                     "hardware=cpu", f"hydra.run.dir={tmp_path / 'predict'}", module="cnnbench.predict")
+    result = run_cli(
+        f"checkpoint={checkpoint}",
+        f"images=[{paths[0]}]",
+        "dense=true",
+        "dense_scale=2",
+        "hardware=cpu",
+        f"hydra.run.dir={tmp_path / 'predict'}",
+        module="cnnbench.predict",
+    )
     assert result.returncode == 0, result.stderr
     class_map = json.loads((tmp_path / "predict" / "predictions.json").read_text())[0]["class_map"]
     # lenet5 at 56 px: C5 sees 12x12 and gives 8x8 windows, where at 28 px it gave 1x1
@@ -164,19 +218,27 @@ def test_predict_dense_maps_classes_over_a_larger_image(fine_tuned, tmp_path):
 def test_predict_names_the_bad_image(synthetic_run, tmp_path, image, error):
     """The message (one line: cli.py prints it) names the file; nothing is written."""
     (tmp_path / "notes.jpg").write_text("not pixels")
-    cfg = make_config(tmp_path, f"checkpoint={synthetic_run[0]}/checkpoints/best.pt", "hardware=cpu",
-                      f"images=[{tmp_path / image}]", app="predict")
+    cfg = make_config(
+        tmp_path,
+        f"checkpoint={synthetic_run[0]}/checkpoints/best.pt",
+        "hardware=cpu",
+        f"images=[{tmp_path / image}]",
+        app="predict",
+    )
     with pytest.raises(DataError, match=f"^images: .*{tmp_path / image}") as raised:
         predict(cfg)
     assert error in str(raised.value) and "\n" not in str(raised.value)
     assert not (tmp_path / "predictions.json").exists()
 
 
-@pytest.mark.parametrize("name, knobs, channels, size", [
-    ("alexnet", {"width_mult": 0.25}, 3, 32),  # adaptive pool 3x3 -> 6x6 folded into the first kernel
-    ("vgg11_bn", {"width_mult": 0.125}, 3, 32),  # 1x1 -> 7x7
-    ("fmnist_cnn", {"width_mult": 0.25, "norm": "batch"}, 1, 28),  # a Sequential, no pool
-])
+@pytest.mark.parametrize(
+    "name, knobs, channels, size",
+    [
+        ("alexnet", {"width_mult": 0.25}, 3, 32),  # adaptive pool 3x3 -> 6x6 folded into the first kernel
+        ("vgg11_bn", {"width_mult": 0.125}, 3, 32),  # 1x1 -> 7x7
+        ("fmnist_cnn", {"width_mult": 0.25, "norm": "batch"}, 1, 28),  # a Sequential, no pool
+    ],
+)
 def test_convolutionize_keeps_outputs_and_maps_larger_images(name, knobs, channels, size):
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, in_chans=channels, image_size=size, **knobs).eval()
@@ -191,8 +253,10 @@ def test_convolutionize_keeps_outputs_and_maps_larger_images(name, knobs, channe
         assert dense(large).shape == (1, 10, grown + 1, grown + 1)
 
 
-@pytest.mark.parametrize("name, knobs, channels, size", [
-    ("alexnet", {"width_mult": 0.25}, 3, 32), ("fmnist_cnn", {"width_mult": 0.25, "norm": "batch"}, 1, 28)])
+@pytest.mark.parametrize(
+    "name, knobs, channels, size",
+    [("alexnet", {"width_mult": 0.25}, 3, 32), ("fmnist_cnn", {"width_mult": 0.25, "norm": "batch"}, 1, 28)],
+)
 def test_convolutionize_builds_on_the_models_device_and_dtype(name, knobs, channels, size):
     # predict dense=true moves the model to the GPU before convolutionizing it (issue 20, item 1):
     # the meta device stands in for CUDA, float64 shows the dtype and that the outputs still match.
@@ -245,8 +309,18 @@ def test_fine_tuning_with_a_frozen_backbone_trains_only_the_head(synthetic_run, 
 
 def test_layer_decay_gives_the_backbone_smaller_learning_rates(synthetic_run, tmp_path):
     weights = synthetic_run[0] / "checkpoints" / "last.pt"
-    train(make_config(tmp_path, *SYNTHETIC, "data.num_classes=3", f"model.weights={weights}", "train.epochs=1",
-                      "train.limit_train_batches=2", "optimizer.layer_decay=0.5", "scheduler=constant"))
+    train(
+        make_config(
+            tmp_path,
+            *SYNTHETIC,
+            "data.num_classes=3",
+            f"model.weights={weights}",
+            "train.epochs=1",
+            "train.limit_train_batches=2",
+            "optimizer.layer_decay=0.5",
+            "scheduler=constant",
+        )
+    )
     groups = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     scales = sorted({g["lr_scale"] for g in groups})
     assert scales == [0.5, 1.0]  # lenet5: one group of backbone layers below the head
@@ -259,9 +333,16 @@ def test_layer_decay_gives_the_backbone_smaller_learning_rates(synthetic_run, tm
 @pytest.mark.slow  # a real command in a subprocess
 def test_pretrained_offline_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = run_cli("model=timm", "model.name=resnet10t", "model.pretrained=true", "data=synthetic",
-                     "hardware=cpu", f"hydra.run.dir={tmp_path}", timeout=60,
-                     cold=True)  # huggingface_hub reads HF_HUB_OFFLINE when it is imported
+    result = run_cli(
+        "model=timm",
+        "model.name=resnet10t",
+        "model.pretrained=true",
+        "data=synthetic",
+        "hardware=cpu",
+        f"hydra.run.dir={tmp_path}",
+        timeout=60,
+        cold=True,
+    )  # huggingface_hub reads HF_HUB_OFFLINE when it is imported
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("cnnbench: error: model.pretrained: could not fetch weights for resnet10t")
     assert len(result.stderr.strip().splitlines()) == 1

@@ -1,6 +1,7 @@
 """Meta Pseudo Labels (Pham, Dai, Xie, Luong and Le 2021): both networks train from one step to the next, the
 teacher starts from a cnnbench checkpoint or from scratch, the feedback moves the teacher towards labels that
 helped the student, and a run killed with SIGKILL and resumed ends bit-identical to one never stopped."""
+
 import os
 import random
 import signal
@@ -21,9 +22,17 @@ from cnnbench.errors import CheckpointError, ConfigError
 from .helpers import ROOT, assert_same_weights_and_optimizer, make_config, metrics
 
 # 256 labeled images in 8 batches of 32 an epoch; a pool of 512 in batches of 64 (8 a pass).
-LABELED = ["data=fashion_mnist", "data.train_size=256", "data.val_size=128", "data.batch_size=32",
-           "model=fmnist_cnn_bn", "model.width_mult=0.25", "model.drop_rate=0.3", "augmentation=basic",
-           "hardware=cpu"]
+LABELED = [
+    "data=fashion_mnist",
+    "data.train_size=256",
+    "data.val_size=128",
+    "data.batch_size=32",
+    "model=fmnist_cnn_bn",
+    "model.width_mult=0.25",
+    "model.drop_rate=0.3",
+    "augmentation=basic",
+    "hardware=cpu",
+]
 MPL = [*LABELED, "mpl.enabled=true", "mpl.pool_size=512", "mpl.unlabeled_batch_ratio=2"]
 
 
@@ -31,8 +40,17 @@ def test_teacher_from_a_checkpoint_and_student_both_train(tmp_path):
     train(make_config(tmp_path / "teacher", *LABELED, "train.epochs=1"))
     start = tmp_path / "teacher" / "checkpoints" / "last.pt"
     run = tmp_path / "mpl"
-    summary = train(make_config(run, *MPL, f"mpl.teacher={start}", "mpl.pseudo_label=argmax", "mpl.uda_weight=1",
-                                "train.epochs=2", "train.log_every_steps=4"))
+    summary = train(
+        make_config(
+            run,
+            *MPL,
+            f"mpl.teacher={start}",
+            "mpl.pseudo_label=argmax",
+            "mpl.uda_weight=1",
+            "train.epochs=2",
+            "train.log_every_steps=4",
+        )
+    )
     assert summary["status"] == "completed" and summary["step"] == 16
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     teacher_start = load_checkpoint(start)["model"]
@@ -72,27 +90,50 @@ def test_a_teacher_from_scratch_has_the_students_architecture(tmp_path):
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert summary["step"] == 2
     assert state["mpl"]["teacher"].keys() == state["model"].keys()
-    assert any(not torch.equal(state["mpl"]["teacher"][k], state["model"][k]) for k in state["model"]
-               if state["model"][k].is_floating_point())
+    assert any(
+        not torch.equal(state["mpl"]["teacher"][k], state["model"][k])
+        for k in state["model"]
+        if state["model"][k].is_floating_point()
+    )
 
 
 def test_a_teacher_for_other_classes_is_refused_naming_mpl_teacher(tmp_path):
-    train(make_config(tmp_path / "teacher", "data=synthetic", "data.image_size=28", "data.channels=1",
-                      "data.mean=[0.5]", "data.std=[0.5]", "data.num_classes=3", "data.train_size=64",
-                      "data.val_size=32", "data.batch_size=32", "model=lenet5", "hardware=cpu", "train.epochs=1"))
+    train(
+        make_config(
+            tmp_path / "teacher",
+            "data=synthetic",
+            "data.image_size=28",
+            "data.channels=1",
+            "data.mean=[0.5]",
+            "data.std=[0.5]",
+            "data.num_classes=3",
+            "data.train_size=64",
+            "data.val_size=32",
+            "data.batch_size=32",
+            "model=lenet5",
+            "hardware=cpu",
+            "train.epochs=1",
+        )
+    )
     start = tmp_path / "teacher" / "checkpoints" / "last.pt"
     with pytest.raises(CheckpointError, match=f"mpl.teacher: {start} was trained on other classes"):
         train(make_config(tmp_path / "mpl", *MPL, f"mpl.teacher={start}", "train.epochs=1"))
 
 
-@pytest.mark.parametrize("override,key", [
-    ("data.train_size=null", "data.train_size"), ("mpl.teacher_lr=0", "mpl.teacher_lr"),
-    ("mpl.unlabeled_batch_ratio=0", "mpl.unlabeled_batch_ratio"), ("mpl.uda_weight=-1", "mpl.uda_weight"),
-    ("mpl.uda_threshold=1", "mpl.uda_threshold"), ("distill.teacher=x.pt", "distill.teacher"),
-    ("augmentation.mixup_alpha=0.2", "augmentation.mixup_alpha"),
-    ("train.grad_accum_steps=2", "train.grad_accum_steps"),
-    ("hardware.precision=fp16", "hardware.precision=fp16"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("data.train_size=null", "data.train_size"),
+        ("mpl.teacher_lr=0", "mpl.teacher_lr"),
+        ("mpl.unlabeled_batch_ratio=0", "mpl.unlabeled_batch_ratio"),
+        ("mpl.uda_weight=-1", "mpl.uda_weight"),
+        ("mpl.uda_threshold=1", "mpl.uda_threshold"),
+        ("distill.teacher=x.pt", "distill.teacher"),
+        ("augmentation.mixup_alpha=0.2", "augmentation.mixup_alpha"),
+        ("train.grad_accum_steps=2", "train.grad_accum_steps"),
+        ("hardware.precision=fp16", "hardware.precision=fp16"),
+    ],
+)
 def test_bad_mpl_settings_name_their_key(override, key, tmp_path):
     with pytest.raises(ConfigError, match=key):
         check_config(make_config(tmp_path, *MPL, override))
@@ -117,9 +158,13 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     train(make_config(straight, *EXACT))
 
     def launch(*extra):
-        return subprocess.Popen([sys.executable, "-m", "cnnbench.train", *EXACT, f"hydra.run.dir={killed}", *extra],
-                                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return subprocess.Popen(
+            [sys.executable, "-m", "cnnbench.train", *EXACT, f"hydra.run.dir={killed}", *extra],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
     last = killed / "checkpoints" / "last.pt"
     victim = launch()
@@ -133,16 +178,21 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert at_kill["step"] < 16
     resumed = launch("resume=auto")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
-    assert f"resumed from {last}: epoch {at_kill['epoch']}, batch {at_kill['batch_in_epoch']}" in \
-        (killed / "train.log").read_text()
+    assert (
+        f"resumed from {last}: epoch {at_kill['epoch']}, batch {at_kill['batch_in_epoch']}"
+        in (killed / "train.log").read_text()
+    )
 
     a, b = load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(last)
     assert a["step"] == b["step"] == 16
     assert_same_weights_and_optimizer(a, b)
-    assert_same_weights_and_optimizer({"model": a["mpl"]["teacher"], "optimizer": a["mpl"]["optimizer"]},
-                                      {"model": b["mpl"]["teacher"], "optimizer": b["mpl"]["optimizer"]})
+    assert_same_weights_and_optimizer(
+        {"model": a["mpl"]["teacher"], "optimizer": a["mpl"]["optimizer"]},
+        {"model": b["mpl"]["teacher"], "optimizer": b["mpl"]["optimizer"]},
+    )
     assert a["mpl"]["scheduler"] == b["mpl"]["scheduler"] and a["scheduler"] == b["scheduler"]
     assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
     timing = ("epoch_time_s", "train_img_per_s")
-    assert [{k: v for k, v in r.items() if k not in timing} for r in metrics(straight)] == \
-        [{k: v for k, v in r.items() if k not in timing} for r in metrics(killed)]
+    assert [{k: v for k, v in r.items() if k not in timing} for r in metrics(straight)] == [
+        {k: v for k, v in r.items() if k not in timing} for r in metrics(killed)
+    ]

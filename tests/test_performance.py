@@ -1,5 +1,6 @@
 """Speed features, checked for correctness (never for time): the trainer-vs-bare-step benchmark, JPEG
 decoding on a device (exercised on `cpu` through the code a GPU runs), the loader keys, compile=auto."""
+
 import json
 import os
 import statistics
@@ -20,9 +21,18 @@ from cnnbench.report import main as report
 
 from .helpers import bad_image_tree, make_config, run_cli
 
-TINY_BENCH = ["model=lenet5", "data=synthetic", "data.image_size=28", "data.channels=1", "data.batch_size=16",
-              "hardware=cpu",
-              "bench.warmup_steps=1", "bench.windows=2", "bench.steps_per_window=2", "bench.matmul_size=256"]
+TINY_BENCH = [
+    "model=lenet5",
+    "data=synthetic",
+    "data.image_size=28",
+    "data.channels=1",
+    "data.batch_size=16",
+    "hardware=cpu",
+    "bench.warmup_steps=1",
+    "bench.windows=2",
+    "bench.steps_per_window=2",
+    "bench.matmul_size=256",
+]
 
 
 @pytest.mark.parametrize("groups", [1, 64])
@@ -42,8 +52,13 @@ def test_a_convolutions_backward_counts_its_forward_once_per_gradient(groups):
 
 @pytest.mark.slow  # a real command in a subprocess
 def test_bench_trainer_columns_are_consistent(tmp_path, capsys):
-    result = run_cli(*TINY_BENCH, "bench.trainer=true", "bench.trainer_rounds=2",
-                     f"hydra.run.dir={tmp_path / 'lenet5'}", module="cnnbench.bench")
+    result = run_cli(
+        *TINY_BENCH,
+        "bench.trainer=true",
+        "bench.trainer_rounds=2",
+        f"hydra.run.dir={tmp_path / 'lenet5'}",
+        module="cnnbench.bench",
+    )
     assert result.returncode == 0, result.stderr
     assert "epoch 1: train loss" in result.stdout  # the timed numbers came from train()'s own epochs
     b = json.loads((tmp_path / "lenet5" / "bench.json").read_text())
@@ -67,9 +82,18 @@ def image_tree(tmp_path_factory):
 
 
 def loaders(root, *overrides):
-    cfg = make_config(root / "run", "data=imagefolder", f"data.root={root}", "data.image_size=32",
-                      "data.batch_size=6", "data.workers=1", "model=lenet5", "hardware=cpu",
-                      "augmentation=imagenet", *overrides)
+    cfg = make_config(
+        root / "run",
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.batch_size=6",
+        "data.workers=1",
+        "model=lenet5",
+        "hardware=cpu",
+        "augmentation=imagenet",
+        *overrides,
+    )
     return build_data(cfg)
 
 
@@ -113,8 +137,11 @@ def test_decode_on_a_device_lights_the_batch_at_once_as_pil_lights_each_image(tm
     """AlexNet's lighting after imagenet crops: one add for the decoded batch (issue 20, item 13), each
     image's shift drawn where the per-image transform draws it, so the images are the PIL path's."""
     png_tree(tmp_path)
-    lit = ["augmentation.lighting=0.1", f"data.channels={channels}",
-           *(["data.mean=[0.5]", "data.std=[0.25]"] if channels == 1 else [])]
+    lit = [
+        "augmentation.lighting=0.1",
+        f"data.channels={channels}",
+        *(["data.mean=[0.5]", "data.std=[0.25]"] if channels == 1 else []),
+    ]
     pil, decoded = loaders(tmp_path, *lit), loaders(tmp_path, *lit, "data.decode_device=cpu")
     assert decoded.train_loader.loader.lighting is not None  # the batched path, not the per-image one
     pairs = list(zip(pil.train_loader, decoded.train_loader, strict=True))
@@ -126,9 +153,20 @@ def test_decode_on_a_device_lights_the_batch_at_once_as_pil_lights_each_image(tm
 
 def test_training_with_decode_device_auto_names_the_bad_files(image_tree, tmp_path):
     root, bad = image_tree
-    summary = train(make_config(tmp_path, "data=imagefolder", f"data.root={root}", "data.image_size=32",
-                                "data.batch_size=6", "data.workers=0", "model=lenet5", "hardware=cpu",
-                                "train.epochs=1", "data.decode_device=auto"))
+    summary = train(
+        make_config(
+            tmp_path,
+            "data=imagefolder",
+            f"data.root={root}",
+            "data.image_size=32",
+            "data.batch_size=6",
+            "data.workers=0",
+            "model=lenet5",
+            "hardware=cpu",
+            "train.epochs=1",
+            "data.decode_device=auto",
+        )
+    )
     assert summary["status"] == "completed" and sorted(summary["skipped_images"]) == bad
 
 
@@ -137,9 +175,11 @@ def test_loader_keys(image_tree, tmp_path):
     loader = loaders(root, "data.workers=null", "data.prefetch_factor=3").train_loader.loader
     assert loader.num_workers == min(8, len(os.sched_getaffinity(0)))
     assert loader.prefetch_factor == 3 and loader.persistent_workers and not loader.pin_memory  # pinned on CUDA only
-    for overrides, message in [(["data.prefetch_factor=2", "data.workers=0"], "data.prefetch_factor: workers"),
-                               (["data.decode_device=cpu"], "data.decode_device: decodes the files"),
-                               (["hardware.compile=sometimes"], "hardware.compile: true, false or auto")]:
+    for overrides, message in [
+        (["data.prefetch_factor=2", "data.workers=0"], "data.prefetch_factor: workers"),
+        (["data.decode_device=cpu"], "data.decode_device: decodes the files"),
+        (["hardware.compile=sometimes"], "hardware.compile: true, false or auto"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             cfg = make_config(tmp_path, *overrides)
             check_config(cfg)

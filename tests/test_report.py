@@ -1,4 +1,5 @@
 """Sweeps as a user runs them (`-m`, in a subprocess), the report on them, and the bench."""
+
 import csv
 import json
 import math
@@ -36,8 +37,16 @@ from .helpers import CONF, ROOT, SMOKE, confusion_matrix, make_config, run_cli, 
 pytestmark = pytest.mark.slow  # real sweeps
 
 # A 2 x 2 depth x width grid on a Fashion-MNIST subset: one epoch of 8 batches per point.
-GRID = ["model=fmnist_cnn", "model.width_mult=0.25,0.5", "model.depth_mult=0.5,1", "data.train_size=512",
-        "data.val_size=256", "data.batch_size=64", "train.epochs=1", "hardware=cpu"]
+GRID = [
+    "model=fmnist_cnn",
+    "model.width_mult=0.25,0.5",
+    "model.depth_mult=0.5,1",
+    "data.train_size=512",
+    "data.val_size=256",
+    "data.batch_size=64",
+    "train.epochs=1",
+    "hardware=cpu",
+]
 
 
 def point_dirs(sweep_dir, record="summary.json"):
@@ -64,8 +73,11 @@ def test_a_sweep_runs_every_point_in_a_directory_named_by_its_swept_keys(grid):
         summary = json.loads((point / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["epochs"] == 1 and summary["data"] == "fashion_mnist"
     assert sorted(p.name for p in points) == [  # the swept keys only; every override is in .hydra/overrides.yaml
-        "model.depth_mult=0.5,model.width_mult=0.25", "model.depth_mult=0.5,model.width_mult=0.5",
-        "model.depth_mult=1,model.width_mult=0.25", "model.depth_mult=1,model.width_mult=0.5"]
+        "model.depth_mult=0.5,model.width_mult=0.25",
+        "model.depth_mult=0.5,model.width_mult=0.5",
+        "model.depth_mult=1,model.width_mult=0.25",
+        "model.depth_mult=1,model.width_mult=0.5",
+    ]
     for point in points:
         overrides = OmegaConf.load(point / ".hydra" / "overrides.yaml")
         assert "data.train_size=512" in overrides and "model=fmnist_cnn" in overrides
@@ -122,8 +134,9 @@ def test_report_plots_name_the_model_and_data_and_key_what_they_draw(grid, tmp_p
     key = ax.get_legend()
     assert key.get_title().get_text() == "parameters"
     params = sorted(run["summary"]["params"] for run in runs)
-    assert [text.get_text() for text in key.get_texts()] == \
-        [report.count(float(f"{p:.2g}")) for p in (params[0], (params[0] * params[-1]) ** 0.5, params[-1])]
+    assert [text.get_text() for text in key.get_texts()] == [
+        report.count(float(f"{p:.2g}")) for p in (params[0], (params[0] * params[-1]) ** 0.5, params[-1])
+    ]
     areas = [handle.get_sizes()[0] for handle in key.legend_handles]
     assert areas == sorted(areas) and areas[0] < areas[-1]
 
@@ -135,6 +148,7 @@ def test_report_plots_name_the_model_and_data_and_key_what_they_draw(grid, tmp_p
 def test_plot_titles_list_a_few_models_and_call_more_various():
     def runs(models, data="cifar10"):
         return [{"summary": {"model": model, "data": data}} for model in models]
+
     assert report.subject(runs(["resnet18", "lenet5", "resnet18"])) == "lenet5, resnet18 on cifar10"
     assert report.subject(runs(["a", "b", "c", "d"], "fashion_mnist")) == "various (4) on fashion_mnist"
 
@@ -148,9 +162,14 @@ def hparams_dashboard(logdir):
     request_context = RequestContext()
     experiment = get_experiment.Handler(request_context, backend, "", api_pb2.GetExperimentRequest()).run()
     query = api_pb2.ListSessionGroupsRequest(
-        start_index=0, slice_size=100, allowed_statuses=api_pb2.Status.values(),
-        col_params=[*(api_pb2.ColParams(hparam=h.name) for h in experiment.hparam_infos),
-                    *(api_pb2.ColParams(metric=m.name) for m in experiment.metric_infos)])
+        start_index=0,
+        slice_size=100,
+        allowed_statuses=api_pb2.Status.values(),
+        col_params=[
+            *(api_pb2.ColParams(hparam=h.name) for h in experiment.hparam_infos),
+            *(api_pb2.ColParams(metric=m.name) for m in experiment.metric_infos),
+        ],
+    )
     return experiment, list_session_groups.Handler(request_context, backend, "", query).run().session_groups
 
 
@@ -160,9 +179,14 @@ def test_tensorboard_hparams_dashboard_shows_the_swept_keys_first(grid):
     augmented first batch, its config and its confusion matrix, whose CSV counts the val set once."""
     experiment, groups = hparams_dashboard(grid)
     assert [(h.name, h.differs) for h in experiment.hparam_infos][:3] == [
-        ("model.depth_mult", True), ("model.width_mult", True), ("augmentation.name", False)]
+        ("model.depth_mult", True),
+        ("model.width_mult", True),
+        ("augmentation.name", False),
+    ]
     assert {tuple(v.number_value for v in h.domain_discrete.values) for h in experiment.hparam_infos[:2]} == {
-        (0.5, 1.0), (0.25, 0.5)}
+        (0.5, 1.0),
+        (0.25, 0.5),
+    }
     assert [m.name.tag for m in experiment.metric_infos] == list(HPARAM_METRICS)
     assert len(groups) == 4
     seen = set()
@@ -176,8 +200,12 @@ def test_tensorboard_hparams_dashboard_shows_the_swept_keys_first(grid):
         summary = json.loads((point / "summary.json").read_text())
         metric = {m.name.tag: m.value for m in group.metric_values}
         assert metric.keys() == HPARAM_METRICS.keys()
-        for key, tag in (("best_val_top1", "val/best_top1"), ("final_val_top5", "val/top5"),
-                         ("params", "whole_run/params"), ("train_img_per_s", "whole_run/train_img_per_s")):
+        for key, tag in (
+            ("best_val_top1", "val/best_top1"),
+            ("final_val_top5", "val/top5"),
+            ("params", "whole_run/params"),
+            ("train_img_per_s", "whole_run/train_img_per_s"),
+        ):
             assert metric[tag] == pytest.approx(summary[key], rel=1e-6), tag
         events = tensorboard_events(point)
         assert len(events.Images("train/augmented_batch")) == len(events.Tensors("config/text_summary")) == 1
@@ -209,11 +237,21 @@ def test_a_failing_point_is_named_and_the_others_complete(tmp_path):
 
 
 def test_an_interrupted_sweep_resumes_its_point(tmp_path):
-    args = ["-m", *SMOKE, "data.train_size=512", "train.epochs=1", "train.checkpoint_every_steps=2",
-            f"hydra.sweep.dir={tmp_path}"]
-    sweep = subprocess.Popen([sys.executable, "-m", "cnnbench.train", *args], cwd=ROOT,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = [
+        "-m",
+        *SMOKE,
+        "data.train_size=512",
+        "train.epochs=1",
+        "train.checkpoint_every_steps=2",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "cnnbench.train", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     while not list(tmp_path.rglob("last.pt")):
         assert sweep.poll() is None, sweep.stderr.read().decode()
         time.sleep(0.01)
@@ -238,8 +276,9 @@ def test_a_point_is_rerun_when_its_config_changed(tmp_path):
     assert result.stdout.count("completed by an earlier run of this sweep; skipped") == 2, result.stderr
     result = run_cli(*sweep, "train.epochs=2")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("completed with another config (train.epochs 1 -> 2); continuing it with "
-                               "resume=auto") == 2
+    assert (
+        result.stdout.count("completed with another config (train.epochs 1 -> 2); continuing it with resume=auto") == 2
+    )
     for point in point_dirs(tmp_path):
         assert json.loads((point / "summary.json").read_text())["epochs"] == 2
         assert "train.epochs=2" in OmegaConf.load(point / ".hydra" / "overrides.yaml")
@@ -247,9 +286,17 @@ def test_a_point_is_rerun_when_its_config_changed(tmp_path):
 
 def test_a_sweep_of_many_overrides_gets_short_stable_names(tmp_path):
     """A dozen overrides, a path among them, no key swept: one point, named within the file-name limit."""
-    many = [*SMOKE, "train.epochs=1", "seed=3", "optimizer.lr=0.01", "optimizer.momentum=0.8",
-            "optimizer.weight_decay=0.0001", "scheduler.warmup_epochs=0.5", "augmentation.hflip=0.25",
-            f"data.root={tmp_path / 'no' / 'such' / 'dir'}"]
+    many = [
+        *SMOKE,
+        "train.epochs=1",
+        "seed=3",
+        "optimizer.lr=0.01",
+        "optimizer.momentum=0.8",
+        "optimizer.weight_decay=0.0001",
+        "scheduler.warmup_epochs=0.5",
+        "augmentation.hflip=0.25",
+        f"data.root={tmp_path / 'no' / 'such' / 'dir'}",
+    ]
     result = run_cli("-m", *many, f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     [point] = point_dirs(tmp_path)
@@ -259,17 +306,24 @@ def test_a_sweep_of_many_overrides_gets_short_stable_names(tmp_path):
 
 
 def test_point_names_are_the_swept_keys_cut_with_a_hash():
-    assert point_name(["model=resnet18", "model.width_mult=0.5", "seed=0"], {"model", "model.width_mult"}) \
+    assert (
+        point_name(["model=resnet18", "model.width_mult=0.5", "seed=0"], {"model", "model.width_mult"})
         == "model.width_mult=0.5,model=resnet18"
+    )
     long = [f"model.knob{i}={'x' * 20}" for i in range(12)]
     assert len(point_name(long, set())) == 100 and point_name(long, set()) == point_name(long[::-1], set())
     assert point_name(long, set()) != point_name([*long[:-1], "model.knob11=y"], set())
 
 
-@pytest.mark.parametrize("preset, params", [
-    ("width", {"model.width_mult": "0.25,0.5,1,2"}), ("depth", {"model.depth_mult": "0.5,1,2,3"}),
-    ("grid", {"model.depth_mult": "0.5,1,2,3", "model.width_mult": "0.25,0.5,1,2"}),
-    ("compound", {"model.phi": "0,1,2,3"})])
+@pytest.mark.parametrize(
+    "preset, params",
+    [
+        ("width", {"model.width_mult": "0.25,0.5,1,2"}),
+        ("depth", {"model.depth_mult": "0.5,1,2,3"}),
+        ("grid", {"model.depth_mult": "0.5,1,2,3", "model.width_mult": "0.25,0.5,1,2"}),
+        ("compound", {"model.phi": "0,1,2,3"}),
+    ],
+)
 def test_presets_sweep_into_a_stable_directory(preset, params):
     for app in ("train", "bench"):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -279,9 +333,19 @@ def test_presets_sweep_into_a_stable_directory(preset, params):
 
 
 def test_bench_sweep_and_its_table(tmp_path, capsys):
-    bench = ["-m", "model=lenet5,fmnist_cnn", "data=synthetic", "data.image_size=32", "data.batch_size=16",
-             "hardware=cpu", "bench.warmup_steps=1", "bench.windows=3", "bench.steps_per_window=2",
-             "bench.matmul_size=256", f"hydra.sweep.dir={tmp_path}"]
+    bench = [
+        "-m",
+        "model=lenet5,fmnist_cnn",
+        "data=synthetic",
+        "data.image_size=32",
+        "data.batch_size=16",
+        "hardware=cpu",
+        "bench.warmup_steps=1",
+        "bench.windows=3",
+        "bench.steps_per_window=2",
+        "bench.matmul_size=256",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     result = run_cli(*bench, module="cnnbench.bench")
     assert result.returncode == 0, result.stderr
     benches = {json.loads((p / "bench.json").read_text())["model"]: p for p in point_dirs(tmp_path, "bench.json")}
@@ -311,9 +375,13 @@ def test_bench_sweep_and_its_table(tmp_path, capsys):
     assert not (tmp_path / "results.csv").exists()  # no training runs: no training table
 
 
-@pytest.mark.parametrize("override, message", [
-    ("bench.windows=0", "bench.windows: must be > 0, got 0"),
-    ("data=imagefolder", "data.num_classes: bench reads no files, so give imagefolder's class count")])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("bench.windows=0", "bench.windows: must be > 0, got 0"),
+        ("data=imagefolder", "data.num_classes: bench reads no files, so give imagefolder's class count"),
+    ],
+)
 def test_bench_refuses_what_it_cannot_measure(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         bench(make_config(tmp_path, "model=lenet5", "hardware=cpu", override))
@@ -333,10 +401,29 @@ def test_the_zoo_preset_trains_every_family_at_one_budget():
     literature's table names, on one recipe and one compute budget, into a stable directory per data set."""
     models = zoo_models()
     assert len(models) == len(set(models)) == 21
-    for name in ("lenet5", "alexnet", "vgg11", "vgg16", "nin", "googlenet", "inception_v3", "resnet18",
-                 "resnet50", "wrn28_10", "resnext50_32x4d", "densenet121", "xception", "se_resnet50",
-                 "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "cspresnet50", "efficientnet_b0",
-                 "regnet_y_400mf", "bit_resnet50x1"):
+    for name in (
+        "lenet5",
+        "alexnet",
+        "vgg11",
+        "vgg16",
+        "nin",
+        "googlenet",
+        "inception_v3",
+        "resnet18",
+        "resnet50",
+        "wrn28_10",
+        "resnext50_32x4d",
+        "densenet121",
+        "xception",
+        "se_resnet50",
+        "mobilenet_v1",
+        "mobilenet_v2",
+        "mobilenet_v3_large",
+        "cspresnet50",
+        "efficientnet_b0",
+        "regnet_y_400mf",
+        "bit_resnet50x1",
+    ):
         assert name in models
     families = {get_entry(name).family for name in list_models()} - {"timm", "torchvision", "compact", "fmnist_cnn"}
     assert {get_entry(name).family for name in models} == families
@@ -344,16 +431,29 @@ def test_the_zoo_preset_trains_every_family_at_one_budget():
         cfg = compose("train", overrides=["sweep=zoo", "data=cifar10"], return_hydra_config=True)
         chosen = compose("train", overrides=["sweep=zoo", "optimizer=sgd"])
     assert cfg.hydra.sweep.dir == "outputs/sweeps/train/zoo/cifar10"
-    assert (cfg.optimizer.opt, cfg.scheduler.sched, cfg.train.budget_tflop, cfg.train.budget_images) == \
-        ("adamw", "cosine", 100, None)
+    assert (cfg.optimizer.opt, cfg.scheduler.sched, cfg.train.budget_tflop, cfg.train.budget_images) == (
+        "adamw",
+        "cosine",
+        100,
+        None,
+    )
     assert chosen.optimizer.opt == "momentum"  # the command line's recipe wins over the preset's
 
 
 # Two of the zoo's points at a tiny compute budget: LeNet-5 (1.3 MFLOPs an image at 32x32) sees 8 batches,
 # MobileNet v2 one.
-ZOO = ["-m", "sweep=zoo", "hydra.sweeper.params.model='lenet5,mobilenet_v2'", "data=synthetic",
-       "data.image_size=32", "data.train_size=256", "data.val_size=64", "data.batch_size=32", "hardware=cpu",
-       "train.budget_tflop=0.001"]
+ZOO = [
+    "-m",
+    "sweep=zoo",
+    "hydra.sweeper.params.model='lenet5,mobilenet_v2'",
+    "data=synthetic",
+    "data.image_size=32",
+    "data.train_size=256",
+    "data.val_size=64",
+    "data.batch_size=32",
+    "hardware=cpu",
+    "train.budget_tflop=0.001",
+]
 
 
 @pytest.fixture(scope="module")
@@ -385,16 +485,18 @@ def test_zoo_points_train_to_one_budget_resume_and_are_charted(zoo):
     rows = read_csv(zoo / "results.csv")
     for row in rows:
         summary = summaries[row["run"]]
-        assert [row[c] for c in ("budget_tflop", "trained_images", "trained_tflop")] == \
-            [str(summary[c]) for c in ("budget_tflop", "trained_images", "trained_tflop")]
+        assert [row[c] for c in ("budget_tflop", "trained_images", "trained_tflop")] == [
+            str(summary[c]) for c in ("budget_tflop", "trained_images", "trained_tflop")
+        ]
     assert "budget_images" not in rows[0] and not (zoo / "published.md").exists()  # not ImageNet
     runs = [report.read_run(point, "summary.json") for point in point_dirs(zoo)]
     chart = report.plot_accuracy_vs_params(runs, report.varying_overrides(runs), zoo / "plots" / "again.png")
     [ax] = chart.axes
     assert ax.get_title() == "Accuracy vs parameters: lenet5, mobilenet_v2 on synthetic"
     assert ax.get_xscale() == "log"  # 62k to 2.2M parameters
-    assert sorted(tuple(c.get_offsets()[0]) for c in ax.collections) == \
-        sorted((s["params"], s["best_val_top1"]) for s in summaries.values())
+    assert sorted(tuple(c.get_offsets()[0]) for c in ax.collections) == sorted(
+        (s["params"], s["best_val_top1"]) for s in summaries.values()
+    )
     for name in ("top1_vs_params", "top1_vs_gflops"):
         with Image.open(zoo / "plots" / f"{name}.png") as image:
             image.verify()
@@ -405,13 +507,25 @@ def test_imagenet_runs_are_reported_beside_their_published_top1(tmp_path):
     architecture's top-1 beside its torchvision weights' (their metadata, offline); SE-ResNet-50's reference
     is timm's, which publishes none offline, so its published cells are blank; the chart draws the
     published points hollow beside the runs'."""
-    runs = {"resnet50": (25_557_032, 8.18, 70.1), "mobilenet_v2": (3_504_872, 0.6, 60.2),
-            "se_resnet50": (28_088_024, 8.2, 71.0)}
+    runs = {
+        "resnet50": (25_557_032, 8.18, 70.1),
+        "mobilenet_v2": (3_504_872, 0.6, 60.2),
+        "se_resnet50": (28_088_024, 8.2, 71.0),
+    }
     for name, (params, gflops, top1) in runs.items():
         (tmp_path / name).mkdir()
-        (tmp_path / name / "summary.json").write_text(json.dumps(
-            {"model": name, "params": params, "gflops": gflops, "data": "imagenet", "best_val_top1": top1,
-             "status": "completed"}))
+        (tmp_path / name / "summary.json").write_text(
+            json.dumps(
+                {
+                    "model": name,
+                    "params": params,
+                    "gflops": gflops,
+                    "data": "imagenet",
+                    "best_val_top1": top1,
+                    "status": "completed",
+                }
+            )
+        )
     result = run_cli(str(tmp_path), module="cnnbench.report")
     assert result.returncode == 0, result.stderr
     rows = {row["model"]: row for row in read_csv(tmp_path / "published.csv")}
@@ -435,6 +549,7 @@ def test_imagenet_runs_are_reported_beside_their_published_top1(tmp_path):
     [ax] = chart.axes
     hollow = [line for line in ax.lines if line.get_marker() == "o" and line.get_markerfacecolor() == "none"]
     assert sorted((line.get_xdata()[0], line.get_ydata()[0]) for line in hollow) == sorted(
-        (row["published_params"], row["published_top1"]) for row in published if row["published_top1"] is not None)
+        (row["published_params"], row["published_top1"]) for row in published if row["published_top1"] is not None
+    )
     legend = [text.get_text() for text in ax.get_legend().get_texts()]
     assert legend == ["these runs", "published (torchvision weights)"]

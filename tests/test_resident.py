@@ -1,4 +1,5 @@
 """Device-resident data: the DataLoader path's batches without a DataLoader, augmented on the device."""
+
 import itertools
 
 import pytest
@@ -15,9 +16,18 @@ from .helpers import SMOKE, make_config, run_cli
 
 # Real Fashion-MNIST, resized to 32 and made RGB: the transform the set goes through once must equal
 # the DataLoader's per-image one. 1000 images, 4 global batches of 96 an epoch (2 ranks: 48 each).
-FMNIST = ["data=fashion_mnist", "data.train_size=400", "data.val_size=100", "data.batch_size=96",
-          "data.image_size=32", "data.channels=3", "data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.25]",
-          "model=lenet5", "hardware=cpu"]
+FMNIST = [
+    "data=fashion_mnist",
+    "data.train_size=400",
+    "data.val_size=100",
+    "data.batch_size=96",
+    "data.image_size=32",
+    "data.channels=3",
+    "data.mean=[0.5,0.5,0.5]",
+    "data.std=[0.25,0.25,0.25]",
+    "model=lenet5",
+    "hardware=cpu",
+]
 
 
 def epoch_batches(data, epoch: int, start: int = 0) -> list:
@@ -29,9 +39,14 @@ def epoch_batches(data, epoch: int, start: int = 0) -> list:
 def test_same_batches_as_the_dataloader_path(rank, world_size, tmp_path):
     """augmentation=none: every train batch (an epoch from its start and a resumed one from batch 2) and
     every val shard is the DataLoader path's, image for image and label for label."""
-    resident, loaded = (build_data(make_config(tmp_path, *FMNIST, "augmentation=none", "seed=7",
-                                               f"data.device_resident={setting}"), rank, world_size)
-                        for setting in ("true", "false"))
+    resident, loaded = (
+        build_data(
+            make_config(tmp_path, *FMNIST, "augmentation=none", "seed=7", f"data.device_resident={setting}"),
+            rank,
+            world_size,
+        )
+        for setting in ("true", "false")
+    )
     assert isinstance(resident.train_loader, ResidentBatches) and isinstance(loaded.train_loader, ReadableBatches)
     assert "device-resident on cpu" in resident.path and "DataLoader" in loaded.path
     for epoch, start in ((0, 0), (1, 2)):
@@ -50,13 +65,15 @@ def crops_and_flips(image: torch.Tensor, padding: int) -> list[torch.Tensor]:
     """Every image RandomCrop(padding=padding) + RandomHorizontalFlip can make of `image`."""
     h, w = image.shape[-2:]
     padded = F.pad(image, (padding,) * 4)
-    crops = [padded[:, y:y + h, x:x + w] for y, x in itertools.product(range(2 * padding + 1), repeat=2)]
+    crops = [padded[:, y : y + h, x : x + w] for y, x in itertools.product(range(2 * padding + 1), repeat=2)]
     return crops + [crop.flip(-1) for crop in crops]
 
 
 def test_basic_augmentation_crops_and_flips_each_image_from_the_batch_seed(tmp_path):
-    raw, augmented = (build_data(make_config(tmp_path, *FMNIST, f"augmentation={aug}", "data.device_resident=true"))
-                      for aug in ("none", "basic"))
+    raw, augmented = (
+        build_data(make_config(tmp_path, *FMNIST, f"augmentation={aug}", "data.device_resident=true"))
+        for aug in ("none", "basic")
+    )
     changed = 0
     for (images, targets), (raw_images, raw_targets) in zip(epoch_batches(augmented, 1), epoch_batches(raw, 1)):
         assert torch.equal(targets, raw_targets)
@@ -65,8 +82,10 @@ def test_basic_augmentation_crops_and_flips_each_image_from_the_batch_seed(tmp_p
             changed += not torch.equal(image, raw_image)
     assert changed > 0.9 * 4 * 96  # 1 in 162 (crop, flip) pairs is the image itself
     # The same (seed, epoch, batch) gives the same augmentation, from any start; another epoch another.
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(epoch_batches(augmented, 1)[2:], epoch_batches(augmented, 1, 2),
-                                                       strict=True))
+    assert all(
+        torch.equal(a[0], b[0])
+        for a, b in zip(epoch_batches(augmented, 1)[2:], epoch_batches(augmented, 1, 2), strict=True)
+    )
     assert not torch.equal(epoch_batches(augmented, 1)[0][0], epoch_batches(augmented, 2)[0][0])
     # Validation is never augmented.
     assert all(torch.equal(a[0], b[0]) for a, b in zip(augmented.val_loader, raw.val_loader, strict=True))
@@ -85,10 +104,11 @@ def test_auto_is_resident_where_it_can_be_and_says_why_not(tmp_path, smoke):
 
 @pytest.mark.slow  # a real command in a subprocess
 def test_device_resident_errors_are_one_line(tmp_path):
-    result = run_cli(*SMOKE, "augmentation=randaugment", "data.device_resident=true",
-                     f"hydra.run.dir={tmp_path / 'a'}")
+    result = run_cli(*SMOKE, "augmentation=randaugment", "data.device_resident=true", f"hydra.run.dir={tmp_path / 'a'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == ("cnnbench: error: data.device_resident: true, but augmentation=randaugment "
-                                     "transforms each image on its own; auto or false use the DataLoader")
+    assert result.stderr.strip() == (
+        "cnnbench: error: data.device_resident: true, but augmentation=randaugment "
+        "transforms each image on its own; auto or false use the DataLoader"
+    )
     with pytest.raises(ConfigError, match="^data.device_resident: auto, true or false, got 'maybe'$"):
         train(make_config(tmp_path / "b", *SMOKE, "data.device_resident=maybe"))

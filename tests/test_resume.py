@@ -1,4 +1,5 @@
 """Checkpoints: exact resume after a real SIGKILL, and refusal of anything that is not ours."""
+
 import json
 import math
 import os
@@ -30,14 +31,26 @@ from .helpers import (
 pytestmark = pytest.mark.slow  # runs stopped by signals and resumed, in subprocesses
 
 # Long enough to be killed mid-epoch: 32 steps an epoch, a checkpoint every 3.
-EXACT = [*SMOKE, "data.train_size=1024", "train.epochs=2", "train.checkpoint_every_steps=3",
-         "hardware.deterministic=true", "augmentation=basic", "model.variant=modern", "data.device_resident=true"]
+EXACT = [
+    *SMOKE,
+    "data.train_size=1024",
+    "train.epochs=2",
+    "train.checkpoint_every_steps=3",
+    "hardware.deterministic=true",
+    "augmentation=basic",
+    "model.variant=modern",
+    "data.device_resident=true",
+]
 
 
 def launch(run_dir, *extra):
-    return subprocess.Popen([sys.executable, "-m", "cnnbench.train", *EXACT, f"hydra.run.dir={run_dir}", *extra],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnbench.train", *EXACT, f"hydra.run.dir={run_dir}", *extra],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_for_checkpoint(process, last, after_ns=0):
@@ -125,8 +138,10 @@ def test_non_checkpoints_are_refused(kind, tmp_path):
     if kind == "garbage":
         path.write_bytes(os.urandom(4096))
     elif kind == "truncated":
-        save_checkpoint({"model": {"w": torch.randn(1000)}, "optimizer": {}, "scheduler": {}, "epoch": 0,
-                         "step": 0, "config": {}}, path)
+        save_checkpoint(
+            {"model": {"w": torch.randn(1000)}, "optimizer": {}, "scheduler": {}, "epoch": 0, "step": 0, "config": {}},
+            path,
+        )
         path.write_bytes(path.read_bytes()[:2000])
     elif kind == "code":
         payload = RunsCode()
@@ -142,9 +157,14 @@ def test_non_checkpoints_are_refused(kind, tmp_path):
 def test_resume_from_a_bad_file_is_a_one_line_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    result = subprocess.run([sys.executable, "-m", "cnnbench.train", *SMOKE, f"resume={bad}",
-                             f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnbench.train", *SMOKE, f"resume={bad}", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
     assert result.returncode == 2
     assert str(bad) in result.stderr and "Traceback" not in result.stderr
 
@@ -171,8 +191,9 @@ def test_training_longer_rebuilds_the_schedule_from_the_step(tmp_path):
     train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
     first = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     train(make_config(tmp_path, *SMOKE, "train.epochs=3", "resume=auto"))
-    assert ("train.epochs 1 -> 3: the schedule is rebuilt for 3 epochs from step 8"
-            in (tmp_path / "train.log").read_text())
+    assert (
+        "train.epochs 1 -> 3: the schedule is rebuilt for 3 epochs from step 8" in (tmp_path / "train.log").read_text()
+    )
     rows = reproducible_metrics(tmp_path)
     peak = first["config"]["optimizer"]["lr"]
     assert float(rows[1]["lr"]) == pytest.approx(peak * (1 + math.cos(math.pi * 16 / 24)) / 2)
@@ -201,34 +222,61 @@ def test_ctrl_c_checkpoints_and_config_changes_are_applied_or_refused(tmp_path):
 
     resumed = [*EXACT, "data.device_resident=false", "resume=auto"]
     with pytest.raises(CheckpointError) as refused:
-        train(make_config(tmp_path, *resumed, "data.batch_size=64", "seed=1", "augmentation=none",
-                          "model.width_mult=2.0", "optimizer.lr=0.02"))
+        train(
+            make_config(
+                tmp_path,
+                *resumed,
+                "data.batch_size=64",
+                "seed=1",
+                "augmentation=none",
+                "model.width_mult=2.0",
+                "optimizer.lr=0.02",
+            )
+        )
     message = str(refused.value)
     assert "\n" not in message and message.startswith(f"{last}: trained with a different model (model.width_mult=1.0")
-    for phrase in ("written with data.batch_size=32, resumed with 64 (it changes where an epoch starts only",
-                   "written with seed=0, resumed with 1", "written with augmentation.name=basic, resumed with none"):
+    for phrase in (
+        "written with data.batch_size=32, resumed with 64 (it changes where an epoch starts only",
+        "written with seed=0, resumed with 1",
+        "written with augmentation.name=basic, resumed with none",
+    ):
         assert phrase in message
     assert "optimizer.lr" not in message and load_checkpoint(last)["step"] == at_stop["step"]
 
-    summary = train(make_config(tmp_path, *resumed, "optimizer.lr=0.02", "scheduler=constant",
-                                "train.log_every_steps=1", "hardware.precision=fp16"))
+    summary = train(
+        make_config(
+            tmp_path,
+            *resumed,
+            "optimizer.lr=0.02",
+            "scheduler=constant",
+            "train.log_every_steps=1",
+            "hardware.precision=fp16",
+        )
+    )
     assert summary["status"] == "completed"
     log = (tmp_path / "train.log").read_text()
-    for line in (f"optimizer.lr 0.05 -> 0.02: the schedule is rebuilt from step {at_stop['step']}",
-                 f"scheduler.sched cosine -> constant: the schedule is rebuilt from step {at_stop['step']}",
-                 "hardware.precision fp32 -> fp16: from step", "a fresh GradScaler starts",
-                 f"step {at_stop['step'] + 1}: loss"):
+    for line in (
+        f"optimizer.lr 0.05 -> 0.02: the schedule is rebuilt from step {at_stop['step']}",
+        f"scheduler.sched cosine -> constant: the schedule is rebuilt from step {at_stop['step']}",
+        "hardware.precision fp32 -> fp16: from step",
+        "a fresh GradScaler starts",
+        f"step {at_stop['step'] + 1}: loss",
+    ):
         assert line in log
     assert f"step {at_stop['step'] + 1}: loss" in log and ", lr 0.02\n" in log
     recorded = load_checkpoint(last)["config"]
-    assert (recorded["optimizer"]["lr"], recorded["scheduler"]["sched"], recorded["hardware"]["precision"]) == \
-        (0.02, "constant", "fp16")
+    assert (recorded["optimizer"]["lr"], recorded["scheduler"]["sched"], recorded["hardware"]["precision"]) == (
+        0.02,
+        "constant",
+        "fp16",
+    )
 
 
 def test_a_signal_after_the_last_step_is_not_swallowed(tmp_path):
     """SIGTERM while the last epoch validates (a large val set): the run completes, says so, and exits 143."""
-    victim = launch(tmp_path, "train.epochs=1", "train.limit_train_batches=3", "data.val_size=2000",
-                    "data.device_resident=false")
+    victim = launch(
+        tmp_path, "train.epochs=1", "train.limit_train_batches=3", "data.val_size=2000", "data.device_resident=false"
+    )
     wait_for_checkpoint(victim, tmp_path / "checkpoints" / "last.pt")  # step 3: the last
     victim.send_signal(signal.SIGTERM)
     assert victim.wait(timeout=300) == 143

@@ -1,5 +1,6 @@
 """A run directory belongs to one process at a time, and nothing a user had there is written over:
 real commands in subprocesses, real directories."""
+
 import os
 import signal
 import socket
@@ -22,9 +23,14 @@ def snapshot(directory):
 
 
 def start(*args, cwd=ROOT) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cnnbench.train", *args], cwd=cwd, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnbench.train", *args],
+        cwd=cwd,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120):
@@ -49,9 +55,13 @@ def test_a_run_records_its_config_as_hydra_would(finished):
     assert "name: lenet5" in (finished / ".hydra" / "config.yaml").read_text()
 
 
-@pytest.mark.parametrize("args,message", [
-    ([], "resume: {run_dir} already holds a run (checkpoints/last.pt); pass resume=auto"),
-    (["resume=outputs/other.pt"], "resume: {run_dir} already holds a run (checkpoints/last.pt)")])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], "resume: {run_dir} already holds a run (checkpoints/last.pt); pass resume=auto"),
+        (["resume=outputs/other.pt"], "resume: {run_dir} already holds a run (checkpoints/last.pt)"),
+    ],
+)
 def test_a_rerun_is_refused_before_it_writes_anything(finished, args, message):
     before = snapshot(finished)
     result = run_cli(*TINY, "optimizer.lr=0.5", *args, f"hydra.run.dir={finished}")
@@ -70,15 +80,18 @@ def test_a_finished_run_without_its_checkpoints_is_not_started_over(finished, tm
     assert result.returncode == 2
     assert f"{run_dir} already holds a run without checkpoints/last.pt to continue" in result.stderr
     assert snapshot(run_dir) == before and sorted(p.name for p in run_dir.iterdir()) == sorted(
-        ["summary.json", "metrics.csv", "train.log"])
+        ["summary.json", "metrics.csv", "train.log"]
+    )
 
 
 def test_a_users_directory_is_refused_and_left_as_it_was(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     result = run_cli(*TINY, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
-    assert result.stderr == f"cnnbench: error: hydra.run.dir: {tmp_path} already holds notes.txt; cnnbench " \
-                            f"writes only into a new or empty directory: choose another\n"
+    assert (
+        result.stderr == f"cnnbench: error: hydra.run.dir: {tmp_path} already holds notes.txt; cnnbench "
+        f"writes only into a new or empty directory: choose another\n"
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
@@ -88,8 +101,9 @@ def test_an_empty_run_dir_setting_is_refused(tmp_path):
     process = start(*TINY, "hydra.run.dir=", cwd=tmp_path)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2
-    assert stderr == ("cnnbench: error: hydra.run.dir: empty (an unset shell variable?); "
-                      "name the directory to write to\n")
+    assert stderr == (
+        "cnnbench: error: hydra.run.dir: empty (an unset shell variable?); name the directory to write to\n"
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
@@ -100,8 +114,14 @@ def test_evaluate_and_predict_write_their_own_directories(finished, tmp_path):
     assert result.returncode == 2 and f"{finished} already holds a run" in result.stderr
     assert snapshot(finished) == before
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "cnnbench.evaluate", f"checkpoint={checkpoint}", "hardware=cpu"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnbench.evaluate", f"checkpoint={checkpoint}", "hardware=cpu"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     [written] = (tmp_path / "outputs" / "evaluate").glob("*/*/evaluation.json")  # outputs/evaluate/<date>/<time>
     assert (written.parent / ".hydra" / "overrides.yaml").exists()
@@ -117,9 +137,11 @@ def test_a_second_process_is_refused_naming_the_holder_and_a_dead_ones_lock_is_t
         assert (run_dir / "run.lock").read_text() == f"{socket.gethostname()} {first.pid}\n"
         second = run_cli(*long_run, "resume=auto", timeout=120)
         assert second.returncode == 2
-        assert second.stderr == (f"cnnbench: error: hydra.run.dir: {run_dir} is in use by pid {first.pid} on "
-                                 f"{socket.gethostname()} (run.lock); wait for it to end, "
-                                 f"or choose another directory\n")
+        assert second.stderr == (
+            f"cnnbench: error: hydra.run.dir: {run_dir} is in use by pid {first.pid} on "
+            f"{socket.gethostname()} (run.lock); wait for it to end, "
+            f"or choose another directory\n"
+        )
         first.send_signal(signal.SIGKILL)  # no clean-up: the kernel releases the lock
         first.wait(timeout=60)
         third = start(*long_run, "resume=auto")
@@ -139,9 +161,22 @@ def test_a_directory_holding_only_the_runs_own_output_file_is_new(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with open(run_dir / "out.log", "w") as out:
-        result = subprocess.run([sys.executable, "-m", "cnnbench.train", *SMOKE, "train.epochs=1",
-                                 "train.limit_train_batches=2", "train.limit_val_batches=1",
-                                 f"hydra.run.dir={run_dir}"], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cnnbench.train",
+                *SMOKE,
+                "train.epochs=1",
+                "train.limit_train_batches=2",
+                "train.limit_val_batches=1",
+                f"hydra.run.dir={run_dir}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=300,
+        )
     assert result.returncode == 0, (run_dir / "out.log").read_text()[-2000:]
     assert (run_dir / "summary.json").exists()

@@ -1,6 +1,7 @@
 """The SLURM scripts and the hydra/launcher=slurm sweep, on a real SLURM that this module starts itself:
 munged, slurmctld and slurmd on localhost as root, one CPU-only node, everything in a temporary directory.
 The jobs are submitted together at the start and the tests read what they left behind."""
+
 import json
 import os
 import shutil
@@ -20,12 +21,33 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # a one-node SLURM of its 
 
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL")
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue")
-SMOKE = ["data=synthetic", "data.image_size=32", "data.train_size=256", "data.val_size=64", "data.batch_size=32",
-         "model=lenet5", "augmentation=none", "hardware.device=cpu", "train.epochs=1"]
+SMOKE = [
+    "data=synthetic",
+    "data.image_size=32",
+    "data.train_size=256",
+    "data.val_size=64",
+    "data.batch_size=32",
+    "model=lenet5",
+    "augmentation=none",
+    "hardware.device=cpu",
+    "train.epochs=1",
+]
 # Long enough to be stopped mid-run: 2 epochs of 32 steps, a checkpoint every 4.
-RUN = ["data=synthetic", "data.image_size=32", "data.train_size=1024", "data.val_size=64", "data.batch_size=32",
-       "model=lenet5", "augmentation=none", "hardware.device=cpu", "hardware.precision=fp32",
-       "hardware.deterministic=true", "hardware.nproc=1", "train.epochs=2", "train.checkpoint_every_steps=4"]
+RUN = [
+    "data=synthetic",
+    "data.image_size=32",
+    "data.train_size=1024",
+    "data.val_size=64",
+    "data.batch_size=32",
+    "model=lenet5",
+    "augmentation=none",
+    "hardware.device=cpu",
+    "hardware.precision=fp32",
+    "hardware.deterministic=true",
+    "hardware.nproc=1",
+    "train.epochs=2",
+    "train.checkpoint_every_steps=4",
+]
 TIME_LIMITED_EPOCHS = 100
 
 
@@ -48,8 +70,9 @@ class Slurm:
         self.base, self.env = base, env
 
     def __call__(self, *args: str) -> str:
-        return subprocess.run(args, env=self.env, cwd=self.base, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            args, env=self.env, cwd=self.base, capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     def sbatch(self, *args: str) -> str:
         return self("sbatch", "--parsable", *args)
@@ -110,15 +133,31 @@ SlurmctldDebug=debug  # the log names each time-limit warning sent (send_job_war
 NodeName={host} NodeAddr=127.0.0.1 CPUs=8 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:8
 """)
-    env = {**os.environ, "SLURM_CONF": str(base / "slurm.conf"), "PYTHONPATH": str(ROOT),
-           "SBATCH_GPUS_PER_NODE": "0",  # the scripts ask for GPUs; this cluster has none
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # the jobs' python and torchrun
+    env = {
+        **os.environ,
+        "SLURM_CONF": str(base / "slurm.conf"),
+        "PYTHONPATH": str(ROOT),
+        "SBATCH_GPUS_PER_NODE": "0",  # the scripts ask for GPUs; this cluster has none
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }  # the jobs' python and torchrun
     subprocess.run(["mungekey", "--create", f"--keyfile={base}/munge.key"], check=True)
-    daemons = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for command in (
-        ["munged", "--foreground", "--force", f"--socket={base}/munge.socket", f"--key-file={base}/munge.key",
-         f"--log-file={base}/log/munged.log", f"--pid-file={base}/munged.pid", f"--seed-file={base}/munged.seed"],
-        ["slurmctld", "-D", "-i"],
-        ["slurmd", "-D"])]
+    daemons = [
+        subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for command in (
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--socket={base}/munge.socket",
+                f"--key-file={base}/munge.key",
+                f"--log-file={base}/log/munged.log",
+                f"--pid-file={base}/munged.pid",
+                f"--seed-file={base}/munged.seed",
+            ],
+            ["slurmctld", "-D", "-i"],
+            ["slurmd", "-D"],
+        )
+    ]
     cluster = Slurm(base, env)
     try:
         wait_for(lambda: cluster("sinfo", "-h", "-o", "%T") == "idle", 30, "slurmd's node to be idle")
@@ -137,13 +176,26 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
 @pytest.fixture(scope="module")
 def jobs(slurm, tmp_path_factory):
     """Every job at once, so that they share the wall time; the sweeps' submitters wait for their own."""
+
     def start_sweep(name: str, *overrides: str):
         sweep_dir = tmp_path_factory.mktemp(name)
         log = sweep_dir.with_suffix(".log").open("w+")  # the submitter's output: a file never fills up
         submitter = subprocess.Popen(
-            [sys.executable, "-m", "cnnbench.train", "-m", "hydra/launcher=slurm", *overrides,
-             f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.cpus_per_task=1"],
-            cwd=slurm.base, env=slurm.env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "cnnbench.train",
+                "-m",
+                "hydra/launcher=slurm",
+                *overrides,
+                f"hydra.sweep.dir={sweep_dir}",
+                "hydra.launcher.cpus_per_task=1",
+            ],
+            cwd=slurm.base,
+            env=slurm.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         return submitter, log, sweep_dir
 
     def ended_sweep(submitter, log, sweep_dir, timeout: float):
@@ -160,17 +212,19 @@ def jobs(slurm, tmp_path_factory):
     # (submitit's 120) + 30 s of the limit. Once the point has checkpointed, its limit becomes its run time
     # plus 2 minutes: the next check warns it, before any kill, while it trains (100 epochs: a minute of steps
     # on an idle CPU). Its requeued job gets its 10 minutes back, so that it is not warned while it starts.
-    time_limited_sweep = start_sweep("time_limited_sweep", *RUN, f"train.epochs={TIME_LIMITED_EPOCHS}",
-                                     "hydra.launcher.timeout_min=10")
+    time_limited_sweep = start_sweep(
+        "time_limited_sweep", *RUN, f"train.epochs={TIME_LIMITED_EPOCHS}", "hydra.launcher.timeout_min=10"
+    )
     sweep = start_sweep("sweep", *SMOKE, "model=lenet5,fmnist_cnn", "hydra.launcher.timeout_min=10")
     # Preemption, which SLURM signals as it does a time limit (USR2), by hand: at a known moment, once the
     # point has checkpointed, so that exactly one requeue is checked.
     preempted_sweep = start_sweep("preempted_sweep", *RUN, "hydra.launcher.timeout_min=10")
     script = ROOT / "scripts" / "slurm"
-    submitted = {"straight": slurm.sbatch(str(script / "train.sbatch"), *RUN),
-                 "preempted": slurm.sbatch(str(script / "train.sbatch"), *RUN),
-                 "multinode": slurm.sbatch("--nodes=1", "--ntasks-per-node=2",
-                                           str(script / "train_multinode.sbatch"), *SMOKE)}
+    submitted = {
+        "straight": slurm.sbatch(str(script / "train.sbatch"), *RUN),
+        "preempted": slurm.sbatch(str(script / "train.sbatch"), *RUN),
+        "multinode": slurm.sbatch("--nodes=1", "--ntasks-per-node=2", str(script / "train_multinode.sbatch"), *SMOKE),
+    }
 
     # Preemption: SLURM's warning (USR1, to the batch shell as --signal=B:USR1 would) once the run has
     # checkpointed; the script requeues the job, which starts over on the same run directory.
@@ -193,9 +247,12 @@ def jobs(slurm, tmp_path_factory):
 
     for job in submitted.values():
         wait_for(lambda: slurm.state(job) in ENDED, 240, f"job {job} to end")
-    return {**submitted, "sweep": ended_sweep(*sweep, timeout=240),
-            "preempted_sweep": (*ended_sweep(*preempted_sweep, timeout=300), only_job(preempted_dir)),
-            "time_limited_sweep": (*ended_sweep(*time_limited_sweep, timeout=600), time_limited)}
+    return {
+        **submitted,
+        "sweep": ended_sweep(*sweep, timeout=240),
+        "preempted_sweep": (*ended_sweep(*preempted_sweep, timeout=300), only_job(preempted_dir)),
+        "time_limited_sweep": (*ended_sweep(*time_limited_sweep, timeout=600), time_limited),
+    }
 
 
 def job_field(slurm, job: str, field: str) -> str:
@@ -240,8 +297,10 @@ def test_sweep_on_slurm_runs_one_job_per_point(slurm, jobs):
     returncode, output, sweep_dir = jobs["sweep"]
     assert returncode == 0, output
     summaries = [json.loads(f.read_text()) for f in sweep_dir.glob("*/summary.json")]  # a dir per point
-    assert sorted((s["model"], s["status"]) for s in summaries) == [("fmnist_cnn", "completed"),
-                                                                   ("lenet5", "completed")]
+    assert sorted((s["model"], s["status"]) for s in summaries) == [
+        ("fmnist_cnn", "completed"),
+        ("lenet5", "completed"),
+    ]
     tasks = sorted(d.name for d in (sweep_dir / ".submitit").iterdir() if d.is_dir() and "_" in d.name)
     assert len(tasks) == 2 and all(slurm.state(task) == "COMPLETED" for task in tasks)  # a job array
 

@@ -1,6 +1,7 @@
 """The speedrun presets (conf/experiment/): they compose into a real run, and what they add to the trainer
 (flip TTA in validation, the linear schedule) does what it says. The full run is not a test: its
 command and result are in README.md."""
+
 import csv
 
 import pytest
@@ -11,8 +12,14 @@ from cnnbench.engine.trainer import train
 from .helpers import make_config
 
 # The CPU preset on 2048 real Fashion-MNIST images: two updates of its batch of 512.
-SPEEDRUN = ["experiment=fmnist_speedrun", "data.train_size=2048", "data.val_size=512",
-            "train.epochs=1", "train.limit_train_batches=2", "hardware=cpu"]
+SPEEDRUN = [
+    "experiment=fmnist_speedrun",
+    "data.train_size=2048",
+    "data.val_size=512",
+    "train.epochs=1",
+    "train.limit_train_batches=2",
+    "hardware=cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +31,13 @@ def speedrun(tmp_path_factory):
 
 def test_speedrun_preset_composes_and_trains(speedrun):
     run_dir, cfg, summary = speedrun
-    assert (cfg.model.name, cfg.optimizer.opt, cfg.scheduler.sched, cfg.augmentation.name, cfg.eval.tta.value) == \
-        ("compact_cnn", "sgd", "poly", "basic", "flip")
+    assert (cfg.model.name, cfg.optimizer.opt, cfg.scheduler.sched, cfg.augmentation.name, cfg.eval.tta.value) == (
+        "compact_cnn",
+        "sgd",
+        "poly",
+        "basic",
+        "flip",
+    )
     assert summary["status"] == "completed" and summary["model"] == "compact_cnn" and summary["step"] == 2
     assert "device-resident" in (run_dir / "train.log").read_text()
     with open(run_dir / "metrics.csv") as f:
@@ -47,9 +59,18 @@ def test_flip_tta_validation_gives_what_evaluate_gives(speedrun, tmp_path):
     run_dir, _, summary = speedrun
     with open(run_dir / "metrics.csv") as f:
         (row,) = list(csv.DictReader(f))
-    results = {tta: evaluate(make_config(tmp_path / tta, f"checkpoint={run_dir}/checkpoints/best.pt",
-                                         "hardware=cpu", f"eval.tta={tta}", app="evaluate"))
-               for tta in ("flip", "none")}
+    results = {
+        tta: evaluate(
+            make_config(
+                tmp_path / tta,
+                f"checkpoint={run_dir}/checkpoints/best.pt",
+                "hardware=cpu",
+                f"eval.tta={tta}",
+                app="evaluate",
+            )
+        )
+        for tta in ("flip", "none")
+    }
     assert results["flip"]["samples"] == 512
     assert results["flip"]["top1"] == pytest.approx(summary["best_val_top1"], abs=1e-9)
     assert results["flip"]["loss"] == pytest.approx(float(row["val_loss"]), rel=1e-5)

@@ -2,6 +2,7 @@
 exactly; augmentation changes training images only; mixup mixes images and targets alike; the
 distillation loss falls; drop path drops residuals in training only; pseudo-labels are the teacher's
 probabilities for images outside the labeled part."""
+
 import csv
 import json
 
@@ -45,8 +46,15 @@ def test_ema_is_validated_beside_the_raw_model_and_checkpointed(tmp_path):
 def test_resume_with_ema_mixup_and_randaugment_is_bit_identical(tmp_path):
     # The EMA, mixup's numpy draws and RandAugment's torch draws all continue exactly across a resume
     # (a constant learning rate, so that stopping after epoch 1 of 1 equals stopping after 1 of 2).
-    recipe = [*SMOKE, "hardware.deterministic=true", "scheduler=constant", "train.ema_decay=0.8",
-              "augmentation=randaugment", "augmentation.mixup_alpha=0.4", "augmentation.cutmix_alpha=1.0"]
+    recipe = [
+        *SMOKE,
+        "hardware.deterministic=true",
+        "scheduler=constant",
+        "train.ema_decay=0.8",
+        "augmentation=randaugment",
+        "augmentation.mixup_alpha=0.4",
+        "augmentation.cutmix_alpha=1.0",
+    ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(make_config(straight, *recipe, "train.epochs=2"))
     train(make_config(resumed, *recipe, "train.epochs=1"))
@@ -63,20 +71,31 @@ def test_resume_with_ema_mixup_and_randaugment_is_bit_identical(tmp_path):
 def test_with_an_ema_best_pt_and_its_users_follow_the_weights_that_validate_best(tmp_path):
     """A constant, large learning rate: the raw weights swing, their EMA validates better. best.pt names the
     EMA as its best, and evaluate, a teacher, model.weights= and model.safetensors all take the EMA's weights."""
-    summary = train(make_config(tmp_path, *SMOKE, "train.epochs=2", "train.ema_decay=0.8", "optimizer.lr=0.3",
-                                "scheduler=constant"))
+    summary = train(
+        make_config(tmp_path, *SMOKE, "train.epochs=2", "train.ema_decay=0.8", "optimizer.lr=0.3", "scheduler=constant")
+    )
     rows = read_metrics(tmp_path)
     assert summary["best_weights"] == "ema"
-    assert (summary["best_val_top1"] == max(float(r["ema_val_top1"]) for r in rows)
-            > max(float(r["val_top1"]) for r in rows))
+    assert (
+        summary["best_val_top1"]
+        == max(float(r["ema_val_top1"]) for r in rows)
+        > max(float(r["val_top1"]) for r in rows)
+    )
     best_pt = tmp_path / "checkpoints" / "best.pt"
     best = load_checkpoint(best_pt)
     assert best["best"]["weights"] == "ema" and best["epoch"] == summary["best_epoch"] + 1
     result = evaluate(make_config(tmp_path / "eval", f"checkpoint={best_pt}", "hardware=cpu", app="evaluate"))
     assert result["top1"] == pytest.approx(summary["best_val_top1"], abs=1e-9)
     teacher, _ = load_teacher(str(best_pt), best["classes"], 3, torch.device("cpu"))
-    fine_tune = create_model("lenet5", num_classes=10, in_chans=3, image_size=32, variant="modern",
-                             weights=str(best_pt), classes=best["classes"])
+    fine_tune = create_model(
+        "lenet5",
+        num_classes=10,
+        in_chans=3,
+        image_size=32,
+        variant="modern",
+        weights=str(best_pt),
+        classes=best["classes"],
+    )
     exported = safetensors.torch.load_file(tmp_path / "checkpoints" / "model.safetensors")
     last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     for name, tensor in best["ema"].items():
@@ -91,9 +110,13 @@ def test_augmentation_presets_change_training_images_only(preset, tmp_path):
     images = load_split(cfg.data, True, None).dataset.images[:16]
     train_tf, eval_tf = (build_transforms(cfg.augmentation, cfg.data, train=t) for t in (True, False))
     # The same crops without the policy (or, for alexnet, without the lighting noise).
-    plain = make_config(tmp_path, "data=synthetic", "data.image_size=56", "data.channels=3",
-                        *(["augmentation=alexnet", "augmentation.lighting=0"] if preset == "alexnet" else
-                          ["augmentation=basic"]))
+    plain = make_config(
+        tmp_path,
+        "data=synthetic",
+        "data.image_size=56",
+        "data.channels=3",
+        *(["augmentation=alexnet", "augmentation.lighting=0"] if preset == "alexnet" else ["augmentation=basic"]),
+    )
     baseline = build_transforms(plain.augmentation, plain.data, train=True)
     outputs = []
     for tf in (train_tf, baseline):
@@ -148,8 +171,12 @@ def test_mixup_mixes_images_and_targets_alike(tmp_path):
 
 def test_label_smoothing_raises_the_loss_of_confident_right_answers(tmp_path):
     logits, labels = torch.eye(4) * 20, torch.arange(4)
-    losses = [Objective(make_config(tmp_path, f"augmentation.label_smoothing={s}").augmentation, 4, 4)(
-        logits, labels, None)[1] for s in (0.0, 0.1)]
+    losses = [
+        Objective(make_config(tmp_path, f"augmentation.label_smoothing={s}").augmentation, 4, 4)(logits, labels, None)[
+            1
+        ]
+        for s in (0.0, 0.1)
+    ]
     assert losses[0] < 1e-6 < losses[1]
 
 
@@ -158,8 +185,17 @@ def test_distillation_loss_falls(tmp_path):
     train(make_config(teacher_dir, *SMOKE, "train.epochs=2"))
     teacher = teacher_dir / "checkpoints" / "best.pt"
     # alpha=1: the train loss is the distillation loss alone.
-    summary = train(make_config(student_dir, *SMOKE, "train.epochs=3", "seed=1", f"distill.teacher={teacher}",
-                                "distill.alpha=1.0", "distill.temperature=2.0"))
+    summary = train(
+        make_config(
+            student_dir,
+            *SMOKE,
+            "train.epochs=3",
+            "seed=1",
+            f"distill.teacher={teacher}",
+            "distill.alpha=1.0",
+            "distill.temperature=2.0",
+        )
+    )
     losses = [float(r["train_loss"]) for r in read_metrics(student_dir)]
     assert losses[-1] < losses[0] * 0.8, losses
     assert summary["status"] == "completed"
@@ -182,13 +218,27 @@ def test_drop_path_drops_residuals_in_training_only():
 
 @pytest.mark.slow  # a real command in a subprocess
 def test_pseudo_labels_are_the_teachers_probabilities_for_the_pool(tmp_path):
-    labeled = ["data=fashion_mnist", "data.train_size=512", "data.val_size=256", "data.batch_size=64",
-               "model=lenet5", "model.variant=modern", "hardware=cpu"]
+    labeled = [
+        "data=fashion_mnist",
+        "data.train_size=512",
+        "data.val_size=256",
+        "data.batch_size=64",
+        "model=lenet5",
+        "model.variant=modern",
+        "hardware=cpu",
+    ]
     train(make_config(tmp_path / "teacher", *labeled, "train.epochs=1"))
     teacher = tmp_path / "teacher" / "checkpoints" / "last.pt"
     output = tmp_path / "pseudo.pt"
-    result = run_cli(f"checkpoint={teacher}", "data.train_size=512", "pool_size=300", f"output={output}",
-                     "hardware=cpu", f"hydra.run.dir={tmp_path / 'pl'}", module="cnnbench.pseudolabel")
+    result = run_cli(
+        f"checkpoint={teacher}",
+        "data.train_size=512",
+        "pool_size=300",
+        f"output={output}",
+        "hardware=cpu",
+        f"hydra.run.dir={tmp_path / 'pl'}",
+        module="cnnbench.pseudolabel",
+    )
     assert result.returncode == 0, result.stderr
     assert "pseudo-labelled 300 of 300 pool images" in result.stdout
     pseudo = torch.load(output, weights_only=True)
@@ -222,12 +272,18 @@ def test_balanced_pseudo_labels_give_each_class_as_many_most_confident_first():
     assert balanced(torch.tensor([0, 3, 4]), confidence, predicted, 3, 3).tolist() == [0, 3, 0, 4, 4, 4]
 
 
-@pytest.mark.parametrize("override,key", [
-    ("train.ema_decay=1.0", "train.ema_decay"), ("augmentation.mixup_alpha=-1", "augmentation.mixup_alpha"),
-    ("augmentation.random_erasing=2", "augmentation.random_erasing"), ("distill.alpha=1.5", "distill.alpha"),
-    ("distill.temperature=0", "distill.temperature"), ("augmentation.lighting=-0.1", "augmentation.lighting"),
-    ("eval.tta=tencrop", "eval.tta"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("train.ema_decay=1.0", "train.ema_decay"),
+        ("augmentation.mixup_alpha=-1", "augmentation.mixup_alpha"),
+        ("augmentation.random_erasing=2", "augmentation.random_erasing"),
+        ("distill.alpha=1.5", "distill.alpha"),
+        ("distill.temperature=0", "distill.temperature"),
+        ("augmentation.lighting=-0.1", "augmentation.lighting"),
+        ("eval.tta=tencrop", "eval.tta"),
+    ],
+)
 def test_bad_technique_values_name_their_key(override, key, tmp_path):
     with pytest.raises(ConfigError, match=key):
         check_config(make_config(tmp_path, override))

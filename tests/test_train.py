@@ -1,4 +1,5 @@
 """End-to-end training on real and generated data, and what a run leaves behind."""
+
 import csv
 import json
 
@@ -28,8 +29,16 @@ def read_metrics(run_dir):
 
 def test_fashion_mnist_learns(tmp_path):
     """A few dozen steps on the real Fashion-MNIST lift test accuracy far above chance (10%)."""
-    cfg = make_config(tmp_path, "model=lenet5", "model.variant=modern", "data.train_size=6000",
-                      "data.batch_size=64", "train.epochs=1", "data.val_size=2000", "hardware=cpu")
+    cfg = make_config(
+        tmp_path,
+        "model=lenet5",
+        "model.variant=modern",
+        "data.train_size=6000",
+        "data.batch_size=64",
+        "train.epochs=1",
+        "data.val_size=2000",
+        "hardware=cpu",
+    )
     summary = train(cfg)
     assert summary["status"] == "completed" and summary["data"] == "fashion_mnist"
     assert summary["final_val_top1"] > 60
@@ -43,8 +52,19 @@ def test_run_directory_holds_the_contract(tmp_path, smoke):
         assert (tmp_path / name).is_file(), name
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk == summary
-    for key in ("model", "params", "gflops", "data", "best_val_top1", "best_val_top5", "best_epoch",
-                "final_val_top1", "final_val_top5", "wall_time_s", "status"):
+    for key in (
+        "model",
+        "params",
+        "gflops",
+        "data",
+        "best_val_top1",
+        "best_val_top5",
+        "best_epoch",
+        "final_val_top1",
+        "final_val_top5",
+        "wall_time_s",
+        "status",
+    ):
         assert key in on_disk, key
     rows = read_metrics(tmp_path)
     assert [int(r["epoch"]) for r in rows] == [0, 1]
@@ -123,20 +143,32 @@ def test_a_single_runs_hparams_are_the_chosen_settings(tmp_path, smoke):
 def test_a_sweep_points_hparams_lead_with_its_swept_keys(tmp_path):
     """A point knows its sweep from its .hydra record and the sweep's multirun.yaml: the swept keys, with
     every value, marked as differing; a swept key of a policy this point does not use has no value here."""
-    OmegaConf.save({"hydra": {"sweeper": {"params": {"augmentation.randaugment_magnitude": "5,9"}},
-                              "overrides": {"task": ["augmentation=none,randaugment", "seed=3"]}}},
-                   tmp_path / "multirun.yaml")
+    OmegaConf.save(
+        {
+            "hydra": {
+                "sweeper": {"params": {"augmentation.randaugment_magnitude": "5,9"}},
+                "overrides": {"task": ["augmentation=none,randaugment", "seed=3"]},
+            }
+        },
+        tmp_path / "multirun.yaml",
+    )
     for policy in ("none", "randaugment"):
         point = tmp_path / policy
         (point / ".hydra").mkdir(parents=True)
         OmegaConf.save({"hydra": {"mode": "MULTIRUN"}}, point / ".hydra" / "hydra.yaml")
         overrides = ["augmentation.randaugment_magnitude=5", f"augmentation={policy}", "seed=3"]
         OmegaConf.save(overrides, point / ".hydra" / "overrides.yaml")
-        experiment, start = (summary.value[0].metadata.plugin_data.content
-                             for summary in hparam_summaries(make_config(point, *overrides), "float32"))
+        experiment, start = (
+            summary.value[0].metadata.plugin_data.content
+            for summary in hparam_summaries(make_config(point, *overrides), "float32")
+        )
         policies, magnitudes = metadata.parse_experiment_plugin_data(experiment).hparam_infos[:2]
         assert (policies.name, policies.differs, magnitudes.name, magnitudes.differs) == (
-            "augmentation", True, "augmentation.randaugment_magnitude", True)
+            "augmentation",
+            True,
+            "augmentation.randaugment_magnitude",
+            True,
+        )
         assert [v.string_value for v in policies.domain_discrete.values] == ["none", "randaugment"]
         assert [v.number_value for v in magnitudes.domain_discrete.values] == [5, 9]
         values = metadata.parse_session_start_info_plugin_data(start).hparams
@@ -147,8 +179,10 @@ def test_a_sweep_points_hparams_lead_with_its_swept_keys(tmp_path):
 
 def test_unused_augmentation_keys_are_another_policys():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for name, unused in (("none", {"autoaugment_policy", "crop", "crop_padding", "hflip", "randaugment_ops"}),
-                             ("randaugment", {"autoaugment_policy", "scale", "eval_crop_ratio"})):
+        for name, unused in (
+            ("none", {"autoaugment_policy", "crop", "crop_padding", "hflip", "randaugment_ops"}),
+            ("randaugment", {"autoaugment_policy", "scale", "eval_crop_ratio"}),
+        ):
             aug = compose("train", overrides=[f"augmentation={name}"]).augmentation
             assert unused <= unused_keys(aug) and "name" not in unused_keys(aug), name
             assert ("randaugment_magnitude" in unused_keys(aug)) == (name != "randaugment")
@@ -164,9 +198,21 @@ def test_fewer_than_five_classes_report_top_k(tmp_path, smoke):
 def test_imagenet_layout_trains_and_validates(tmp_path):
     classes = make_image_tree(tmp_path / "images")
     run = tmp_path / "run"
-    summary = train(make_config(run, "data=imagenet", f"data.root={tmp_path / 'images'}", "data.image_size=32",
-                                "data.batch_size=6", "data.workers=0", "augmentation=imagenet",
-                                "model=resnet18", "model.width_mult=0.25", "train.epochs=1", "hardware=cpu"))
+    summary = train(
+        make_config(
+            run,
+            "data=imagenet",
+            f"data.root={tmp_path / 'images'}",
+            "data.image_size=32",
+            "data.batch_size=6",
+            "data.workers=0",
+            "augmentation=imagenet",
+            "model=resnet18",
+            "model.width_mult=0.25",
+            "train.epochs=1",
+            "hardware=cpu",
+        )
+    )
     assert summary["status"] == "completed" and summary["top5_k"] == 3
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["classes"] == list(classes)
@@ -174,9 +220,20 @@ def test_imagenet_layout_trains_and_validates(tmp_path):
 
 
 def test_synthetic_data_trains_with_grad_accumulation_and_clipping(tmp_path, smoke):
-    summary = train(make_config(tmp_path, *smoke, "train.epochs=3", "train.grad_accum_steps=2",
-                                "train.clip_grad_norm=1.0", "optimizer=adamw", "optimizer.lr=0.01", "scheduler=step",
-                                "scheduler.decay_epochs=2", "scheduler.warmup_epochs=0.5"))
+    summary = train(
+        make_config(
+            tmp_path,
+            *smoke,
+            "train.epochs=3",
+            "train.grad_accum_steps=2",
+            "train.clip_grad_norm=1.0",
+            "optimizer=adamw",
+            "optimizer.lr=0.01",
+            "scheduler=step",
+            "scheduler.decay_epochs=2",
+            "scheduler.warmup_epochs=0.5",
+        )
+    )
     rows = read_metrics(tmp_path)
     assert [int(r["step"]) for r in rows] == [4, 8, 12]  # 8 batches / 2 micro-steps per update
     assert float(rows[0]["train_loss"]) > float(rows[-1]["train_loss"])
@@ -198,8 +255,16 @@ def test_fashion_mnist_is_installed():
 
 def test_compound_scaling_grows_depth_width_and_image_size(tmp_path):
     """model.phi=1 (compound scaling, Tan and Le 2019): depth x1.2, width x1.1, image side x1.15 (32 -> 36)."""
-    base = ["data=synthetic", "data.train_size=64", "data.val_size=32", "data.batch_size=32",
-            "model=resnet18", "model.width_mult=0.25", "train.epochs=1", "hardware=cpu"]
+    base = [
+        "data=synthetic",
+        "data.train_size=64",
+        "data.val_size=32",
+        "data.batch_size=32",
+        "model=resnet18",
+        "model.width_mult=0.25",
+        "train.epochs=1",
+        "hardware=cpu",
+    ]
     plain = train(make_config(tmp_path / "plain", *base))
     scaled = train(make_config(tmp_path / "scaled", *base, "model.phi=1"))
     config = load_checkpoint(tmp_path / "scaled" / "checkpoints" / "last.pt")["config"]

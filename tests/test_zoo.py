@@ -1,6 +1,7 @@
 """The model zoo against its references: parameter counts and state dicts of torchvision and timm, the
 same logits from the same weights, every model's forward and backward at a small input, the knobs, the
 configs in conf/model/ and the listing."""
+
 import warnings
 
 import pytest
@@ -84,15 +85,18 @@ def test_parameters_and_state_dict_match_the_reference(name):
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
 
 
-@pytest.mark.parametrize("name, kwargs, params", [
-    ("nin", dict(num_classes=1000), 7_439_608),
-    ("fmnist_cnn", dict(num_classes=10, in_chans=1, image_size=28), 1_413_834),
-    ("lenet5", dict(num_classes=10, in_chans=1, image_size=32), 61_706),
-    ("compact_cnn", dict(num_classes=10, in_chans=1, image_size=28), 401_978),
-    ("zfnet", dict(num_classes=1000), 62_357_608),  # AlexNet 2012's 62,378,344 less the 11x11 kernels
-    ("wrn28_10", dict(num_classes=10, image_size=32), 36_479_194),
-    ("wrn40_4", dict(num_classes=10, image_size=32), 8_949_210),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, params",
+    [
+        ("nin", dict(num_classes=1000), 7_439_608),
+        ("fmnist_cnn", dict(num_classes=10, in_chans=1, image_size=28), 1_413_834),
+        ("lenet5", dict(num_classes=10, in_chans=1, image_size=32), 61_706),
+        ("compact_cnn", dict(num_classes=10, in_chans=1, image_size=28), 401_978),
+        ("zfnet", dict(num_classes=1000), 62_357_608),  # AlexNet 2012's 62,378,344 less the 11x11 kernels
+        ("wrn28_10", dict(num_classes=10, image_size=32), 36_479_194),
+        ("wrn40_4", dict(num_classes=10, image_size=32), 8_949_210),
+    ],
+)
 def test_exact_parameter_counts(name, kwargs, params):
     assert count(on_meta(lambda: create_model(name, **kwargs))) == params
 
@@ -110,11 +114,28 @@ def randomize_norms(model: nn.Module) -> None:
 
 
 # One model per family (and the odd ones out: TensorFlow's BN eps in B5), at a small input it takes.
-LOGIT_CASES = [("alexnet", 64), ("vgg11_bn", 32), ("googlenet", 64), ("inception_v3", 75), ("inception_v4", 75),
-               ("resnet18", 64), ("resnext50_32x4d", 64), ("se_resnet50", 64), ("bit_resnet50x1", 64),
-               ("densenet121", 64), ("xception", 71), ("mobilenet_v1", 32), ("mobilenet_v2", 32),
-               ("mobilenet_v3_large", 32), ("mobilenet_v3_small", 32), ("cspresnet50", 64), ("efficientnet_b0", 32),
-               ("efficientnet_b5", 32), ("regnet_x_400mf", 32), ("regnet_y_400mf", 32)]
+LOGIT_CASES = [
+    ("alexnet", 64),
+    ("vgg11_bn", 32),
+    ("googlenet", 64),
+    ("inception_v3", 75),
+    ("inception_v4", 75),
+    ("resnet18", 64),
+    ("resnext50_32x4d", 64),
+    ("se_resnet50", 64),
+    ("bit_resnet50x1", 64),
+    ("densenet121", 64),
+    ("xception", 71),
+    ("mobilenet_v1", 32),
+    ("mobilenet_v2", 32),
+    ("mobilenet_v3_large", 32),
+    ("mobilenet_v3_small", 32),
+    ("cspresnet50", 64),
+    ("efficientnet_b0", 32),
+    ("efficientnet_b5", 32),
+    ("regnet_x_400mf", 32),
+    ("regnet_y_400mf", 32),
+]
 
 
 @pytest.mark.parametrize("name, size", LOGIT_CASES)
@@ -145,8 +166,9 @@ def test_forward_and_backward_on_fashion_mnist_sized_images(name):
     assert all(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.parametrize("name, size", [("resnet50", 224), ("googlenet", 224), ("inception_v3", 299),
-                                        ("efficientnet_b0", 224)])
+@pytest.mark.parametrize(
+    "name, size", [("resnet50", 224), ("googlenet", 224), ("inception_v3", 299), ("efficientnet_b0", 224)]
+)
 def test_forward_at_the_papers_resolution(name, size):
     model = create_model(name, image_size=size).eval()
     with torch.no_grad():
@@ -231,8 +253,10 @@ for _name in ZOO:
 @pytest.mark.parametrize("name", sorted(SWEEP.values()))
 def test_width_and_depth_multipliers_grow_the_model(name):
     size = 28 if name == "fmnist_cnn" else 224
-    params = {(w, d): count(on_meta(lambda: create_model(name, image_size=size, width_mult=w, depth_mult=d)))
-              for w, d in [(0.5, 1.0), (1.0, 1.0), (2.0, 1.0), (1.0, 2.0)]}
+    params = {
+        (w, d): count(on_meta(lambda: create_model(name, image_size=size, width_mult=w, depth_mult=d)))
+        for w, d in [(0.5, 1.0), (1.0, 1.0), (2.0, 1.0), (1.0, 2.0)]
+    }
     assert params[0.5, 1.0] < params[1.0, 1.0] < params[2.0, 1.0]
     assert params[1.0, 1.0] < params[1.0, 2.0]
 
@@ -244,23 +268,26 @@ def test_resnet_shortcut_options_and_se():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("name, knobs, key", [
-    ("resnet18", dict(depth=3), "depth"),
-    ("resnet18", dict(width_mult="wide"), "width_mult"),
-    ("resnet18", dict(width_mult=0), "width_mult"),
-    ("densenet121", dict(growth_rate=12.5), "growth_rate"),
-    ("resnet18", dict(stem="tiny"), "stem"),
-    ("resnet50", dict(shortcut="D"), "shortcut"),
-    ("alexnet", dict(channels="2011"), "channels"),
-    ("regnet_x_400mf", dict(w0=20), "w0"),
-    ("mobilenet_v3_large", dict(size="medium"), "size"),
-    ("vgg11", dict(depths=[1, 1]), "depths"),
-    ("compact_cnn", dict(depths=[1, 1]), "depths"),
-    ("compact_cnn", dict(widths=[8] * 8, depths=[1] * 8), "widths"),
-    ("wrn28_10", dict(depth=27), "depth"),
-    ("wrn40_4", dict(depth=4), "depth"),
-    ("wrn28_10", dict(widen_factor=0), "widen_factor"),
-])
+@pytest.mark.parametrize(
+    "name, knobs, key",
+    [
+        ("resnet18", dict(depth=3), "depth"),
+        ("resnet18", dict(width_mult="wide"), "width_mult"),
+        ("resnet18", dict(width_mult=0), "width_mult"),
+        ("densenet121", dict(growth_rate=12.5), "growth_rate"),
+        ("resnet18", dict(stem="tiny"), "stem"),
+        ("resnet50", dict(shortcut="D"), "shortcut"),
+        ("alexnet", dict(channels="2011"), "channels"),
+        ("regnet_x_400mf", dict(w0=20), "w0"),
+        ("mobilenet_v3_large", dict(size="medium"), "size"),
+        ("vgg11", dict(depths=[1, 1]), "depths"),
+        ("compact_cnn", dict(depths=[1, 1]), "depths"),
+        ("compact_cnn", dict(widths=[8] * 8, depths=[1] * 8), "widths"),
+        ("wrn28_10", dict(depth=27), "depth"),
+        ("wrn40_4", dict(depth=4), "depth"),
+        ("wrn28_10", dict(widen_factor=0), "widen_factor"),
+    ],
+)
 def test_bad_knobs_name_their_key(name, knobs, key):
     with pytest.raises(ConfigError, match=rf"^model\.{key}: "):
         on_meta(lambda: create_model(name, **knobs))
@@ -281,8 +308,16 @@ def test_zfnet_follows_the_papers_figure_3():
         x = layer(x)
         if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
             maps.append(tuple(x.shape[1:]))
-    assert maps == [(96, 110, 110), (96, 55, 55), (256, 26, 26), (256, 13, 13), (384, 13, 13), (384, 13, 13),
-                    (256, 13, 13), (256, 6, 6)]
+    assert maps == [
+        (96, 110, 110),
+        (96, 55, 55),
+        (256, 26, 26),
+        (256, 13, 13),
+        (384, 13, 13),
+        (384, 13, 13),
+        (256, 13, 13),
+        (256, 6, 6),
+    ]
     assert [m.kernel_size for m in model.features if isinstance(m, nn.Conv2d)][:2] == [(7, 7), (5, 5)]
     assert sum(isinstance(m, nn.LocalResponseNorm) for m in model.modules()) == 2
     assert [m.out_features for m in model.classifier if isinstance(m, nn.Linear)] == [4096, 4096, 1000]
@@ -292,8 +327,10 @@ def test_zfnet_follows_the_papers_figure_3():
 def test_wide_resnets_have_the_papers_parameter_counts():
     """Zagoruyko and Komodakis's CIFAR-10 table, in millions: WRN-28-10 36.5, WRN-40-4 8.9; other WRN-d-k
     through depth and widen_factor (WRN-16-8 11.0, WRN-40-10 55.8)."""
+
     def millions(name, **knobs):
         return round(count(on_meta(lambda: create_model(name, num_classes=10, image_size=32, **knobs))) / 1e6, 1)
+
     assert millions("wrn28_10") == 36.5 and millions("wrn40_4") == 8.9
     assert millions("wrn28_10", depth=16, widen_factor=8) == 11.0
     assert millions("wrn40_4", widen_factor=10) == 55.8
@@ -306,8 +343,7 @@ def test_zfnet_and_wrn_forward_at_the_data_sizes(in_chans, size):
     torch.manual_seed(0)
     x = torch.randn(2, in_chans, size, size)
     zfnet = create_model("zfnet", num_classes=10, in_chans=in_chans, image_size=size, width_mult=0.125).eval()
-    wrn = create_model("wrn28_10", num_classes=10, in_chans=in_chans, image_size=size, depth=10,
-                       widen_factor=1).eval()
+    wrn = create_model("wrn28_10", num_classes=10, in_chans=in_chans, image_size=size, depth=10, widen_factor=1).eval()
     with torch.no_grad():
         assert zfnet(x).shape == wrn(x).shape == (2, 10)
         assert zfnet.features(x).shape[-1] == {28: 3, 32: 4, 224: 6}[size]
@@ -315,8 +351,10 @@ def test_zfnet_and_wrn_forward_at_the_data_sizes(in_chans, size):
 
 
 def test_zfnet_and_wrn_width_and_depth_multipliers():
-    zfnet = {(w, d): on_meta(lambda: create_model("zfnet", width_mult=w, depth_mult=d))
-             for w, d in [(1.0, 1.0), (0.5, 1.0), (1.0, 2.0)]}
+    zfnet = {
+        (w, d): on_meta(lambda: create_model("zfnet", width_mult=w, depth_mult=d))
+        for w, d in [(1.0, 1.0), (0.5, 1.0), (1.0, 2.0)]
+    }
     assert zfnet[0.5, 1.0].features[0].out_channels == 48 and zfnet[0.5, 1.0].classifier[1].out_features == 2048
     assert [sum(isinstance(m, nn.Conv2d) for m in model.modules()) for model in zfnet.values()] == [5, 5, 8]
     assert count(zfnet[0.5, 1.0]) < count(zfnet[1.0, 1.0]) < count(zfnet[1.0, 2.0])
@@ -328,8 +366,9 @@ def test_zfnet_and_wrn_width_and_depth_multipliers():
     assert tiny.layer1[0].dropout.p == 0.3  # between the convs, the paper's CIFAR rate
 
 
-@pytest.mark.parametrize("name, knobs", [("zfnet", dict(width_mult=0.125)),
-                                         ("wrn28_10", dict(depth=10, widen_factor=1))])
+@pytest.mark.parametrize(
+    "name, knobs", [("zfnet", dict(width_mult=0.125)), ("wrn28_10", dict(depth=10, widen_factor=1))]
+)
 def test_zfnet_and_wrn_train_through_the_trainer(tmp_path, name, knobs):
     """Two batches of synthetic 32x32 images through the real trainer (WRN-10-1 for WRN-28-10)."""
     overrides = [o for o in SMOKE if not o.startswith("model")] + [f"model={name}"]
@@ -398,10 +437,13 @@ def test_every_model_declares_its_classifier(name):
     assert (last.out_features if isinstance(last, nn.Linear) else last.out_channels) == 7
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("vgg11", dict(image_size=32, width_mult=0.125)),  # its 4096-unit hidden layers, narrowed to 512
-    ("fmnist_cnn", dict(in_chans=1, image_size=28)),  # Dense 128-64
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("vgg11", dict(image_size=32, width_mult=0.125)),  # its 4096-unit hidden layers, narrowed to 512
+        ("fmnist_cnn", dict(in_chans=1, image_size=28)),  # Dense 128-64
+    ],
+)
 def test_the_declared_classifier_is_the_output_layer_even_at_a_hidden_width(name, kwargs):
     """With as many classes as the last hidden layer has units, the declared head is still the one whose
     output is the logits, and freeze=backbone trains it alone."""
@@ -422,13 +464,15 @@ def test_nin_fine_tunes_its_class_maps_onto_other_classes(tmp_path):
     kwargs = dict(image_size=32, width_mult=0.25)
     trained = create_model("nin", num_classes=10, **kwargs)
     save_file(trained.state_dict(), tmp_path / "nin.safetensors")
-    model = create_model("nin", num_classes=4, weights=str(tmp_path / "nin.safetensors"), new_head=True,
-                         freeze="backbone", **kwargs)
+    model = create_model(
+        "nin", num_classes=4, weights=str(tmp_path / "nin.safetensors"), new_head=True, freeze="backbone", **kwargs
+    )
     assert model.pretrained_cfg["classifier"] == "classifier"
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in trained.state_dict().items() if not k.startswith("classifier."))
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        n for n, _ in model.classifier.named_parameters(prefix="classifier")}
+        n for n, _ in model.classifier.named_parameters(prefix="classifier")
+    }
     assert len([m for m in model.classifier.modules() if isinstance(m, nn.Conv2d)]) == 3
     assert output_layer(model, "classifier", torch.randn(2, 3, 32, 32)).shape == (2, 4)
 
@@ -436,6 +480,7 @@ def test_nin_fine_tunes_its_class_maps_onto_other_classes(tmp_path):
 class HeadFirst(nn.Module):
     """A user's network that registers its head before its stem: with as many classes as stem channels, the
     guess (the last layer with num_classes outputs) names the stem; the class's `classifier` names the head."""
+
     classifier = "head"
 
     def __init__(self, num_classes=10, in_chans=3, width: int = 16):
@@ -463,25 +508,48 @@ def test_a_user_model_names_its_classifier_or_has_it_guessed():
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"head.weight", "head.bias"}
     guessed = create_model("unnamed", num_classes=10, image_size=8, _target_=f"{__name__}.Unnamed")
     assert guessed.pretrained_cfg["classifier"] == "head"  # no other layer has 10 outputs
-    with pytest.raises(ConfigError, match=r"^model\._target_: misnamed names its classifier 'fc', which it does "
-                                          r"not have$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^model\._target_: misnamed names its classifier 'fc', which it does "
+        r"not have$",
+    ):
         create_model("misnamed", num_classes=10, image_size=8, _target_=f"{__name__}.Misnamed")
 
 
-@pytest.mark.parametrize("name, knobs, message", [
-    ("resnet18", dict(groups=32), "model.groups: ResNet's basic blocks take groups=1 and width_per_group=64 "
-                                  "(ResNeXt needs block=bottleneck), got 32"),
-    ("resnet34", dict(width_per_group=128), "model.width_per_group: ResNet's basic blocks take groups=1 and "
-                                            "width_per_group=64 (ResNeXt needs block=bottleneck), got 128"),
-    ("googlenet", dict(branch3_kernel=4), "model.branch3_kernel: one of 3, 5, got 4"),
-    ("inception_v3", dict(source="torchvision", kwargs={"aux_logits": True}),
-     "model.kwargs: torchvision's aux_logits outputs are not cnnbench's; model=googlenet and model=inception_v3 "
-     "train auxiliary classifiers"),
-    ("resnet18", dict(pretrained=True, weights="resnet18.pt"),
-     "model.pretrained: model.weights replaces the library weights; pass one or the other"),
-    ("resnet10t", dict(source="timm", pretrained=True, weights="resnet10t.pt"),
-     "model.pretrained: model.weights replaces the library weights; pass one or the other"),
-])
+@pytest.mark.parametrize(
+    "name, knobs, message",
+    [
+        (
+            "resnet18",
+            dict(groups=32),
+            "model.groups: ResNet's basic blocks take groups=1 and width_per_group=64 "
+            "(ResNeXt needs block=bottleneck), got 32",
+        ),
+        (
+            "resnet34",
+            dict(width_per_group=128),
+            "model.width_per_group: ResNet's basic blocks take groups=1 and "
+            "width_per_group=64 (ResNeXt needs block=bottleneck), got 128",
+        ),
+        ("googlenet", dict(branch3_kernel=4), "model.branch3_kernel: one of 3, 5, got 4"),
+        (
+            "inception_v3",
+            dict(source="torchvision", kwargs={"aux_logits": True}),
+            "model.kwargs: torchvision's aux_logits outputs are not cnnbench's; model=googlenet and model=inception_v3 "
+            "train auxiliary classifiers",
+        ),
+        (
+            "resnet18",
+            dict(pretrained=True, weights="resnet18.pt"),
+            "model.pretrained: model.weights replaces the library weights; pass one or the other",
+        ),
+        (
+            "resnet10t",
+            dict(source="timm", pretrained=True, weights="resnet10t.pt"),
+            "model.pretrained: model.weights replaces the library weights; pass one or the other",
+        ),
+    ],
+)
 def test_knobs_a_model_cannot_honour_are_refused(name, knobs, message):
     with pytest.raises(ConfigError) as error:
         on_meta(lambda: create_model(name, **knobs))
@@ -490,12 +558,14 @@ def test_knobs_a_model_cannot_honour_are_refused(name, knobs, message):
 
 @pytest.mark.slow  # a real command in a subprocess
 def test_basic_blocks_refuse_resnext_groups_from_the_command_line(tmp_path):
-    result = run_cli("data=synthetic", "model=resnet18", "model.groups=32", "hardware=cpu",
-                     f"hydra.run.dir={tmp_path}", timeout=120)
+    result = run_cli(
+        "data=synthetic", "model=resnet18", "model.groups=32", "hardware=cpu", f"hydra.run.dir={tmp_path}", timeout=120
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "cnnbench: error: model.groups: ResNet's basic blocks take groups=1 and width_per_group=64 "
-        "(ResNeXt needs block=bottleneck), got 32")
+        "(ResNeXt needs block=bottleneck), got 32"
+    )
 
 
 @pytest.mark.parametrize("name", ["lenet5", "fmnist_cnn", "compact_cnn", "nin"])
@@ -504,8 +574,9 @@ def test_checkpoints_from_before_the_head_had_a_name_still_load(name, tmp_path):
     dicts written when it was keyed by its position load through load_state_dict and model.weights=."""
     model = create_model(name, num_classes=10, in_chans=1, image_size=28)
     positions = {name: str(i) for i, name in enumerate(model._modules)}
-    old = {".".join([positions[k.split(".")[0]], *k.split(".")[1:]]): v.clone() + 1
-           for k, v in model.state_dict().items()}
+    old = {
+        ".".join([positions[k.split(".")[0]], *k.split(".")[1:]]): v.clone() + 1 for k, v in model.state_dict().items()
+    }
     assert not any(k.startswith(("fc.", "classifier.")) for k in old)
     fresh = create_model(name, num_classes=10, in_chans=1, image_size=28)
     fresh.load_state_dict(dict(old))

@@ -8,6 +8,7 @@ and argv, the entry point run as `python -m` runs it (runpy, `__main__`), and a 
 signal, reported back to the test. What a command does after its start is what a cold one does: Hydra,
 logging and the run all start in the child.
 """
+
 import json
 import os
 import selectors

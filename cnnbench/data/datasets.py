@@ -4,6 +4,7 @@ Small sets (Fashion-MNIST, MNIST, CIFAR) live in memory as one uint8 tensor; Ima
 are read from disk. Every source works offline from local files; `data.download=true` lets
 torchvision fetch what is missing.
 """
+
 import contextlib
 import gzip
 import os
@@ -27,6 +28,7 @@ DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 @dataclass
 class Split:
     """One split: the data set, and the class names its labels index."""
+
     dataset: torch.utils.data.Dataset
     classes: list[str]
     warnings: list[str] = field(default_factory=list)  # for train.log, which opens after the data
@@ -100,7 +102,7 @@ def _read_idx(path: Path) -> torch.Tensor:
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return torch.from_numpy(np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).copy()).view(shape)
 
 
@@ -130,10 +132,12 @@ def mnist_like(name: str, root: str | None, train: bool, download: bool) -> Spli
             raise DataError(f"data: could not download {name} to {root}: {e}") from None
         return mnist_like(name, root, train, download=False)
     if images_file is None or labels_file is None:
-        hint = ("apt-get install dataset-fashion-mnist (Debian) or " if name == "fashion_mnist" else "")
-        raise DataError(f"data: no {name} IDX files ({prefix}-images-idx3-ubyte[.gz]) in "
-                        f"{', '.join(map(str, dirs)) or '(no data.root)'}; get them with {hint}"
-                        f"data.root=DIR data.download=true")
+        hint = "apt-get install dataset-fashion-mnist (Debian) or " if name == "fashion_mnist" else ""
+        raise DataError(
+            f"data: no {name} IDX files ({prefix}-images-idx3-ubyte[.gz]) in "
+            f"{', '.join(map(str, dirs)) or '(no data.root)'}; get them with {hint}"
+            f"data.root=DIR data.download=true"
+        )
     images, targets = _read_idx(images_file), _read_idx(labels_file).long()
     return Split(TensorImages(images.unsqueeze(1), targets), list(tv_class.classes))
 
@@ -163,6 +167,7 @@ def _open_image(path: str) -> Image.Image:
 
 class BadImage(NamedTuple):
     """What a sample becomes when its file does not decode: the batch leaves it out (loader.py)."""
+
     path: str
     reason: str
 
@@ -175,8 +180,10 @@ class ImageFiles(torchvision.datasets.ImageFolder):
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
         self.skipped_links = []
         if is_valid_file is None:
+
             def is_valid_file(path):
                 return torchvision.datasets.folder.has_file_allowed_extension(path, extensions)
+
         split = os.path.realpath(directory)
         samples = []
         for name, index in sorted(class_to_idx.items()):
@@ -185,15 +192,17 @@ class ImageFiles(torchvision.datasets.ImageFolder):
             for folder, subfolders, files in os.walk(top, followlinks=True):
                 for sub in list(subfolders):
                     real = os.path.realpath(os.path.join(folder, sub))
-                    into_other_class = os.path.commonpath([real, split]) == split and \
-                        os.path.commonpath([real, own]) != own
+                    into_other_class = (
+                        os.path.commonpath([real, split]) == split and os.path.commonpath([real, own]) != own
+                    )
                     if real in visited or own.startswith(real + os.sep) or into_other_class:
                         subfolders.remove(sub)
                         self.skipped_links.append(f"{os.path.join(folder, sub)} -> {real}")
                     visited.add(real)
                 subfolders.sort()
-                samples += [(path, index) for path in (os.path.join(folder, f) for f in sorted(files))
-                            if is_valid_file(path)]
+                samples += [
+                    (path, index) for path in (os.path.join(folder, f) for f in sorted(files)) if is_valid_file(path)
+                ]
         return samples
 
     def __getitem__(self, index):
@@ -207,8 +216,9 @@ def image_folder(name: str, root: str | None, train: bool, download: bool, *, on
     """ImageNet's layout: root/train/<class>/* and root/val/<class>/* (class = wnid or any name)."""
     split = Path(root or ".") / ("train" if train else "val")
     if not root or not split.is_dir():
-        raise DataError(f"data.root: {name} expects class folders in {split} "
-                        f"(root/train/<class>/*.jpg and root/val/<class>/*.jpg)")
+        raise DataError(
+            f"data.root: {name} expects class folders in {split} (root/train/<class>/*.jpg and root/val/<class>/*.jpg)"
+        )
     not_images = []
 
     def is_image(path: str) -> bool:
@@ -223,11 +233,15 @@ def image_folder(name: str, root: str | None, train: bool, download: bool, *, on
         raise DataError(f"data.root: {e}") from None
     warnings = []
     if not_images:
-        warnings.append(f"data: {len(not_images)} files in {split} are not images by their names, left out: "
-                        f"{', '.join(not_images[:5])}{', ...' if len(not_images) > 5 else ''}")
+        warnings.append(
+            f"data: {len(not_images)} files in {split} are not images by their names, left out: "
+            f"{', '.join(not_images[:5])}{', ...' if len(not_images) > 5 else ''}"
+        )
     if ds.skipped_links:
-        warnings.append(f"data: linked folders in {split} left out (a loop, or another class's images): "
-                        f"{', '.join(ds.skipped_links)}")
+        warnings.append(
+            f"data: linked folders in {split} left out (a loop, or another class's images): "
+            f"{', '.join(ds.skipped_links)}"
+        )
     empty = sorted(set(ds.classes) - {ds.classes[target] for target in ds.targets})
     if empty and on_bad_image == "error":
         raise DataError(f"data.root: class folders without images in {split}: {', '.join(empty)}")
@@ -255,16 +269,26 @@ def labelled_val(root: str, labels_file: Path) -> Split:
     root/train's folders; without root/train (evaluating elsewhere), the classes the labels name."""
     train_folder, val_folder = Path(root) / "train", Path(root) / "val"
     labels = imagenet.read_val_labels(labels_file)
-    classes = (torchvision.datasets.folder.find_classes(train_folder)[0] if train_folder.is_dir()
-               else sorted(set(labels.values())))
+    classes = (
+        torchvision.datasets.folder.find_classes(train_folder)[0]
+        if train_folder.is_dir()
+        else sorted(set(labels.values()))
+    )
     samples, not_images = imagenet.val_samples(val_folder, labels, labels_file, classes)
-    warnings = [f"data: {len(not_images)} files in {val_folder} are not images by their names, left out: "
-                f"{', '.join(not_images[:5])}{', ...' if len(not_images) > 5 else ''}"] if not_images else []
+    warnings = (
+        [
+            f"data: {len(not_images)} files in {val_folder} are not images by their names, left out: "
+            f"{', '.join(not_images[:5])}{', ...' if len(not_images) > 5 else ''}"
+        ]
+        if not_images
+        else []
+    )
     return Split(ListedFiles(str(val_folder), classes, samples, loader=_open_image), classes, warnings)
 
 
-def synthetic(name: str, root, train: bool, download, *, size: int, image_size: int, channels: int,
-              num_classes: int) -> Split:
+def synthetic(
+    name: str, root, train: bool, download, *, size: int, image_size: int, channels: int, num_classes: int
+) -> Split:
     """Random images around one random prototype per class: learnable, so a smoke run shows learning.
     Built in uint8 throughout: a GPU benchmark's set at 224 px is gigabytes, and int64 eight times that."""
     g = torch.Generator().manual_seed(0)
@@ -282,6 +306,7 @@ def synthetic(name: str, root, train: bool, download, *, size: int, image_size: 
 class DataSet:
     """What cnnbench knows of a data set besides its conf/data/NAME.yaml (channels, size, mean and std): how
     its splits are read, and its class count where it is fixed, for bench, which reads no file."""
+
     load: object  # (name, root, train, download) -> Split
     num_classes: int | None = None  # None: its files say (or data.num_classes, for synthetic)
 
@@ -291,10 +316,15 @@ class DataSet:
         return self.load is image_folder
 
 
-DATASETS = {"fashion_mnist": DataSet(mnist_like, 10), "mnist": DataSet(mnist_like, 10),
-            "cifar10": DataSet(cifar, 10), "cifar100": DataSet(cifar, 100),
-            "imagenet": DataSet(image_folder, 1000), "imagefolder": DataSet(image_folder),
-            "synthetic": DataSet(synthetic)}
+DATASETS = {
+    "fashion_mnist": DataSet(mnist_like, 10),
+    "mnist": DataSet(mnist_like, 10),
+    "cifar10": DataSet(cifar, 10),
+    "cifar100": DataSet(cifar, 100),
+    "imagenet": DataSet(image_folder, 1000),
+    "imagefolder": DataSet(image_folder),
+    "synthetic": DataSet(synthetic),
+}
 
 
 def dataset(name: str) -> DataSet:
@@ -309,10 +339,22 @@ def load_split(data_cfg, train: bool, transform) -> Split:
     root = os.path.expanduser(data_cfg.root) if data_cfg.root else None
     if source.load is synthetic:
         size = (data_cfg.train_size if train else data_cfg.val_size) or (1024 if train else 256)
-        split = synthetic(data_cfg.name, root, train, False, size=size, image_size=data_cfg.image_size,
-                          channels=data_cfg.channels, num_classes=data_cfg.num_classes or 10)
-    elif (source.files and not train and root
-          and (labels_file := imagenet.val_labels_file(Path(root), data_cfg.get("val_labels")))):
+        split = synthetic(
+            data_cfg.name,
+            root,
+            train,
+            False,
+            size=size,
+            image_size=data_cfg.image_size,
+            channels=data_cfg.channels,
+            num_classes=data_cfg.num_classes or 10,
+        )
+    elif (
+        source.files
+        and not train
+        and root
+        and (labels_file := imagenet.val_labels_file(Path(root), data_cfg.get("val_labels")))
+    ):
         split = labelled_val(root, labels_file)
     elif source.files:
         split = image_folder(data_cfg.name, root, train, data_cfg.download, on_bad_image=data_cfg.on_bad_image)
@@ -321,9 +363,11 @@ def load_split(data_cfg, train: bool, transform) -> Split:
     targets = torch.as_tensor(split.dataset.targets)
     if len(targets) and not 0 <= targets.min() <= targets.max() < len(split.classes):
         index = int(((targets < 0) | (targets >= len(split.classes))).nonzero()[0])
-        raise DataError(f"data: {data_cfg.name} ({'train' if train else 'val'}) sample {index} has label "
-                        f"{int(targets[index])}, outside [0, {len(split.classes)}) "
-                        f"for its {len(split.classes)} classes")
+        raise DataError(
+            f"data: {data_cfg.name} ({'train' if train else 'val'}) sample {index} has label "
+            f"{int(targets[index])}, outside [0, {len(split.classes)}) "
+            f"for its {len(split.classes)} classes"
+        )
     split.dataset.transform = transform
     limit = data_cfg.train_size if train else data_cfg.val_size
     if limit is not None and limit < len(split.dataset):

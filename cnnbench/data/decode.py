@@ -6,6 +6,7 @@ same transforms as the PIL path (torchvision.transforms.v2 runs on tensors on an
 the batch's seed, so a batch depends on (seed, epoch) alone here too. Other formats (PNG, ...) are
 decoded on the CPU by `torchvision.io.decode_image`. A file that decodes nowhere becomes a BadImage.
 """
+
 import contextlib
 
 import torch
@@ -28,8 +29,10 @@ def decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def decode(files: list[tuple[str, bytes, int]], device: torch.device) -> tuple[list, list[int], list[BadImage]]:
     """(images, labels, bad files): the JPEGs in one call; a batch that fails is retried file by file."""
-    data = [torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
-            for _, raw, _ in files]
+    data = [
+        torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+        for _, raw, _ in files
+    ]
     jpegs = [i for i, d in enumerate(data) if bytes(d[:2]) == JPEG_START and len(d) > 2]
     decoded = {}
     try:

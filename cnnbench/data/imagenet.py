@@ -8,6 +8,7 @@ The classes stay the train split's class folders (sorted wnids, ImageFolder's or
 with training's. WordNet names for wnids come from timm's table of the synsets' lemmas (the names of
 `LOC_synset_mapping.txt` and of the devkit's `words`).
 """
+
 import csv
 import functools
 import os
@@ -42,8 +43,10 @@ def val_labels_file(root: Path, val_labels: str | None) -> Path | None:
     val = root / "val"
     flat = is_flat(val)
     if val_labels and not flat:
-        raise DataError(f"data.val_labels: {val} is not one folder of images (class folders label theirs); "
-                        f"leave data.val_labels null")
+        raise DataError(
+            f"data.val_labels: {val} is not one folder of images (class folders label theirs); "
+            f"leave data.val_labels null"
+        )
     if val_labels:
         val_labels = os.path.expanduser(val_labels)
         if not Path(val_labels).is_file():
@@ -55,8 +58,10 @@ def val_labels_file(root: Path, val_labels: str | None) -> Path | None:
         for name in (GROUND_TRUTH, KAGGLE_SOLUTION):
             if (place / name).is_file():
                 return place / name
-    raise DataError(f"data.val_labels: {val} holds images but no class folders; pass data.val_labels=FILE: the "
-                    f"devkit's data/{GROUND_TRUTH} (meta.mat beside it) or Kaggle's {KAGGLE_SOLUTION}")
+    raise DataError(
+        f"data.val_labels: {val} holds images but no class folders; pass data.val_labels=FILE: the "
+        f"devkit's data/{GROUND_TRUTH} (meta.mat beside it) or Kaggle's {KAGGLE_SOLUTION}"
+    )
 
 
 def read_val_labels(path: Path) -> dict[str, str]:
@@ -68,13 +73,16 @@ def read_val_labels(path: Path) -> dict[str, str]:
     if path.suffix == ".csv":
         rows = list(csv.reader(text.splitlines()))
         if not rows or rows[0][:2] != ["ImageId", "PredictionString"]:
-            raise DataError(f"data.val_labels: {path} is not Kaggle's {KAGGLE_SOLUTION} "
-                            f"(its first line should be ImageId,PredictionString)")
+            raise DataError(
+                f"data.val_labels: {path} is not Kaggle's {KAGGLE_SOLUTION} "
+                f"(its first line should be ImageId,PredictionString)"
+            )
         labels = {}
         for line, row in enumerate(rows[1:], start=2):
             if len(row) != 2 or not WNID.fullmatch(row[1].split(" ")[0]):
-                raise DataError(f"data.val_labels: {path} line {line}: expected ImageId,wnid ..., "
-                                f"got {','.join(row)!r}")
+                raise DataError(
+                    f"data.val_labels: {path} line {line}: expected ImageId,wnid ..., got {','.join(row)!r}"
+                )
             labels[row[0]] = row[1].split(" ")[0]
         return labels
     ids = text.split()
@@ -83,13 +91,16 @@ def read_val_labels(path: Path) -> dict[str, str]:
         raise DataError(f"data.val_labels: {path} line {line}: expected an ILSVRC2012_ID (the devkit's {GROUND_TRUTH})")
     id_to_wnid = devkit_wnids(path.parent / "meta.mat")
     if unknown := sorted({int(i) for i in ids} - id_to_wnid.keys()):
-        raise DataError(f"data.val_labels: {path} has ILSVRC2012_IDs that {path.parent / 'meta.mat'} does not "
-                        f"list as classes: {unknown[:5]}")
+        raise DataError(
+            f"data.val_labels: {path} has ILSVRC2012_IDs that {path.parent / 'meta.mat'} does not "
+            f"list as classes: {unknown[:5]}"
+        )
     return {f"ILSVRC2012_val_{n:08d}": id_to_wnid[int(i)] for n, i in enumerate(ids, start=1)}
 
 
-def val_samples(folder: Path, labels: dict[str, str], labels_file: Path,
-                classes: list[str]) -> tuple[list[tuple[str, int]], list[str]]:
+def val_samples(
+    folder: Path, labels: dict[str, str], labels_file: Path, classes: list[str]
+) -> tuple[list[tuple[str, int]], list[str]]:
     """The (path, class index) of each image in a flat folder by `labels` (read_val_labels), in file-name
     order, and the folder's files that are not images by their names."""
     class_to_idx = {c: i for i, c in enumerate(classes)}
@@ -100,21 +111,26 @@ def val_samples(folder: Path, labels: dict[str, str], labels_file: Path,
         elif (wnid := labels.get(Path(path).stem)) is None:
             unlabelled.append(path)
         elif wnid not in class_to_idx:
-            raise DataError(f"data.val_labels: {labels_file} labels {path} {wnid}, which is not a class of the "
-                            f"train split ({len(classes)} classes)")
+            raise DataError(
+                f"data.val_labels: {labels_file} labels {path} {wnid}, which is not a class of the "
+                f"train split ({len(classes)} classes)"
+            )
         else:
             samples.append((path, class_to_idx[wnid]))
     if unlabelled:
-        raise DataError(f"data.val_labels: {len(unlabelled)} images in {folder} have no label in {labels_file}: "
-                        f"{', '.join(unlabelled[:3])}{', ...' if len(unlabelled) > 3 else ''}")
+        raise DataError(
+            f"data.val_labels: {len(unlabelled)} images in {folder} have no label in {labels_file}: "
+            f"{', '.join(unlabelled[:3])}{', ...' if len(unlabelled) > 3 else ''}"
+        )
     return samples, not_images
 
 
 def devkit_wnids(meta: Path) -> dict[int, str]:
     """ILSVRC2012_ID -> wnid of the 1000 classes (the synsets without children) in the devkit's meta.mat."""
     if not meta.is_file():
-        raise DataError(f"data.val_labels: the devkit's ILSVRC2012_IDs need its meta.mat beside the ground "
-                        f"truth; no {meta}")
+        raise DataError(
+            f"data.val_labels: the devkit's ILSVRC2012_IDs need its meta.mat beside the ground truth; no {meta}"
+        )
     try:
         synsets = read_mat(meta)["synsets"]
         return {int(s["ILSVRC2012_ID"].item()): s["WNID"] for s in synsets if s["num_children"].item() == 0}
@@ -123,8 +139,21 @@ def devkit_wnids(meta: Path) -> dict[int, str]:
 
 
 # MAT-file level 5 data types (MathWorks, "MAT-File Format", 2024): those meta.mat's arrays are stored as
-MAT_TYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8",
-             16: "u1", 17: "u2", 18: "u4"}  # 16-18: UTF-8, -16, -32 text
+MAT_TYPES = {
+    1: "i1",
+    2: "u1",
+    3: "i2",
+    4: "u2",
+    5: "i4",
+    6: "u4",
+    7: "f4",
+    9: "f8",
+    12: "i8",
+    13: "u8",
+    16: "u1",
+    17: "u2",
+    18: "u4",
+}  # 16-18: UTF-8, -16, -32 text
 MI_MATRIX, MI_COMPRESSED, MX_CELL, MX_STRUCT, MX_CHAR = 14, 15, 1, 2, 4
 
 
@@ -154,9 +183,9 @@ def _elements(data: bytes, endian: str):
             start = pos + 8
             pos = start + size + (0 if kind == MI_COMPRESSED else -size % 8)
         if kind == MI_COMPRESSED:
-            yield from _elements(zlib.decompress(data[start:start + size]), endian)
+            yield from _elements(zlib.decompress(data[start : start + size]), endian)
         else:
-            yield kind, data[start:start + size]
+            yield kind, data[start : start + size]
 
 
 def _matrix(payload: bytes, endian: str):
@@ -168,9 +197,9 @@ def _matrix(payload: bytes, endian: str):
     cls, dims, name = int(flags[0]) & 0xFF, [int(d) for d in dims], bytes(name).decode()
     if cls == MX_STRUCT:
         length = int(np.frombuffer(parts[3][1], endian + "i4")[0])
-        names = [parts[4][1][i:i + length].rstrip(b"\0").decode() for i in range(0, len(parts[4][1]), length)]
+        names = [parts[4][1][i : i + length].rstrip(b"\0").decode() for i in range(0, len(parts[4][1]), length)]
         values = [_matrix(data, endian)[1] for _, data in parts[5:]]
-        return name, [dict(zip(names, values[i:i + len(names)])) for i in range(0, len(values), len(names))]
+        return name, [dict(zip(names, values[i : i + len(names)])) for i in range(0, len(values), len(names))]
     if cls == MX_CELL:
         return name, [_matrix(data, endian)[1] for _, data in parts[3:]]
     kind, data = parts[3]

@@ -4,6 +4,7 @@ Training: a seeded permutation of the set is cut into global batches of data.bat
 incomplete one dropped); rank r takes the r-th contiguous share of each. Validation: each rank takes
 a contiguous shard, no padding, so every sample counts exactly once whatever the world size.
 """
+
 import logging
 import math
 import os
@@ -23,8 +24,9 @@ def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
 
 
 class TrainBatches(torch.utils.data.Sampler):
-    def __init__(self, size: int, global_batch: int, seed: int, rank: int = 0, world_size: int = 1,
-                 limit: int | None = None):
+    def __init__(
+        self, size: int, global_batch: int, seed: int, rank: int = 0, world_size: int = 1, limit: int | None = None
+    ):
         self.size, self.global_batch, self.seed = size, global_batch, seed
         self.rank, self.local_batch = rank, global_batch // world_size
         self.batches = min(size // global_batch, limit or math.inf)
@@ -49,7 +51,7 @@ class TrainBatches(torch.utils.data.Sampler):
     def __iter__(self):
         order = self.order()
         for seed, first in self.starts():
-            yield seed, order[first:first + self.local_batch].tolist()
+            yield seed, order[first : first + self.local_batch].tolist()
 
 
 class ValBatches(torch.utils.data.Sampler):
@@ -86,8 +88,9 @@ class ReadableBatches:
         for batch, bad in self.loader:
             for path, reason in bad:
                 if self.on_bad_image == "error":
-                    raise DataError(f"{path}: not a readable image ({reason}); data.on_bad_image=skip leaves such "
-                                    f"files out")
+                    raise DataError(
+                        f"{path}: not a readable image ({reason}); data.on_bad_image=skip leaves such files out"
+                    )
                 if path not in self.skipped:
                     log.warning(f"skipped image {path}: {reason}")
                     self.skipped[path] = reason

@@ -6,6 +6,7 @@ written by `cnnbench.pseudolabel` holds the pool's indices into the whole traini
 target (the teacher's class probabilities) per index, and the data set, labeled size and classes it
 was made for, so a run on other data refuses it.
 """
+
 import pickle
 from pathlib import Path
 
@@ -37,8 +38,10 @@ def unlabeled_pool(split: Split, data_cfg, pool_size: int | None = None) -> tupl
     """The whole training split, and the indices outside its labeled `data.train_size` subset: all of them,
     or a fixed random `pool_size` of them (the same for pseudolabel and Meta Pseudo Labels)."""
     if not isinstance(split.dataset, torch.utils.data.Subset):
-        raise DataError(f"data.train_size: marks the labeled part of {data_cfg.name}'s training split (the rest "
-                        f"is the unlabeled pool); set it below the split's size")
+        raise DataError(
+            f"data.train_size: marks the labeled part of {data_cfg.name}'s training split (the rest "
+            f"is the unlabeled pool); set it below the split's size"
+        )
     whole = split.dataset.dataset
     labeled = set(split.dataset.indices)
     pool = [i for i in range(len(whole)) if i not in labeled]
@@ -48,11 +51,21 @@ def unlabeled_pool(split: Split, data_cfg, pool_size: int | None = None) -> tupl
     return whole, pool
 
 
-def save_pseudo_labels(path: Path, indices: list[int], soft_targets: torch.Tensor, split: Split, data_cfg,
-                       teacher: str) -> None:
+def save_pseudo_labels(
+    path: Path, indices: list[int], soft_targets: torch.Tensor, split: Split, data_cfg, teacher: str
+) -> None:
     # Atomically, as a checkpoint is: an interrupted pseudolabel leaves no half-written file to train on.
-    save_checkpoint({"indices": torch.tensor(indices), "soft_targets": soft_targets, "classes": split.classes,
-                     "data": data_cfg.name, "train_size": data_cfg.train_size, "teacher": teacher}, path)
+    save_checkpoint(
+        {
+            "indices": torch.tensor(indices),
+            "soft_targets": soft_targets,
+            "classes": split.classes,
+            "data": data_cfg.name,
+            "train_size": data_cfg.train_size,
+            "teacher": teacher,
+        },
+        path,
+    )
 
 
 def with_pseudo_labels(split: Split, data_cfg) -> Split:
@@ -67,11 +80,16 @@ def with_pseudo_labels(split: Split, data_cfg) -> Split:
         raise DataError(f"data.pseudo_labels: {path} is not a cnnbench.pseudolabel file ({e})") from None
     made_for = (pseudo.get("data"), pseudo.get("train_size"), pseudo.get("classes"))
     if made_for != (data_cfg.name, data_cfg.train_size, split.classes):
-        raise DataError(f"data.pseudo_labels: {path} labels the pool of {made_for[0]} with data.train_size="
-                        f"{made_for[1]}, not of {data_cfg.name} with data.train_size={data_cfg.train_size}")
+        raise DataError(
+            f"data.pseudo_labels: {path} labels the pool of {made_for[0]} with data.train_size="
+            f"{made_for[1]}, not of {data_cfg.name} with data.train_size={data_cfg.train_size}"
+        )
     whole, _ = unlabeled_pool(split, data_cfg)
     num_classes = len(split.classes)
-    dataset = torch.utils.data.ConcatDataset([
-        SoftTargets(split.dataset, num_classes),
-        SoftTargets(torch.utils.data.Subset(whole, indices.tolist()), num_classes, soft_targets)])
+    dataset = torch.utils.data.ConcatDataset(
+        [
+            SoftTargets(split.dataset, num_classes),
+            SoftTargets(torch.utils.data.Subset(whole, indices.tolist()), num_classes, soft_targets),
+        ]
+    )
     return Split(dataset, split.classes)

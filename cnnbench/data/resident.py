@@ -6,6 +6,7 @@ point), and a batch's augmentation depends only on its batch_seed, through a gen
 Only augmentation=none and basic (crop_padding, hflip) run here; the per-image policies, AlexNet's
 lighting, random erasing and pseudo-labels take the DataLoader path.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -72,17 +73,25 @@ class CropFlip:
         rows = shift[0] + torch.arange(h, device=device)
         cols = shift[1] + torch.where(flip, w - 1 - across, across)
         padded = F.pad(images, (p, p, p, p))
-        return padded[torch.arange(n, device=device)[:, None, None, None],
-                      torch.arange(c, device=device)[:, None, None],
-                      rows[:, None, :, None], cols[:, None, None, :]]
+        return padded[
+            torch.arange(n, device=device)[:, None, None, None],
+            torch.arange(c, device=device)[:, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
 
 
 class ResidentBatches:
     """(images, targets) batches on the device: TrainBatches' (augmented, when `augment` is given) or
     ValBatches' contiguous shards."""
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, batches: TrainBatches | ValBatches,
-                 augment: CropFlip | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        batches: TrainBatches | ValBatches,
+        augment: CropFlip | None = None,
+    ):
         self.images, self.targets, self.batches, self.augment = images, targets, batches, augment
 
     def __len__(self):
@@ -91,11 +100,11 @@ class ResidentBatches:
     def __iter__(self):
         if isinstance(self.batches, ValBatches):
             for batch in self.batches:
-                yield self.images[batch[0]:batch[-1] + 1], self.targets[batch[0]:batch[-1] + 1]
+                yield self.images[batch[0] : batch[-1] + 1], self.targets[batch[0] : batch[-1] + 1]
             return
         order = self.batches.order().to(self.images.device)  # one copy an epoch
         for seed, first in self.batches.starts():
-            indices = order[first:first + self.batches.local_batch]
+            indices = order[first : first + self.batches.local_batch]
             images = self.images[indices]
             yield (self.augment(images, seed) if self.augment else images), self.targets[indices]
 

@@ -6,6 +6,7 @@ Images arrive as uint8 tensors (in-memory sets) or PIL images (files) and leave 
 data.channels x data.image_size x data.image_size: a quarter of float32's bytes to move, and
 `Normalize` turns a whole batch to floats on the training device.
 """
+
 import torch
 from torchvision.transforms import v2
 
@@ -26,12 +27,17 @@ def build_transforms(aug, data, train: bool) -> v2.Compose:
     if crop in ("imagenet", "alexnet") and not train:
         geometry = [v2.Resize(round(size / aug.eval_crop_ratio), antialias=True), v2.CenterCrop(size)]
     elif crop == "imagenet":
-        geometry = [v2.RandomResizedCrop(size, scale=tuple(aug.scale), antialias=True),
-                    v2.RandomHorizontalFlip(aug.hflip)]
+        geometry = [
+            v2.RandomResizedCrop(size, scale=tuple(aug.scale), antialias=True),
+            v2.RandomHorizontalFlip(aug.hflip),
+        ]
     elif crop == "alexnet":
         # AlexNet: random 224 crops of the 256 image, and their mirror images.
-        geometry = [v2.Resize(round(size / aug.eval_crop_ratio), antialias=True), v2.RandomCrop(size),
-                    v2.RandomHorizontalFlip(aug.hflip)]
+        geometry = [
+            v2.Resize(round(size / aug.eval_crop_ratio), antialias=True),
+            v2.RandomCrop(size),
+            v2.RandomHorizontalFlip(aug.hflip),
+        ]
     else:
         # Resize is a no-op for in-memory sets already at image_size.
         geometry = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
@@ -72,8 +78,9 @@ def autoaugment_policy(name: str) -> v2.AutoAugmentPolicy:
     try:
         return v2.AutoAugmentPolicy(name)
     except ValueError:
-        raise ConfigError(f"augmentation.autoaugment_policy: one of "
-                          f"{', '.join(p.value for p in v2.AutoAugmentPolicy)}, got '{name}'") from None
+        raise ConfigError(
+            f"augmentation.autoaugment_policy: one of {', '.join(p.value for p in v2.AutoAugmentPolicy)}, got '{name}'"
+        ) from None
 
 
 class Lighting(torch.nn.Module):
@@ -84,9 +91,7 @@ class Lighting(torch.nn.Module):
     On a batch (data.decode_device), `shift` per image and one `add` for all: the same images."""
 
     EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
-    EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
-                           [-0.5808, -0.0045, -0.8140],
-                           [-0.5836, -0.6948, 0.4203]])
+    EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
 
     def __init__(self, std: float):
         super().__init__()
@@ -116,8 +121,10 @@ class Normalize(torch.nn.Module):
     def __init__(self, data):
         super().__init__()
         if len(data.mean) not in (1, data.channels) or len(data.std) != len(data.mean):
-            raise ConfigError(f"data.mean/data.std: one value or one per channel ({data.channels}), "
-                              f"got {list(data.mean)} and {list(data.std)}")
+            raise ConfigError(
+                f"data.mean/data.std: one value or one per channel ({data.channels}), "
+                f"got {list(data.mean)} and {list(data.std)}"
+            )
         std = torch.tensor(list(data.std)).view(1, -1, 1, 1)
         self.register_buffer("scale", 1 / (255 * std))
         self.register_buffer("shift", -torch.tensor(list(data.mean)).view(1, -1, 1, 1) / std)

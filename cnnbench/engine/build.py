@@ -1,5 +1,6 @@
 """The objects a job builds from its config, the same way for train, bench and the inference commands:
 the config a run records, the network and what it costs, and the optimizer with its schedule."""
+
 import copy
 import math
 from dataclasses import dataclass
@@ -39,12 +40,18 @@ class Network:
     image_shape: tuple[int, int, int]
 
 
-def build_network(cfg: DictConfig, num_classes: int, placement: Placement, classes: list[str] | None = None,
-                  convert=None) -> Network:
+def build_network(
+    cfg: DictConfig, num_classes: int, placement: Placement, classes: list[str] | None = None, convert=None
+) -> Network:
     """The model of cfg.model for cfg.data's images; `convert` (SyncBatchNorm) is applied before it is counted."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model = create_model(**model_cfg, num_classes=num_classes, in_chans=cfg.data.channels,
-                         image_size=cfg.data.image_size, classes=classes).to(placement.device)
+    model = create_model(
+        **model_cfg,
+        num_classes=num_classes,
+        in_chans=cfg.data.channels,
+        image_size=cfg.data.image_size,
+        classes=classes,
+    ).to(placement.device)
     if convert is not None:
         model = convert(model)
     return measure(model, (cfg.data.channels, cfg.data.image_size, cfg.data.image_size), placement)
@@ -77,8 +84,12 @@ def fused_optimizer(fused: bool | None, opt: str, placement: Placement) -> bool:
     if fused is not None:
         return fused
     name = opt.lower().split("_")
-    return (placement.device.type == "cuda" and placement.amp_dtype != torch.float16 and len(name) == 1
-            and timm.optim.get_optimizer_info(name[0]).opt_class in FUSED_OPTIMIZERS)
+    return (
+        placement.device.type == "cuda"
+        and placement.amp_dtype != torch.float16
+        and len(name) == 1
+        and timm.optim.get_optimizer_info(name[0]).opt_class in FUSED_OPTIMIZERS
+    )
 
 
 @dataclass
@@ -86,6 +97,7 @@ class TrainingLength:
     """How long a run trains: `steps` optimizer updates over `epochs` epochs, the last one cut short at
     `steps` where a budget ends mid-epoch. Every training batch is whole (the loader drops an incomplete
     last one), so the images a step count trained follow from the config alone."""
+
     steps: int
     epochs: int
     batches_per_epoch: int
@@ -109,18 +121,27 @@ class TrainingLength:
 
     def record(self, step: int) -> dict:
         """summary.json's: the budget (null without one) and what `step` updates trained."""
-        return {"budget_tflop": self.budget_tflop, "budget_images": self.budget_images,
-                "trained_images": self.images(step), "trained_tflop": self.tflop(step)}
+        return {
+            "budget_tflop": self.budget_tflop,
+            "budget_images": self.budget_images,
+            "trained_images": self.images(step),
+            "trained_tflop": self.tflop(step),
+        }
 
     def describe(self) -> str | None:
         """For train.log: what the budget comes to; None without one."""
         if self.budget_tflop is None and self.budget_images is None:
             return None
-        budget = (f"train.budget_tflop={self.budget_tflop:g} (3 x {self.flops / 1e9:.4g} GFLOPs an image)"
-                  if self.budget_tflop is not None else f"train.budget_images={self.budget_images}")
-        return (f"{budget}: {self.steps} steps of {self.batch_size * self.grad_accum_steps} images, "
-                f"{self.images(self.steps):,} images, {self.tflop(self.steps):.4g} TFLOP, in {self.epochs} epochs "
-                f"of {self.updates_per_epoch} steps (train.epochs is not used)")
+        budget = (
+            f"train.budget_tflop={self.budget_tflop:g} (3 x {self.flops / 1e9:.4g} GFLOPs an image)"
+            if self.budget_tflop is not None
+            else f"train.budget_images={self.budget_images}"
+        )
+        return (
+            f"{budget}: {self.steps} steps of {self.batch_size * self.grad_accum_steps} images, "
+            f"{self.images(self.steps):,} images, {self.tflop(self.steps):.4g} TFLOP, in {self.epochs} epochs "
+            f"of {self.updates_per_epoch} steps (train.epochs is not used)"
+        )
 
 
 # Training compute per image seen: the forward, and the backward's two products (the gradients of the
@@ -134,8 +155,16 @@ def training_length(cfg: DictConfig, flops: int, batches_per_epoch: int) -> Trai
     train.budget_tflop TFLOP of training compute (3 x forward FLOPs x images). Steps follow from the config
     and the model's FLOPs alone, so a resumed run derives the same ones."""
     train = cfg.train
-    length = TrainingLength(0, 0, batches_per_epoch, cfg.data.batch_size, train.grad_accum_steps, flops,
-                            train.budget_tflop, train.budget_images)
+    length = TrainingLength(
+        0,
+        0,
+        batches_per_epoch,
+        cfg.data.batch_size,
+        train.grad_accum_steps,
+        flops,
+        train.budget_tflop,
+        train.budget_images,
+    )
     if train.budget_images is not None:
         batches = math.ceil(train.budget_images / cfg.data.batch_size)
     elif train.budget_tflop is not None:
@@ -156,8 +185,7 @@ class Optimization:
     length: TrainingLength  # the steps the schedule spans, which the run trains
 
 
-def build_optimization(cfg: DictConfig, network: Network, batches_per_epoch: int,
-                       placement: Placement) -> Optimization:
+def build_optimization(cfg: DictConfig, network: Network, batches_per_epoch: int, placement: Placement) -> Optimization:
     """Optimizer and per-update schedule, built by timm's factories from their configs; a GradScaler in fp16.
     The schedule spans the run's steps (`training_length`), and so ends exactly at a budget's last step."""
     length = training_length(cfg, network.flops, batches_per_epoch)
@@ -171,15 +199,18 @@ def build_optimization(cfg: DictConfig, network: Network, batches_per_epoch: int
     if fused and scaler.is_enabled() and isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"]:
         # torch 2.14's fused SGD, skipping the update that makes its momentum buffers, leaves them as
         # torch.empty_like made them: NaN weights after a first fp16 update that overflows.
-        raise ConfigError("optimizer.fused: fused SGD with momentum under fp16's GradScaler keeps uninitialised "
-                          "momentum buffers when the scaler skips the first update; optimizer.fused=false, or "
-                          "hardware.precision=bf16")
+        raise ConfigError(
+            "optimizer.fused: fused SGD with momentum under fp16's GradScaler keeps uninitialised "
+            "momentum buffers when the scaler skips the first update; optimizer.fused=false, or "
+            "hardware.precision=bf16"
+        )
     # In updates, as timm converts epochs itself (times updates_per_epoch), but with the run's step count as
     # the length: a budget's need not be whole epochs.
     scheduler_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True)
     for key in ("warmup_epochs", "decay_epochs"):
         scheduler_cfg[key] *= length.updates_per_epoch
     scheduler_cfg["decay_milestones"] = [m * length.updates_per_epoch for m in scheduler_cfg["decay_milestones"]]
-    scheduler, _ = instantiate(scheduler_cfg)(optimizer, num_epochs=length.steps, step_on_epochs=False,
-                                              updates_per_epoch=1)
+    scheduler, _ = instantiate(scheduler_cfg)(
+        optimizer, num_epochs=length.steps, step_on_epochs=False, updates_per_epoch=1
+    )
     return Optimization(optimizer, scheduler, scaler, length)

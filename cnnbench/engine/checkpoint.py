@@ -1,4 +1,5 @@
 """Checkpoints: written atomically, read as data only (`weights_only=True`), checked before use."""
+
 import pickle
 import random
 import zipfile
@@ -35,16 +36,26 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path).expanduser()
     kind = file_format(path)
     if kind == "safetensors":
-        raise CheckpointError(f"{path}: holds a model's weights alone, not a training checkpoint; "
-                              f"model.weights={path} starts a run from them")
+        raise CheckpointError(
+            f"{path}: holds a model's weights alone, not a training checkpoint; "
+            f"model.weights={path} starts a run from them"
+        )
     if kind != "torch":
         raise CheckpointError(f"{path}: {FORMAT_PROBLEMS[kind].format(wants='.pt checkpoint')}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: not a cnnbench checkpoint: {unpickling_reason(e)}") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError,  # OSError: a truncated zip's reader
-            KeyError, IndexError, TypeError) as e:  # a damaged pickle's opcodes
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        zipfile.BadZipFile,
+        ValueError,  # OSError: a truncated zip's reader
+        KeyError,
+        IndexError,
+        TypeError,
+    ) as e:  # a damaged pickle's opcodes
         raise CheckpointError(f"{path}: unreadable, truncated or not a checkpoint ({str(e).splitlines()[0]})") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
@@ -60,8 +71,13 @@ def rng_state(device: torch.device | None = None) -> dict:
     cuda = cuda_rng_device(device)
     return {
         "python": random.getstate(),
-        "numpy": {**numpy_state, "state": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                                           "pos": numpy_state["state"]["pos"]}},
+        "numpy": {
+            **numpy_state,
+            "state": {
+                "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                "pos": numpy_state["state"]["pos"],
+            },
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(cuda) if cuda is not None else None,
     }
@@ -70,8 +86,12 @@ def rng_state(device: torch.device | None = None) -> dict:
 def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     random.setstate(state["python"])
     numpy_state = state["numpy"]
-    np.random.set_state({**numpy_state, "state": {"key": numpy_state["state"]["key"].numpy().astype(np.uint32),
-                                                  "pos": numpy_state["state"]["pos"]}})
+    np.random.set_state(
+        {
+            **numpy_state,
+            "state": {"key": numpy_state["state"]["key"].numpy().astype(np.uint32), "pos": numpy_state["state"]["pos"]},
+        }
+    )
     torch.set_rng_state(state["torch"])
     cuda, saved = cuda_rng_device(device), state.get("cuda")
     if cuda is None or saved is None:
@@ -98,7 +118,11 @@ def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
         raise CheckpointError(f"{path}: holds no class names (not written by cnnbench.train)")
     config = state["config"]
     model_cfg = {k: v for k, v in config["model"].items() if k not in ("weights", "pretrained")}
-    model = create_model(**model_cfg, num_classes=len(state["classes"]), in_chans=config["data"]["channels"],
-                         image_size=config["data"]["image_size"])
+    model = create_model(
+        **model_cfg,
+        num_classes=len(state["classes"]),
+        in_chans=config["data"]["channels"],
+        image_size=config["data"]["image_size"],
+    )
     model.load_state_dict(trained_weights(state))
     return model.eval(), state

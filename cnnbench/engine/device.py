@@ -4,6 +4,7 @@ and `job_settings` gives a job hardware.deterministic's flags and fresh compile 
 sweep or a bench round runs in the same process as the ones before it; `job_settings` restores the previous
 flags after it, so no later job inherits them.
 """
+
 import contextlib
 import functools
 import os
@@ -46,8 +47,11 @@ def job_settings(deterministic: bool):
     ones (which then fall back to eager, silently)."""
     if "torch._dynamo" in sys.modules:  # imported by a compile: a process that never compiled has nothing to reset
         torch._dynamo.reset()
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-                torch.backends.cudnn.benchmark)
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     use_deterministic_algorithms(deterministic)
     try:
         yield
@@ -71,6 +75,7 @@ def matmul_precision_of_convolutions():
 @dataclass
 class Placement:
     """hardware.* resolved for one process: its device, autocast dtype, memory format and whether it compiles."""
+
     device: torch.device
     amp_dtype: torch.dtype
     memory_format: torch.memory_format
@@ -95,8 +100,12 @@ def place(hw, local_rank: int | None = None) -> Placement:
     device = device_of(hw)
     if device.type == "cuda" and local_rank is not None:
         device = torch.device("cuda", local_rank)
-    return Placement(device, resolve_precision(hw, device),
-                     torch.channels_last if hw.channels_last else torch.contiguous_format, compiles(hw, device))
+    return Placement(
+        device,
+        resolve_precision(hw, device),
+        torch.channels_last if hw.channels_last else torch.contiguous_format,
+        compiles(hw, device),
+    )
 
 
 def device_of(hw) -> torch.device:

@@ -1,5 +1,6 @@
 """Knowledge distillation (Hinton, Vinyals and Dean 2015, "Distilling the Knowledge in a Neural Network"): the
 teacher is rebuilt from its checkpoint and only ever predicts."""
+
 from pathlib import Path
 
 import torch
@@ -9,14 +10,16 @@ from cnnbench.errors import CheckpointError
 from .checkpoint import model_from_checkpoint
 
 
-def load_teacher(path: str, classes: list[str], channels: int, device: torch.device,
-                 key: str = "distill.teacher") -> tuple[torch.nn.Module, dict]:
+def load_teacher(
+    path: str, classes: list[str], channels: int, device: torch.device, key: str = "distill.teacher"
+) -> tuple[torch.nn.Module, dict]:
     """The teacher, frozen in eval mode on `device`, and its checkpoint; refused (naming the config `key` that
     gave its path) if it knows other classes or sees other channels than this run's data."""
     teacher, state = model_from_checkpoint(Path(path))
     if state["classes"] != classes:
         raise CheckpointError(f"{key}: {path} was trained on other classes than this run's data")
     if state["config"]["data"]["channels"] != channels:
-        raise CheckpointError(f"{key}: {path} sees {state['config']['data']['channels']}-channel "
-                              f"images, this run's data has {channels}")
+        raise CheckpointError(
+            f"{key}: {path} sees {state['config']['data']['channels']}-channel images, this run's data has {channels}"
+        )
     return teacher.requires_grad_(False).to(device), state

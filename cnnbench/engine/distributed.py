@@ -4,6 +4,7 @@ cnnbench itself with hardware.nproc > 1, through torch's elastic launcher (what 
     torchrun --standalone --nproc_per_node=4 -m cnnbench.train hardware=ddp
     python -m cnnbench.train hardware=ddp hardware.nproc=4
 """
+
 import contextlib
 import copy
 import ctypes
@@ -80,24 +81,32 @@ def init_distributed(device_type: str) -> Dist:
         check_gpu_count(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count())
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", store=store, rank=rank,
-                            world_size=world_size, device_id=device)
-    ctx = Dist(dist.get_rank(), dist.get_world_size(), local_rank,
-               dist.new_group(backend="gloo") if device_type == "cuda" else None)
+    dist.init_process_group(
+        "nccl" if device_type == "cuda" else "gloo", store=store, rank=rank, world_size=world_size, device_id=device
+    )
+    ctx = Dist(
+        dist.get_rank(),
+        dist.get_world_size(),
+        local_rank,
+        dist.new_group(backend="gloo") if device_type == "cuda" else None,
+    )
     if not ctx.is_main:
         logging.getLogger("cnnbench").setLevel(logging.WARNING)  # one copy of each log line: rank 0's
     elif agent_store and restartable() and os.environ["GROUP_WORLD_SIZE"] != "1":
         logging.getLogger("cnnbench").warning(
             "torchrun --max-restarts over many nodes: export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before "
-            "torchrun (as scripts/slurm/train_multinode.sbatch does), or a restart may fail to connect")
+            "torchrun (as scripts/slurm/train_multinode.sbatch does), or a restart may fail to connect"
+        )
     return ctx
 
 
 def check_gpu_count(ranks: int, gpus: int) -> None:
     """One rank per GPU: more ranks on a node than its GPUs would end in CUDA's "invalid device ordinal"."""
     if ranks > gpus:
-        raise ConfigError(f"hardware.nproc: {ranks} ranks on this node, but it has {gpus} CUDA "
-                          f"device{'s' if gpus != 1 else ''}: one rank per GPU")
+        raise ConfigError(
+            f"hardware.nproc: {ranks} ranks on this node, but it has {gpus} CUDA "
+            f"device{'s' if gpus != 1 else ''}: one rank per GPU"
+        )
 
 
 def sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
@@ -142,18 +151,26 @@ def run_ranks(fn, cfg: DictConfig):
     # Resolved once, here: each process would resolve run_dir (and Hydra's ${now:}) on its own.
     cfg = copy.deepcopy(cfg)
     OmegaConf.resolve(cfg)
-    log_config = (OmegaConf.to_container(HydraConfig.get().job_logging, resolve=True)
-                  if HydraConfig.initialized() else None)
+    log_config = (
+        OmegaConf.to_container(HydraConfig.get().job_logging, resolve=True) if HydraConfig.initialized() else None
+    )
     # The ranks report their own failures; the launcher's log would repeat one of them.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     logging.getLogger("torch.multiprocessing").setLevel(logging.ERROR)
     handlers = {name: signal.getsignal(getattr(signal, name)) for name in FORWARDED_SIGNALS}
     with tempfile.TemporaryDirectory(prefix="cnnbench-ranks-") as log_dir:
         launch = LaunchConfig(
-            min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-            rdzv_backend="c10d", rdzv_endpoint="localhost:0", local_addr="localhost",  # torchrun --standalone
-            max_restarts=0, logs_specs=DefaultLogsSpecs(log_dir=log_dir),
-            signals_to_handle=",".join(FORWARDED_SIGNALS))
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=nproc,
+            run_id=str(uuid.uuid4()),
+            rdzv_backend="c10d",
+            rdzv_endpoint="localhost:0",
+            local_addr="localhost",  # torchrun --standalone
+            max_restarts=0,
+            logs_specs=DefaultLogsSpecs(log_dir=log_dir),
+            signals_to_handle=",".join(FORWARDED_SIGNALS),
+        )
         received = None
         try:
             return elastic_launch(launch, _rank_main)(fn, cfg, log_config)[0]
@@ -179,12 +196,16 @@ def check_cpu_rank_count(hardware: DictConfig) -> None:
     nproc, cores = hardware.nproc, len(os.sched_getaffinity(0))
     available_gb = available_memory() / 2**30
     if nproc > CPU_RANKS_PER_CORE * cores or nproc * CPU_RANK_MEMORY_GB > available_gb:
-        raise ConfigError(f"hardware.nproc: {nproc} CPU ranks are too many for {cores} cores and {available_gb:.1f} GB "
-                          f"of free memory (at most {CPU_RANKS_PER_CORE} a core, about {CPU_RANK_MEMORY_GB} GB each); "
-                          f"{cores} run at full speed")
+        raise ConfigError(
+            f"hardware.nproc: {nproc} CPU ranks are too many for {cores} cores and {available_gb:.1f} GB "
+            f"of free memory (at most {CPU_RANKS_PER_CORE} a core, about {CPU_RANK_MEMORY_GB} GB each); "
+            f"{cores} run at full speed"
+        )
     if nproc > cores:
-        logging.getLogger("cnnbench").warning(f"hardware.nproc: {nproc} CPU ranks share {cores} cores: they take "
-                                              f"turns, and the run is no faster than with {cores}")
+        logging.getLogger("cnnbench").warning(
+            f"hardware.nproc: {nproc} CPU ranks share {cores} cores: they take "
+            f"turns, and the run is no faster than with {cores}"
+        )
 
 
 def available_memory() -> int:
@@ -230,8 +251,10 @@ def _first_failure(e: ChildFailedError, log_dir: Path) -> Exception:
     (the others most likely failed because it left their collectives)."""
     rank, failure = e.get_first_failure()
     # A user's error on one rank (an unreadable image in its shard) explains the others' lost connections.
-    errors = sorted(log_dir.glob("*/attempt_*/*/error.json"),
-                    key=lambda f: (json.loads(f.read_text())["status"] != EXIT_USER_ERROR, f.stat().st_mtime_ns))
+    errors = sorted(
+        log_dir.glob("*/attempt_*/*/error.json"),
+        key=lambda f: (json.loads(f.read_text())["status"] != EXIT_USER_ERROR, f.stat().st_mtime_ns),
+    )
     if failure.exitcode < 0 or not errors:  # killed by a signal: no error file
         return RankFailed(f"rank {rank} died ({failure.signal_name()})", exit_code=1)
     rank, error = int(errors[0].parent.name), json.loads(errors[0].read_text())

@@ -6,6 +6,7 @@ name (the plugin's backend_context sorts by `(not differs, name)`, whatever orde
 and ticks the first five. It takes the Experiment of one run of its logdir, so every point of a sweep
 writes the same one: the swept keys, marked as differing, with every value the sweep gives them.
 """
+
 import time
 from enum import Enum
 from pathlib import Path
@@ -20,9 +21,22 @@ from cnnbench.sweep import point_settings
 
 # Every run's settings, under their config keys (those a model lacks, such as a timm model's
 # width_mult, are left out); `precision` is what hardware.precision resolved to, as bench.json names it.
-CHOSEN = ["model.name", "model.width_mult", "model.depth_mult", "data.name", "data.batch_size", "optimizer.opt",
-          "optimizer.lr", "optimizer.weight_decay", "scheduler.sched", "train.epochs", "augmentation.name",
-          "hardware.precision", "precision", "seed"]
+CHOSEN = [
+    "model.name",
+    "model.width_mult",
+    "model.depth_mult",
+    "data.name",
+    "data.batch_size",
+    "optimizer.opt",
+    "optimizer.lr",
+    "optimizer.weight_decay",
+    "scheduler.sched",
+    "train.epochs",
+    "augmentation.name",
+    "hardware.precision",
+    "precision",
+    "seed",
+]
 # The dashboard's metrics: the last value of each scalar tag (README, "What a run leaves behind").
 METRICS = {
     "val/best_top1": "val top-1 of the best epoch so far (summary.json: best_val_top1)",
@@ -55,14 +69,18 @@ def hparam_summaries(cfg: DictConfig, precision: str) -> list[Summary]:
         infos.setdefault(key, hparam_info(key, [values[key]], listed=False, differs=False))
     experiment = api_pb2.Experiment(
         hparam_infos=infos.values(),
-        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), description=description)
-                      for tag, description in METRICS.items()])
+        metric_infos=[
+            api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), description=description)
+            for tag, description in METRICS.items()
+        ],
+    )
     start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
     for key, value in values.items():
         start.hparams[key].CopyFrom(proto_value(value, infos[key].type))
-    return [plugin_summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
-            plugin_summary(metadata.SESSION_START_INFO_TAG,
-                           plugin_data_pb2.HParamsPluginData(session_start_info=start))]
+    return [
+        plugin_summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
+        plugin_summary(metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start)),
+    ]
 
 
 def session_end_summary(status: str) -> Summary | None:
@@ -97,5 +115,6 @@ def proto_value(value, kind: api_pb2.DataType) -> struct_pb2.Value:
 
 def plugin_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
     """As tensorboard.plugins.hparams.summary writes it, without TensorFlow."""
-    return Summary(value=[Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(data),
-                                        tensor=metadata.NULL_TENSOR)])
+    return Summary(
+        value=[Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(data), tensor=metadata.NULL_TENSOR)]
+    )

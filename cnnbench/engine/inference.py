@@ -5,6 +5,7 @@ comes from its checkpoint: architecture, class names, data config and val transf
     python -m cnnbench.evaluate checkpoint=outputs/fmnist/checkpoints/best.pt eval.tta=tencrop
     python -m cnnbench.predict checkpoint=outputs/fmnist/checkpoints/best.pt images=[shoe.png] topk=3
 """
+
 import logging
 from pathlib import Path
 
@@ -50,8 +51,9 @@ def tta_transform(augmentation: DictConfig, data: DictConfig, tta: TTA) -> v2.Co
     if tta != TTA.tencrop:
         return build_transforms(augmentation, data, train=False)
     larger = round(data.image_size / augmentation.eval_crop_ratio)
-    return build_transforms(OmegaConf.merge(augmentation, {"name": "none"}),
-                            OmegaConf.merge(data, {"image_size": larger}), train=False)
+    return build_transforms(
+        OmegaConf.merge(augmentation, {"name": "none"}), OmegaConf.merge(data, {"image_size": larger}), train=False
+    )
 
 
 def evaluation_data(cfg: DictConfig, config: DictConfig) -> DictConfig:
@@ -62,8 +64,10 @@ def evaluation_data(cfg: DictConfig, config: DictConfig) -> DictConfig:
     if OmegaConf.is_interpolation(data, "image_size"):  # data=imagenet's "the model's native size": the trained one
         data.image_size = config.data.image_size
     if (data.channels, data.image_size) != (config.data.channels, config.data.image_size):
-        raise ConfigError(f"data: the model takes {config.data.channels}-channel {config.data.image_size} px "
-                          f"images; pass data.channels={config.data.channels} data.image_size={config.data.image_size}")
+        raise ConfigError(
+            f"data: the model takes {config.data.channels}-channel {config.data.image_size} px "
+            f"images; pass data.channels={config.data.channels} data.image_size={config.data.image_size}"
+        )
     return data
 
 
@@ -78,14 +82,19 @@ def evaluate(cfg: DictConfig) -> dict:
     split = load_split(data, False, tta_transform(config.augmentation, data, cfg.eval.tta))
     if split.classes != classes:
         raise CheckpointError(f"{cfg.checkpoint}: trained on other classes than {data.name}'s")
-    loader = torch.utils.data.DataLoader(split.dataset, batch_sampler=ValBatches(len(split.dataset), data.batch_size),
-                                         num_workers=loader_workers(data), pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        split.dataset,
+        batch_sampler=ValBatches(len(split.dataset), data.batch_size),
+        num_workers=loader_workers(data),
+        pin_memory=device.type == "cuda",
+    )
     topk = min(5, len(classes))
     # per class: samples, top-1 hits, top-k hits; and the loss sum
     counts = torch.zeros(3, len(classes), dtype=torch.float64, device=device)
     loss = torch.zeros((), dtype=torch.float64, device=device)
-    for logits, targets in batch_logits(model, loader, Normalize(data).to(device), placement, cfg.eval.tta,
-                                        data.image_size):
+    for logits, targets in batch_logits(
+        model, loader, Normalize(data).to(device), placement, cfg.eval.tta, data.image_size
+    ):
         hits = logits.topk(topk, 1).indices == targets[:, None]
         for row, weights in enumerate((None, hits[:, 0].double(), hits.any(1).double())):
             counts[row] += torch.bincount(targets, weights, minlength=len(classes)).double()
@@ -93,8 +102,13 @@ def evaluate(cfg: DictConfig) -> dict:
     samples, top1, topk_hits = counts.cpu().tolist()
     total = sum(samples)
     result = {
-        "checkpoint": str(cfg.checkpoint), "data": data.name, "tta": cfg.eval.tta.value, "samples": int(total),
-        "top1": 100 * sum(top1) / total, "top5": 100 * sum(topk_hits) / total, "top5_k": topk,
+        "checkpoint": str(cfg.checkpoint),
+        "data": data.name,
+        "tta": cfg.eval.tta.value,
+        "samples": int(total),
+        "top1": 100 * sum(top1) / total,
+        "top5": 100 * sum(topk_hits) / total,
+        "top5_k": topk,
         "loss": loss.item() / total,
         "per_class": per_class_top1(classes, samples, top1),
     }
@@ -107,8 +121,10 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def per_class_top1(classes: list[str], samples, hits) -> list[dict]:
     """Each class's images and top-1 accuracy (None for a class without images), from per-class counts."""
-    return [{"class": label, "name": class_name(label), "samples": int(n), "top1": 100 * hit / n if n else None}
-            for label, n, hit in zip(classes, samples, hits)]
+    return [
+        {"class": label, "name": class_name(label), "samples": int(n), "top1": 100 * hit / n if n else None}
+        for label, n, hit in zip(classes, samples, hits)
+    ]
 
 
 def per_class_table(per_class: list[dict]) -> str:
@@ -117,15 +133,18 @@ def per_class_table(per_class: list[dict]) -> str:
     width = max(len("class"), *map(len, shown))
     lines = [f"{'class':<{width}}  {'images':>6}  {'top-1':>6}"]
     for c, label in zip(per_class, shown):
-        lines.append(f"{label:<{width}}  {c['samples']:>6}  "
-                     + (f"{c['top1']:>6.2f}" if c["top1"] is not None else f"{'-':>6}"))
+        lines.append(
+            f"{label:<{width}}  {c['samples']:>6}  " + (f"{c['top1']:>6.2f}" if c["top1"] is not None else f"{'-':>6}")
+        )
     return "\n".join(lines)
 
 
 def evaluation_table(result: dict) -> str:
-    return (f"{result['checkpoint']} on {result['data']} ({result['samples']} images, tta {result['tta']}): "
-            f"top-1 {result['top1']:.2f}%, top-{result['top5_k']} {result['top5']:.2f}%, loss {result['loss']:.4f}\n"
-            + per_class_table(result["per_class"]))
+    return (
+        f"{result['checkpoint']} on {result['data']} ({result['samples']} images, tta {result['tta']}): "
+        f"top-1 {result['top1']:.2f}%, top-{result['top5_k']} {result['top5']:.2f}%, loss {result['loss']:.4f}\n"
+        + per_class_table(result["per_class"])
+    )
 
 
 def read_image(path: str, channels: int) -> Image.Image:
@@ -155,8 +174,10 @@ def predict(cfg: DictConfig) -> list[dict]:
     model, classes, config = load_trained(cfg.checkpoint, device)
     data = config.data
     if cfg.dense and round(cfg.dense_scale * data.image_size) > MAX_DENSE_SIDE:
-        raise ConfigError(f"dense_scale: at most {MAX_DENSE_SIDE / data.image_size:g} for this model's "
-                          f"{data.image_size} px images (a {MAX_DENSE_SIDE} px side), got {cfg.dense_scale}")
+        raise ConfigError(
+            f"dense_scale: at most {MAX_DENSE_SIDE / data.image_size:g} for this model's "
+            f"{data.image_size} px images (a {MAX_DENSE_SIDE} px side), got {cfg.dense_scale}"
+        )
     if cfg.dense:
         model = convolutionize(model, (data.channels, data.image_size, data.image_size))
         data = OmegaConf.merge(data, {"image_size": round(cfg.dense_scale * data.image_size)})
@@ -174,8 +195,10 @@ def predict(cfg: DictConfig) -> list[dict]:
         else:
             probabilities = logits[0].softmax(0)
         scores, indices = probabilities.topk(k)
-        result["topk"] = [{"class": classes[i], "name": class_name(classes[i]), "probability": p}
-                          for p, i in zip(scores.tolist(), indices.tolist())]
+        result["topk"] = [
+            {"class": classes[i], "name": class_name(classes[i]), "probability": p}
+            for p, i in zip(scores.tolist(), indices.tolist())
+        ]
         results.append(result)
         print(prediction_text(result, classes))
     write_json(Path(cfg.run_dir) / "predictions.json", results)
@@ -191,6 +214,8 @@ def prediction_text(result: dict, classes: list[str]) -> str:
         seen = sorted({c for row in class_map for c in row})
         lines.append("    " + ", ".join(f"{c}: {display_name(classes[c])}" for c in seen))
         lines.append("  mean over the windows:")
-    lines += [f"  #{rank} {p['probability'] * 100:6.2f}% {display_name(p['class'])}"
-              for rank, p in enumerate(result["topk"], 1)]
+    lines += [
+        f"  #{rank} {p['probability'] * 100:6.2f}% {display_name(p['class'])}"
+        for rank, p in enumerate(result["topk"], 1)
+    ]
     return "\n".join(lines)

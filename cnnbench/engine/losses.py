@@ -2,6 +2,7 @@
 when mixup/cutmix mixes the batch (timm.data.Mixup) or the data carries pseudo-labels; plus, with a
 teacher, knowledge distillation (Hinton et al.).
 """
+
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
@@ -11,17 +12,31 @@ from cnnbench.errors import ConfigError
 
 
 class Objective:
-    def __init__(self, aug, num_classes: int, local_batch: int, aux_weight: float = 0.0,
-                 teacher: torch.nn.Module | None = None, distill=None):
+    def __init__(
+        self,
+        aug,
+        num_classes: int,
+        local_batch: int,
+        aux_weight: float = 0.0,
+        teacher: torch.nn.Module | None = None,
+        distill=None,
+    ):
         self.label_smoothing, self.aux_weight = aug.label_smoothing, aux_weight
         self.mixup = None
         if aug.mixup_alpha or aug.cutmix_alpha:
             if local_batch % 2:
-                raise ConfigError(f"augmentation.mixup_alpha/cutmix_alpha: mixing pairs each batch with its "
-                                  f"reverse, so a rank's batch must be even, got {local_batch}")
-            self.mixup = Mixup(mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha, prob=aug.mixup_prob,
-                               switch_prob=aug.mixup_switch_prob, label_smoothing=aug.label_smoothing,
-                               num_classes=num_classes)
+                raise ConfigError(
+                    f"augmentation.mixup_alpha/cutmix_alpha: mixing pairs each batch with its "
+                    f"reverse, so a rank's batch must be even, got {local_batch}"
+                )
+            self.mixup = Mixup(
+                mixup_alpha=aug.mixup_alpha,
+                cutmix_alpha=aug.cutmix_alpha,
+                prob=aug.mixup_prob,
+                switch_prob=aug.mixup_switch_prob,
+                label_smoothing=aug.label_smoothing,
+                num_classes=num_classes,
+            )
         self.soft_loss = SoftTargetCrossEntropy()
         self.teacher, self.distill = teacher, distill
 
@@ -31,8 +46,10 @@ class Objective:
         the larger share of each mixed image, for soft targets their argmax."""
         if self.mixup is not None:
             if targets.dim() > 1:
-                raise ConfigError("augmentation.mixup_alpha/cutmix_alpha: not with data.pseudo_labels "
-                                  "(Noisy Student's noise is RandAugment, dropout and drop path)")
+                raise ConfigError(
+                    "augmentation.mixup_alpha/cutmix_alpha: not with data.pseudo_labels "
+                    "(Noisy Student's noise is RandAugment, dropout and drop path)"
+                )
             images, targets = self.mixup(images, targets)
         return images, targets, targets.argmax(1) if targets.dim() > 1 else targets
 
@@ -59,5 +76,13 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     """KL(teacher || student) of the temperature-softened distributions, x T^2 so its gradients keep
     their scale as T changes (Hinton et al. 2015)."""
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits.float() / t, 1), F.log_softmax(teacher_logits.float() / t, 1),
-                    reduction="batchmean", log_target=True) * t * t
+    return (
+        F.kl_div(
+            F.log_softmax(student_logits.float() / t, 1),
+            F.log_softmax(teacher_logits.float() / t, 1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )

@@ -30,6 +30,7 @@ Exact resume: an epoch is the labeled loader's (TrainBatches), step s takes the 
 a function of the seed and s alone), and the checkpoint holds the teacher, its optimizer and schedule
 beside the student's (`mpl` in the checkpoint).
 """
+
 import copy
 import logging
 import sys
@@ -97,13 +98,16 @@ class PoolBatches(torch.utils.data.Sampler):
             if pass_ != order_pass:
                 generator = torch.Generator().manual_seed((self.seed * 1_000_003 + pass_) ^ POOL_SALT)
                 order, order_pass = torch.randperm(self.size, generator=generator), pass_
-            yield (batch_seed(self.seed, pass_, batch, 0) ^ POOL_SALT,
-                   order[batch * self.batch_size:(batch + 1) * self.batch_size].tolist())
+            yield (
+                batch_seed(self.seed, pass_, batch, 0) ^ POOL_SALT,
+                order[batch * self.batch_size : (batch + 1) * self.batch_size].tolist(),
+            )
 
 
 @dataclass
 class MetaPseudoLabels:
     """The teacher and what it trains with; the run (trainer.Run) is the student's."""
+
     cfg: DictConfig  # the run's mpl.*
     teacher: torch.nn.Module
     optimization: Optimization  # the teacher's optimizer and schedule
@@ -117,32 +121,46 @@ class MetaPseudoLabels:
     described: bool = False
 
     def checkpoint_fields(self) -> dict:
-        return {"mpl": {"teacher": self.teacher.state_dict(), "optimizer": self.optimization.optimizer.state_dict(),
-                        "scheduler": self.optimization.scheduler.state_dict(), "sums": self.sums.cpu()}}
+        return {
+            "mpl": {
+                "teacher": self.teacher.state_dict(),
+                "optimizer": self.optimization.optimizer.state_dict(),
+                "scheduler": self.optimization.scheduler.state_dict(),
+                "sums": self.sums.cpu(),
+            }
+        }
 
     def restore(self, checkpoint: dict) -> None:
         """The teacher, its optimizer and schedule where the checkpoint left them (under this run's
         hyperparameters, as the student's), and the epoch's sums so far."""
         saved = checkpoint["mpl"]
-        restore_training_state({"model": saved["teacher"], "optimizer": saved["optimizer"], "step": checkpoint["step"],
-                                "scaler": {}}, self.teacher, self.optimization.optimizer, self.optimization.scheduler,
-                               self.optimization.scaler, None)
+        restore_training_state(
+            {"model": saved["teacher"], "optimizer": saved["optimizer"], "step": checkpoint["step"], "scaler": {}},
+            self.teacher,
+            self.optimization.optimizer,
+            self.optimization.scheduler,
+            self.optimization.scaler,
+            None,
+        )
         self.sums.copy_(saved["sums"])
 
 
-def build_meta_pseudo_labels(cfg: DictConfig, data, placement, world_size: int, labeled_batches: int
-                             ) -> MetaPseudoLabels:
+def build_meta_pseudo_labels(
+    cfg: DictConfig, data, placement, world_size: int, labeled_batches: int
+) -> MetaPseudoLabels:
     """The teacher (from mpl.teacher or from scratch), its optimization, and the unlabeled pool's loader."""
     mpl = cfg.mpl
     if world_size > 1:
         raise ConfigError(f"mpl.enabled: Meta Pseudo Labels trains in one process, not {world_size} ranks")
     if placement.amp_dtype == torch.float16:
-        raise ConfigError("hardware.precision: fp16 (a GradScaler per network) is not with mpl.enabled=true; "
-                          "bf16 or fp32")
+        raise ConfigError(
+            "hardware.precision: fp16 (a GradScaler per network) is not with mpl.enabled=true; bf16 or fp32"
+        )
     if mpl.teacher:
         teacher, _ = load_teacher(mpl.teacher, data.classes, cfg.data.channels, placement.device, "mpl.teacher")
-        teacher = measure(teacher.requires_grad_(True), (cfg.data.channels, cfg.data.image_size,
-                                                         cfg.data.image_size), placement)
+        teacher = measure(
+            teacher.requires_grad_(True), (cfg.data.channels, cfg.data.image_size, cfg.data.image_size), placement
+        )
     else:
         teacher = build_network(cfg, len(data.classes), placement, data.classes)
     teacher.model.train()
@@ -155,27 +173,43 @@ def build_meta_pseudo_labels(cfg: DictConfig, data, placement, world_size: int, 
     whole, pool = unlabeled_pool(split, cfg.data, mpl.pool_size)
     batch_size = cfg.data.batch_size * mpl.unlabeled_batch_ratio
     if len(pool) < batch_size:
-        raise DataError(f"mpl.unlabeled_batch_ratio: an unlabeled batch of {batch_size} images is more than the "
-                        f"pool's {len(pool)}")
+        raise DataError(
+            f"mpl.unlabeled_batch_ratio: an unlabeled batch of {batch_size} images is more than the pool's {len(pool)}"
+        )
     aug = cfg.augmentation
     strong_aug = OmegaConf.merge(aug, {"name": "randaugment", "crop": aug.name if aug.name in CROPS else aug.crop})
     weak = build_transforms(aug, cfg.data, train=True) if mpl.uda_weight else None
     views = PoolViews(whole, pool, build_transforms(strong_aug, cfg.data, train=True), weak)
     pool_batches = PoolBatches(len(pool), batch_size, cfg.seed)
     workers = loader_workers(cfg.data)
-    loader = torch.utils.data.DataLoader(SeededBatches(views), batch_sampler=pool_batches, collate_fn=collate_readable,
-                                         num_workers=workers, persistent_workers=workers > 0,
-                                         prefetch_factor=cfg.data.prefetch_factor,
-                                         generator=torch.Generator().manual_seed(cfg.seed ^ POOL_SALT),
-                                         pin_memory=placement.device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        SeededBatches(views),
+        batch_sampler=pool_batches,
+        collate_fn=collate_readable,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=cfg.data.prefetch_factor,
+        generator=torch.Generator().manual_seed(cfg.seed ^ POOL_SALT),
+        pin_memory=placement.device.type == "cuda",
+    )
     pool_loader = ReadableBatches(loader, cfg.data.on_bad_image, data.skipped_images)
     if placement.device.type == "cuda":
         pool_loader = CudaPrefetcher(pool_loader, placement.device)
-    description = (f"mpl: teacher {mpl.teacher or 'from scratch'}, a pool of {len(pool)} unlabeled images, "
-                   f"batches of {batch_size} with {cfg.data.batch_size} labeled, pseudo-labels by "
-                   f"{mpl.pseudo_label.value}, UDA weight {mpl.uda_weight}")
-    return MetaPseudoLabels(mpl, teacher.model, optimization, pool_batches, pool_loader, aug.label_smoothing,
-                            torch.zeros(6, dtype=torch.float64, device=placement.device), description)
+    description = (
+        f"mpl: teacher {mpl.teacher or 'from scratch'}, a pool of {len(pool)} unlabeled images, "
+        f"batches of {batch_size} with {cfg.data.batch_size} labeled, pseudo-labels by "
+        f"{mpl.pseudo_label.value}, UDA weight {mpl.uda_weight}"
+    )
+    return MetaPseudoLabels(
+        mpl,
+        teacher.model,
+        optimization,
+        pool_batches,
+        pool_loader,
+        aug.label_smoothing,
+        torch.zeros(6, dtype=torch.float64, device=placement.device),
+        description,
+    )
 
 
 def mpl_epoch(run, state, checkpointer, stops) -> int:
@@ -195,8 +229,14 @@ def mpl_epoch(run, state, checkpointer, stops) -> int:
     data.train_batches.set_epoch(state.epoch, start)
     batches = len(data.train_batches) + start
     mpl.pool_batches.steps(state.step, len(data.train_batches))
-    bar = tqdm(total=batches, initial=start, desc=f"epoch {state.epoch}", leave=False,
-               disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    bar = tqdm(
+        total=batches,
+        initial=start,
+        desc=f"epoch {state.epoch}",
+        leave=False,
+        disable=not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    )
     images_seen = 0
     for i, ((images, labels), pool) in enumerate(zip(data.train_loader, mpl.pool_loader), start=start):
         images = data.normalize(placement.put(images))
@@ -204,8 +244,14 @@ def mpl_epoch(run, state, checkpointer, stops) -> int:
         *views, hidden_labels = pool
         views = [data.normalize(placement.put(view)) for view in views]
         student_loss, ce_before, correct_before = meta_pseudo_labels_step(
-            run, state.step, images, labels, views, hidden_labels.to(placement.device, non_blocking=True),
-            batch_seed(cfg.seed, state.epoch, i, 0))
+            run,
+            state.step,
+            images,
+            labels,
+            views,
+            hidden_labels.to(placement.device, non_blocking=True),
+            batch_seed(cfg.seed, state.epoch, i, 0),
+        )
         state.sums += torch.stack([ce_before * len(labels), correct_before, ce_before.new_full((), len(labels))])
         images_seen += len(labels)
         bar.update()
@@ -223,8 +269,15 @@ def mpl_epoch(run, state, checkpointer, stops) -> int:
     return images_seen
 
 
-def meta_pseudo_labels_step(run, step: int, images: torch.Tensor, labels: torch.Tensor, views: list[torch.Tensor],
-                            hidden_labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def meta_pseudo_labels_step(
+    run,
+    step: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    views: list[torch.Tensor],
+    hidden_labels: torch.Tensor,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of both networks (the module's docstring); returns the student's loss on the pseudo-labels,
     and its cross-entropy and correct predictions on the labeled batch before its step."""
     mpl, placement, cfg = run.mpl, run.placement, run.cfg
@@ -236,8 +289,11 @@ def meta_pseudo_labels_step(run, step: int, images: torch.Tensor, labels: torch.
     teacher_strong = teacher_views[-1]
     with torch.no_grad():
         probabilities = teacher_strong.softmax(1)
-        pseudo = (torch.multinomial(probabilities, 1).squeeze(1) if mpl.cfg.pseudo_label == "sample"
-                  else probabilities.argmax(1))
+        pseudo = (
+            torch.multinomial(probabilities, 1).squeeze(1)
+            if mpl.cfg.pseudo_label == "sample"
+            else probabilities.argmax(1)
+        )
 
     ce_before, logits_before = labeled_cross_entropy(student, images, labels, placement, seed)
     with placement.autocast:
@@ -248,17 +304,24 @@ def meta_pseudo_labels_step(run, step: int, images: torch.Tensor, labels: torch.
     ce_after, _ = labeled_cross_entropy(student, images, labels, placement, seed)
     feedback = ce_before - ce_after
 
-    teacher_loss = (feedback * F.cross_entropy(teacher_strong, pseudo)
-                    + F.cross_entropy(teacher_labeled, labels, label_smoothing=mpl.label_smoothing))
+    teacher_loss = feedback * F.cross_entropy(teacher_strong, pseudo) + F.cross_entropy(
+        teacher_labeled, labels, label_smoothing=mpl.label_smoothing
+    )
     if mpl.cfg.uda_weight:
         teacher_loss = teacher_loss + mpl.cfg.uda_weight * uda_loss(teacher_views[0], teacher_strong, mpl.cfg)
     check_finite(teacher_loss, "the teacher's loss", step)
     teacher_loss.backward()
     step_optimizer(mpl.optimization.optimizer, teacher, cfg.train.clip_grad_norm)
-    mpl.sums += torch.stack([(pseudo == hidden_labels).sum().double(), pseudo.new_full((), len(pseudo)).double(),
-                             feedback.double(), feedback.new_ones((), dtype=torch.float64),
-                             (teacher_labeled.argmax(1) == labels).sum().double(),
-                             labels.new_full((), len(labels)).double()])
+    mpl.sums += torch.stack(
+        [
+            (pseudo == hidden_labels).sum().double(),
+            pseudo.new_full((), len(pseudo)).double(),
+            feedback.double(),
+            feedback.new_ones((), dtype=torch.float64),
+            (teacher_labeled.argmax(1) == labels).sum().double(),
+            labels.new_full((), len(labels)).double(),
+        ]
+    )
     return student_loss.detach(), ce_before.double(), (logits_before.argmax(1) == labels).sum().double()
 
 
@@ -268,8 +331,11 @@ def labeled_cross_entropy(student, images, labels, placement, seed: int) -> tupl
     statistics it trains with), its dropout drawn from `seed` (the same masks before and after its step),
     the run's own random numbers untouched."""
     cuda = placement.device.type == "cuda"
-    index = (placement.device.index if placement.device.index is not None else torch.cuda.current_device()) \
-        if cuda else None
+    index = (
+        (placement.device.index if placement.device.index is not None else torch.cuda.current_device())
+        if cuda
+        else None
+    )
     with torch.random.fork_rng(devices=[index] if cuda else []):
         torch.default_generator.manual_seed(seed)  # torch.manual_seed would reseed every GPU's generator
         if cuda:
@@ -312,12 +378,17 @@ def log_epoch(run, state) -> None:
     run.mpl.sums.zero_()
     if not steps:
         return
-    scalars = {"train/mpl_pseudo_label_top1": 100 * agree / pool_images, "train/mpl_feedback": feedback / steps,
-               "train/mpl_teacher_train_top1": 100 * teacher_correct / labeled,
-               "train/mpl_teacher_lr": peak_lr(run.mpl.optimization.optimizer)}
+    scalars = {
+        "train/mpl_pseudo_label_top1": 100 * agree / pool_images,
+        "train/mpl_feedback": feedback / steps,
+        "train/mpl_teacher_train_top1": 100 * teacher_correct / labeled,
+        "train/mpl_teacher_lr": peak_lr(run.mpl.optimization.optimizer),
+    }
     # Under train/, which TensorBoard's Time Series opens first with val/.
-    log.info(f"epoch {state.epoch} mpl: the teacher's pseudo-labels agree with the hidden labels on "
-             f"{scalars['train/mpl_pseudo_label_top1']:.2f}%, its labeled top1 "
-             f"{scalars['train/mpl_teacher_train_top1']:.2f}, mean feedback h {scalars['train/mpl_feedback']:.2e}")
+    log.info(
+        f"epoch {state.epoch} mpl: the teacher's pseudo-labels agree with the hidden labels on "
+        f"{scalars['train/mpl_pseudo_label_top1']:.2f}%, its labeled top1 "
+        f"{scalars['train/mpl_teacher_train_top1']:.2f}, mean feedback h {scalars['train/mpl_feedback']:.2e}"
+    )
     if run.recorder:
         run.recorder.step(state.step, scalars)

@@ -14,6 +14,7 @@ own, Lookahead), fp16 (whose GradScaler reads its scale every update anyway) and
 update with momentum: skipping it, torch 2.14's kernel leaves the momentum buffers it makes as
 `torch.empty_like` made them.
 """
+
 import contextlib
 import logging
 
@@ -32,12 +33,21 @@ class NonfiniteGuard:
     """A run's train.on_nonfinite: per update, start_update, then on_device decides which of `deciding`
     (around the optimizer's step) or the host's read (skip_on_host where set) applies; `read` reports."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 on_nonfinite: str, ctx: Dist):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        on_nonfinite: str,
+        ctx: Dist,
+    ):
         self.model, self.optimizer, self.ctx = model, optimizer, ctx
         self.skip = on_nonfinite == "skip"
-        self.fused = (isinstance(optimizer, FUSED_OPTIMIZERS) and not scaler.is_enabled()
-                      and all(group["fused"] for group in optimizer.param_groups))
+        self.fused = (
+            isinstance(optimizer, FUSED_OPTIMIZERS)
+            and not scaler.is_enabled()
+            and all(group["fused"] for group in optimizer.param_groups)
+        )
         self.momentum_ready = False  # fused SGD: every momentum buffer made by an update that ran
         self.saved_buffers: list[torch.Tensor] = []
         self.unread = []  # ((step, epoch, batch), flag, loss) of the updates decided on the device since the last read
@@ -52,9 +62,13 @@ class NonfiniteGuard:
     def on_device(self) -> bool:
         """Whether this update, its gradients made, is decided on the device."""
         if self.fused and not self.momentum_ready:
-            self.momentum_ready = all("momentum_buffer" in self.optimizer.state[p] for group in
-                                      self.optimizer.param_groups if group.get("momentum")
-                                      for p in group["params"] if p.grad is not None)
+            self.momentum_ready = all(
+                "momentum_buffer" in self.optimizer.state[p]
+                for group in self.optimizer.param_groups
+                if group.get("momentum")
+                for p in group["params"]
+                if p.grad is not None
+            )
         return self.fused and self.momentum_ready
 
     @contextlib.contextmanager
@@ -75,8 +89,9 @@ class NonfiniteGuard:
         if self.saved_buffers:
             skipped = flag.bool()
             buffers = list(self.model.buffers())
-            torch._foreach_copy_(buffers, [torch.where(skipped, saved, b) for saved, b in
-                                           zip(self.saved_buffers, buffers)])
+            torch._foreach_copy_(
+                buffers, [torch.where(skipped, saved, b) for saved, b in zip(self.saved_buffers, buffers)]
+            )
         self.unread.append((where, flag, loss))
 
     def read(self, faults: dict) -> None:
@@ -85,8 +100,9 @@ class NonfiniteGuard:
         if not self.unread:
             return
         unread, self.unread = self.unread, []
-        flags, losses = torch.stack([torch.stack([flag.double() for _, flag, _ in unread]),
-                                     torch.stack([loss for _, _, loss in unread])]).tolist()
+        flags, losses = torch.stack(
+            [torch.stack([flag.double() for _, flag, _ in unread]), torch.stack([loss for _, _, loss in unread])]
+        ).tolist()
         for (where, _, _), flag, loss in zip(unread, flags, losses):
             if flag:
                 self.nonfinite(loss, where, faults)
@@ -100,8 +116,10 @@ class NonfiniteGuard:
         step, epoch, batch = where
         at = f"at step {step} (epoch {epoch}, batch {batch})"
         if not self.skip:
-            log.error(message := f"train: loss {loss} {at}; the weights are kept from before it "
-                                 f"(train.on_nonfinite=skip skips such steps)")
+            log.error(
+                message := f"train: loss {loss} {at}; the weights are kept from before it "
+                f"(train.on_nonfinite=skip skips such steps)"
+            )
             raise NonfiniteLoss(message)
         faults["nonfinite_skipped_steps"] += 1
         log.warning(f"train.on_nonfinite=skip: loss {loss} {at}, update skipped")

@@ -5,6 +5,7 @@ TensorBoard's Time Series shows tag groups in name order and opens the first two
 curves of every epoch (and the batch as the model sees it, the best epoch's confusion matrix); whole_run/,
 the run's totals that the HParams dashboard reads (hparams.py), comes after them.
 """
+
 import csv
 import io
 import json
@@ -26,20 +27,48 @@ from cnnbench.files import write_bytes, write_json, write_text
 
 from .inference import per_class_table, per_class_top1
 
-METRICS = ["epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
-           "epoch_time_s", "train_img_per_s", "val_img_per_s", "peak_memory_mb"]
+METRICS = [
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_top1",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "epoch_time_s",
+    "train_img_per_s",
+    "val_img_per_s",
+    "peak_memory_mb",
+]
 EMA_METRICS = ["ema_val_loss", "ema_val_top1", "ema_val_top5"]  # with train.ema_decay: the EMA weights' validation
 MEASURED = ("epoch_time_s", "train_img_per_s", "val_img_per_s", "peak_memory_mb")  # of the machine, not the run
 # metrics.csv's columns as TensorBoard tags, at the step of the epoch's end
-EPOCH_TAGS = {"epoch": "train/epoch", "lr": "train/lr", "train_loss": "train/loss", "train_top1": "train/top1",
-              "epoch_time_s": "train/epoch_time_s", "train_img_per_s": "train/img_per_s",
-              "peak_memory_mb": "train/peak_memory_mb", "val_loss": "val/loss", "val_top1": "val/top1",
-              "val_top5": "val/top5", "val_img_per_s": "val/img_per_s", "ema_val_loss": "val/ema_loss",
-              "ema_val_top1": "val/ema_top1", "ema_val_top5": "val/ema_top5"}
+EPOCH_TAGS = {
+    "epoch": "train/epoch",
+    "lr": "train/lr",
+    "train_loss": "train/loss",
+    "train_top1": "train/top1",
+    "epoch_time_s": "train/epoch_time_s",
+    "train_img_per_s": "train/img_per_s",
+    "peak_memory_mb": "train/peak_memory_mb",
+    "val_loss": "val/loss",
+    "val_top1": "val/top1",
+    "val_top5": "val/top5",
+    "val_img_per_s": "val/img_per_s",
+    "ema_val_loss": "val/ema_loss",
+    "ema_val_top1": "val/ema_top1",
+    "ema_val_top5": "val/ema_top5",
+}
 # summary.json's keys as tags, every epoch: the run so far
-SUMMARY_TAGS = {"best_val_top1": "val/best_top1", "best_val_top5": "val/best_top5", "params": "whole_run/params",
-                "gflops": "whole_run/gflops", "train_img_per_s": "whole_run/train_img_per_s",
-                "wall_time_s": "whole_run/wall_time_s"}
+SUMMARY_TAGS = {
+    "best_val_top1": "val/best_top1",
+    "best_val_top5": "val/best_top5",
+    "params": "whole_run/params",
+    "gflops": "whole_run/gflops",
+    "train_img_per_s": "whole_run/train_img_per_s",
+    "wall_time_s": "whole_run/wall_time_s",
+}
 GRID_IMAGES = 64  # of the first training batch, 8 a row
 LABELLED_CLASSES = 30  # a confusion matrix's classes named along its axes; more would be unreadable
 COUNTED_CLASSES = 12  # ... and its cells' counts written in them
@@ -103,14 +132,15 @@ class Recorder:
         writer.writerows([label, *row_counts] for label, row_counts in zip(classes, counts))
         write_text(self.run_dir / "confusion_matrix.csv", text.getvalue())
         per_class = per_class_top1(classes, confusion.sum(1).tolist(), confusion.diag().tolist())
-        png = confusion_png(confusion.numpy(), [display_name(c["class"]) for c in per_class],
-                            [c["top1"] for c in per_class], title)
+        png = confusion_png(
+            confusion.numpy(), [display_name(c["class"]) for c in per_class], [c["top1"] for c in per_class], title
+        )
         write_bytes(self.run_dir / "confusion_matrix.png", png)
         with Image.open(io.BytesIO(png)) as image:
-            self.tb.add_image("val/confusion_matrix", np.asarray(image.convert("RGB")), row["step"],
-                              dataformats="HWC")
-        self.tb.add_text("val/per_class_top1", f"epoch {row['epoch']}\n\n```\n{per_class_table(per_class)}\n```",
-                         row["step"])
+            self.tb.add_image("val/confusion_matrix", np.asarray(image.convert("RGB")), row["step"], dataformats="HWC")
+        self.tb.add_text(
+            "val/per_class_top1", f"epoch {row['epoch']}\n\n```\n{per_class_table(per_class)}\n```", row["step"]
+        )
 
     def start(self, summary: dict):
         """metrics.csv without the rows written after the checkpoint resumed from, and summary.json saying
@@ -158,8 +188,15 @@ def confusion_png(confusion: np.ndarray, labels: list[str], top1: list[float | N
     if n <= COUNTED_CLASSES:
         for (i, j), count in np.ndenumerate(confusion):
             if count:
-                ax.text(j, i, int(count), ha="center", va="center", fontsize=8,
-                        color="white" if rates[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(count),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black",
+                )
     ax.set_xlabel("predicted (top-1)")
     ax.set_ylabel("true class (its top-1 accuracy)" if n <= LABELLED_CLASSES else "true class")
     ax.set_title(title)

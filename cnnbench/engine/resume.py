@@ -1,5 +1,6 @@
 """Stopping and resuming a run: which checkpoint a run continues from, what may change between the run
 that wrote it and the one continuing it, and the signals that ask a run to stop at its next step."""
+
 import contextlib
 import os
 import signal
@@ -19,16 +20,36 @@ SCHEDULE = "the schedule is rebuilt from step {step}"
 APPLIED = {
     "train.epochs": "the schedule is rebuilt for {now} epochs from step {step}",
     "train.budget_*": "the schedule is rebuilt for the new budget from step {step}",
-    "scheduler.*": SCHEDULE, "optimizer.lr": SCHEDULE, "optimizer.lr_reference_batch": SCHEDULE,
+    "scheduler.*": SCHEDULE,
+    "optimizer.lr": SCHEDULE,
+    "optimizer.lr_reference_batch": SCHEDULE,
     # Updates per epoch change with these, and so the schedule; they cut an epoch into other batches, so
     # they change where an epoch starts only.
-    "data.batch_size": SCHEDULE, "train.limit_train_batches": SCHEDULE,
+    "data.batch_size": SCHEDULE,
+    "train.limit_train_batches": SCHEDULE,
     "data.root": "the classes are checked against the checkpoint's",
-    **dict.fromkeys(["optimizer.weight_decay", "optimizer.momentum", "optimizer.fused", "train.limit_val_batches",
-                     "train.log_every_steps", "train.checkpoint_every_steps", "train.clip_grad_norm",
-                     "train.on_nonfinite", "data.workers", "data.prefetch_factor", "data.decode_device",
-                     "data.device_resident", "data.download", "data.on_bad_image", "eval.*", "hardware.*",
-                     "bench.*"], "from step {step} on"),
+    **dict.fromkeys(
+        [
+            "optimizer.weight_decay",
+            "optimizer.momentum",
+            "optimizer.fused",
+            "train.limit_val_batches",
+            "train.log_every_steps",
+            "train.checkpoint_every_steps",
+            "train.clip_grad_norm",
+            "train.on_nonfinite",
+            "data.workers",
+            "data.prefetch_factor",
+            "data.decode_device",
+            "data.device_resident",
+            "data.download",
+            "data.on_bad_image",
+            "eval.*",
+            "hardware.*",
+            "bench.*",
+        ],
+        "from step {step} on",
+    ),
 }
 AT_EPOCH_START = ("data.batch_size", "train.limit_train_batches")
 NOT_COMPARED = ("resume", "resume_fallback", "run_dir")  # how a run is continued, not what it is
@@ -38,8 +59,10 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
     last = run_dir / "checkpoints" / "last.pt"
     if cfg.resume is None:
         if last.exists():
-            raise ConfigError(f"resume: {run_dir} already holds a run (checkpoints/last.pt); "
-                              f"pass resume=auto to continue it, or choose another hydra.run.dir")
+            raise ConfigError(
+                f"resume: {run_dir} already holds a run (checkpoints/last.pt); "
+                f"pass resume=auto to continue it, or choose another hydra.run.dir"
+            )
         return None
     if cfg.resume == "auto":
         return last if last.exists() else None
@@ -66,8 +89,9 @@ def load_resume_state(path: Path, cfg: DictConfig) -> tuple[dict, Path, str | No
             raise
         state, fallback = max(valid, key=lambda found: found[0]["step"])
         if not cfg.resume_fallback:
-            raise CheckpointError(f"{e}; {fallback.name} beside it is valid (step {state['step']}): "
-                                  f"resume_fallback=true resumes from it") from None
+            raise CheckpointError(
+                f"{e}; {fallback.name} beside it is valid (step {state['step']}): resume_fallback=true resumes from it"
+            ) from None
         return state, fallback, f"{e}; resume_fallback=true: resuming from {fallback} (step {state['step']}) instead"
 
 
@@ -86,8 +110,10 @@ def config_changes(state: dict, config: dict, path: Path, world_size: int) -> li
     """The differences between the checkpoint's config and this run's (`config`, resolved) that the run
     applies, one train.log line each; any other difference is refused, every one named in one line."""
     if state["world_size"] != world_size:
-        raise CheckpointError(f"{path}: written by {state['world_size']} ranks, resumed with "
-                              f"{world_size}; the data order would change, so resume with the same count")
+        raise CheckpointError(
+            f"{path}: written by {state['world_size']} ranks, resumed with "
+            f"{world_size}; the data order would change, so resume with the same count"
+        )
     saved, now = flat(state["config"]), flat(config)
     mid_epoch = state["batch_in_epoch"] > 0
     applied, other_model, refused = [], [], []
@@ -101,14 +127,22 @@ def config_changes(state: dict, config: dict, path: Path, world_size: int) -> li
         elif meaning and not (mid_epoch and key in AT_EPOCH_START):
             applied.append(f"{key} {old} -> {new}: {meaning.format(now=new, step=state['step'])}")
         else:
-            refused.append(f"written with {key}={old}, resumed with {new}" + (
-                f" (it changes where an epoch starts only; the checkpoint is at batch {state['batch_in_epoch']} "
-                f"of epoch {state['epoch']})" if meaning else ""))
+            refused.append(
+                f"written with {key}={old}, resumed with {new}"
+                + (
+                    f" (it changes where an epoch starts only; the checkpoint is at batch {state['batch_in_epoch']} "
+                    f"of epoch {state['epoch']})"
+                    if meaning
+                    else ""
+                )
+            )
     if other_model:
         refused.insert(0, f"trained with a different model ({', '.join(other_model)})")
     if refused:
-        raise CheckpointError(f"{path}: {'; '.join(refused)}. A resumed run keeps these: resume with the "
-                              f"checkpoint's values, or start a new run (README, Resume)")
+        raise CheckpointError(
+            f"{path}: {'; '.join(refused)}. A resumed run keeps these: resume with the "
+            f"checkpoint's values, or start a new run (README, Resume)"
+        )
     return applied
 
 
@@ -138,6 +172,7 @@ class StopSignals:
     leaving, the handlers from before are back, and the one for the signal received is called if it is
     Python's (submitit's requeue, a DDP rank's exit); a signal that came after the last step still stops
     the caller, with Interrupted."""
+
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
     def __enter__(self):

@@ -11,6 +11,7 @@ Exact resume: the batches depend only on (seed, epoch), each batch's augmentatio
 seed, and a checkpoint holds every RNG state and the position inside the epoch, so a run resumed
 from any checkpoint continues bit for bit as if never stopped.
 """
+
 import contextlib
 import logging
 import math
@@ -57,6 +58,7 @@ MAX_CONFUSION_CLASSES = 1000
 @dataclass
 class Run:
     """What train() builds from the config, once: fixed for the run."""
+
     cfg: DictConfig  # run_config's: resolved, with what the run derives from the user's
     ctx: Dist
     placement: Placement
@@ -80,6 +82,7 @@ class Run:
 @dataclass
 class TrainState:
     """Where the run is and what it has measured: the checkpoint's training state (beside the weights)."""
+
     sums: torch.Tensor  # this rank's train loss sum, correct and samples of the epoch so far, on the device
     faults: dict
     epoch: int = 0
@@ -96,9 +99,15 @@ class TrainState:
         return self.earlier_wall_time_s + time.perf_counter() - self.started
 
     def checkpoint_fields(self) -> dict:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-                "faults": self.faults, "best": self.best, "history": self.history,
-                "wall_time_s": self.wall_time_s()}
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "faults": self.faults,
+            "best": self.best,
+            "history": self.history,
+            "wall_time_s": self.wall_time_s(),
+        }
 
     def restore(self, checkpoint: dict, rank: int, device: torch.device) -> None:
         self.epoch, self.batch_in_epoch = checkpoint["epoch"], checkpoint["batch_in_epoch"]
@@ -127,15 +136,21 @@ def train(cfg: DictConfig) -> dict:
             checkpoint, resume_from, fallback_note = load_resume_state(resume_from, cfg)
             notes = config_changes(checkpoint, config_record, resume_from, ctx.world_size)
         run = build_run(cfg, ctx, placement)
-        state = TrainState(torch.zeros(3, dtype=torch.float64, device=placement.device),
-                           {"skipped_images": run.data.skipped_images, "nonfinite_skipped_steps": 0,
-                            "scaler_skipped_steps": 0})
+        state = TrainState(
+            torch.zeros(3, dtype=torch.float64, device=placement.device),
+            {"skipped_images": run.data.skipped_images, "nonfinite_skipped_steps": 0, "scaler_skipped_steps": 0},
+        )
         if resume_from is not None:
-            notes = [f"resumed from {resume_from}: epoch {checkpoint['epoch']}, batch {checkpoint['batch_in_epoch']}, "
-                     f"step {checkpoint['step']}", *notes, *resume(run, state, checkpoint, resume_from)]
+            notes = [
+                f"resumed from {resume_from}: epoch {checkpoint['epoch']}, batch {checkpoint['batch_in_epoch']}, "
+                f"step {checkpoint['step']}",
+                *notes,
+                *resume(run, state, checkpoint, resume_from),
+            ]
         if ctx.is_main:
-            run.recorder = Recorder(run.run_dir, state.history, state.step,
-                                    METRICS + EMA_METRICS if run.ema else METRICS)
+            run.recorder = Recorder(
+                run.run_dir, state.history, state.step, METRICS + EMA_METRICS if run.ema else METRICS
+            )
             if state.step == 0:  # once per run: the schedule's start (warm-up's first lr), the config, the HParams
                 run.recorder.step(0, {"train/lr": peak_lr(run.optimization.optimizer)})
                 run.recorder.begin(config_record, hparam_summaries(cfg, placement.precision))
@@ -150,11 +165,14 @@ def resume(run: Run, state: TrainState, checkpoint: dict, path: Path) -> list[st
     """The run exactly where the checkpoint left it: weights, optimizer, EMA, GradScaler, TrainState and this
     rank's RNGs (the schedule is this run's, at the checkpoint's step). Returns what to log."""
     if checkpoint["classes"] != run.data.classes:
-        raise CheckpointError(f"{path}: trained on other classes than {run.cfg.data.name}'s (there "
-                              f"{short_list(checkpoint['classes'])}; here {short_list(run.data.classes)})")
+        raise CheckpointError(
+            f"{path}: trained on other classes than {run.cfg.data.name}'s (there "
+            f"{short_list(checkpoint['classes'])}; here {short_list(run.data.classes)})"
+        )
     optimization = run.optimization
-    notes = restore_training_state(checkpoint, run.bare_model, optimization.optimizer, optimization.scheduler,
-                                   optimization.scaler, run.ema)
+    notes = restore_training_state(
+        checkpoint, run.bare_model, optimization.optimizer, optimization.scheduler, optimization.scaler, run.ema
+    )
     state.restore(checkpoint, run.ctx.rank, run.placement.device)
     if run.mpl is not None:
         run.mpl.restore(checkpoint)
@@ -173,22 +191,50 @@ def build_run(cfg: DictConfig, ctx: Dist, placement: Placement) -> Run:
         convert = sync_batchnorm
     network = build_network(cfg, num_classes, placement, data.classes, convert)
     ema = ModelEmaV3(network.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
-    teacher = (load_teacher(cfg.distill.teacher, data.classes, cfg.data.channels, placement.device)[0]
-               if cfg.distill.teacher else None)
-    objective = Objective(cfg.augmentation, num_classes, cfg.data.batch_size // ctx.world_size,
-                          getattr(network.model, "aux_weight", 0.0), teacher, cfg.distill)
+    teacher = (
+        load_teacher(cfg.distill.teacher, data.classes, cfg.data.channels, placement.device)[0]
+        if cfg.distill.teacher
+        else None
+    )
+    objective = Objective(
+        cfg.augmentation,
+        num_classes,
+        cfg.data.batch_size // ctx.world_size,
+        getattr(network.model, "aux_weight", 0.0),
+        teacher,
+        cfg.distill,
+    )
     optimization = build_optimization(cfg, network, len(data.train_batches), placement)
     model = network.model
     if ctx.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if placement.device.type == "cuda" else None,
-                                        find_unused_parameters=cfg.hardware.find_unused_parameters)
+        model = DistributedDataParallel(
+            model,
+            device_ids=[ctx.local_rank] if placement.device.type == "cuda" else None,
+            find_unused_parameters=cfg.hardware.find_unused_parameters,
+        )
     if placement.compile:
         model = torch.compile(model)
     guard = NonfiniteGuard(network.model, optimization.optimizer, optimization.scaler, cfg.train.on_nonfinite, ctx)
-    mpl = (build_meta_pseudo_labels(cfg, data, placement, ctx.world_size, len(data.train_batches))
-           if cfg.mpl.enabled else None)
-    return Run(cfg, ctx, placement, data, network, model, ema, objective, optimization, guard, Path(cfg.run_dir),
-               topk=min(5, num_classes), mpl=mpl)
+    mpl = (
+        build_meta_pseudo_labels(cfg, data, placement, ctx.world_size, len(data.train_batches))
+        if cfg.mpl.enabled
+        else None
+    )
+    return Run(
+        cfg,
+        ctx,
+        placement,
+        data,
+        network,
+        model,
+        ema,
+        objective,
+        optimization,
+        guard,
+        Path(cfg.run_dir),
+        topk=min(5, num_classes),
+        mpl=mpl,
+    )
 
 
 class Checkpointer:
@@ -202,8 +248,9 @@ class Checkpointer:
         run, state, ctx = self.run, self.state, self.run.ctx
         ranks = [None] * ctx.world_size
         if ctx.world_size > 1:
-            torch.distributed.all_gather_object(ranks, (rng_state(run.placement.device), state.sums.cpu(),
-                                                        run.data.skipped_images))
+            torch.distributed.all_gather_object(
+                ranks, (rng_state(run.placement.device), state.sums.cpu(), run.data.skipped_images)
+            )
         else:
             ranks = [(rng_state(run.placement.device), state.sums.cpu(), {})]
         if not ctx.is_main:
@@ -213,24 +260,35 @@ class Checkpointer:
                 log.warning(f"skipped image {path} (rank {rank}): {skipped[path]}")
             run.data.skipped_images.update(skipped)
         optimization = run.optimization
-        save_checkpoint({
-            "model": run.bare_model.state_dict(), "optimizer": optimization.optimizer.state_dict(),
-            "scheduler": optimization.scheduler.state_dict(), "scaler": optimization.scaler.state_dict(),
-            "ema": run.ema.module.state_dict() if run.ema else None, **state.checkpoint_fields(),
-            "epoch_sums": [rank[1] for rank in ranks], "rng": [rank[0] for rank in ranks],
-            "world_size": ctx.world_size, "classes": run.data.classes, "config": self.config_record,
-            **(run.mpl.checkpoint_fields() if run.mpl else {}),
-        }, run.run_dir / "checkpoints" / name)
+        save_checkpoint(
+            {
+                "model": run.bare_model.state_dict(),
+                "optimizer": optimization.optimizer.state_dict(),
+                "scheduler": optimization.scheduler.state_dict(),
+                "scaler": optimization.scaler.state_dict(),
+                "ema": run.ema.module.state_dict() if run.ema else None,
+                **state.checkpoint_fields(),
+                "epoch_sums": [rank[1] for rank in ranks],
+                "rng": [rank[0] for rank in ranks],
+                "world_size": ctx.world_size,
+                "classes": run.data.classes,
+                "config": self.config_record,
+                **(run.mpl.checkpoint_fields() if run.mpl else {}),
+            },
+            run.run_dir / "checkpoints" / name,
+        )
 
 
 def train_run(run: Run, state: TrainState, checkpointer: Checkpointer, stops: StopSignals) -> dict:
     """Epochs from the state's position to train.epochs; summary.json says how the run ended."""
     cfg, ctx, recorder = run.cfg, run.ctx, run.recorder
     state.scale = run.optimization.scaler.get_scale()
-    log.info(f"model {cfg.model.name}: {run.network.params:,} parameters, {run.network.flops / 1e9:.3f} GFLOPs per "
-             f"image; data {cfg.data.name}: {len(run.data.classes)} classes, {len(run.data.train_batches)} batches of "
-             f"{cfg.data.batch_size} an epoch ({run.data.path}); device {run.placement.device}, "
-             f"{run.placement.precision}{', compiled' if run.placement.compile else ''}")
+    log.info(
+        f"model {cfg.model.name}: {run.network.params:,} parameters, {run.network.flops / 1e9:.3f} GFLOPs per "
+        f"image; data {cfg.data.name}: {len(run.data.classes)} classes, {len(run.data.train_batches)} batches of "
+        f"{cfg.data.batch_size} an epoch ({run.data.path}); device {run.placement.device}, "
+        f"{run.placement.precision}{', compiled' if run.placement.compile else ''}"
+    )
     if run.topk < 5:
         log.info(f"{len(run.data.classes)} classes: val_top5 is top-{run.topk}")
     if budget := run.optimization.length.describe():
@@ -253,15 +311,21 @@ def train_run(run: Run, state: TrainState, checkpointer: Checkpointer, stops: St
                 recorder.epoch(row, summary(run, state, "running"))
                 if improved and (confusion := confusions[candidate["weights"]]) is not None:
                     weights = " (EMA weights)" if candidate["weights"] == "ema" else ""
-                    recorder.best_epoch(row, confusion, run.data.classes,
-                                        f"{cfg.model.name} on {cfg.data.name}, epoch {row['epoch']}{weights}: "
-                                        f"val top-1 {candidate['val_top1']:.2f}%")
+                    recorder.best_epoch(
+                        row,
+                        confusion,
+                        run.data.classes,
+                        f"{cfg.model.name} on {cfg.data.name}, epoch {row['epoch']}{weights}: "
+                        f"val top-1 {candidate['val_top1']:.2f}%",
+                    )
             if improved:
                 checkpointer.save("best.pt")
             checkpointer.save("last.pt")
         if ctx.is_main:
-            export_weights(run.ema.module if state.best.get("weights") == "ema" else run.bare_model,
-                           run.run_dir / "checkpoints" / "model.safetensors")
+            export_weights(
+                run.ema.module if state.best.get("weights") == "ema" else run.bare_model,
+                run.run_dir / "checkpoints" / "model.safetensors",
+            )
         status = "completed"
         if stops:
             log.info(f"{stops.name} after the last step: the run is complete, and stops there")
@@ -271,8 +335,10 @@ def train_run(run: Run, state: TrainState, checkpointer: Checkpointer, stops: St
         raise
     except KeyboardInterrupt:
         status = "interrupted"
-        log.info(f"stopped at once by a second Ctrl-C at step {state.step}, without a checkpoint: resume=auto "
-                 f"continues from the last one")
+        log.info(
+            f"stopped at once by a second Ctrl-C at step {state.step}, without a checkpoint: resume=auto "
+            f"continues from the last one"
+        )
         raise
     finally:
         result = summary(run, state, status)
@@ -280,8 +346,10 @@ def train_run(run: Run, state: TrainState, checkpointer: Checkpointer, stops: St
             recorder.finish(result, session_end_summary(status))
         if ctx.world_size > 1:
             torch.distributed.destroy_process_group()
-    log.info(f"done: best val top1 {result['best_val_top1']:.2f} (epoch {result['best_epoch']}), "
-             f"{result['wall_time_s']:.0f}s; results in {run.run_dir}")
+    log.info(
+        f"done: best val top1 {result['best_val_top1']:.2f} (epoch {result['best_epoch']}), "
+        f"{result['wall_time_s']:.0f}s; results in {run.run_dir}"
+    )
     return result
 
 
@@ -293,8 +361,14 @@ def train_epoch(run: Run, state: TrainState, checkpointer: Checkpointer, stops: 
     start = state.batch_in_epoch
     data.train_batches.set_epoch(state.epoch, start)
     batches = len(data.train_batches) + start
-    bar = tqdm(total=batches, initial=start, desc=f"epoch {state.epoch}", leave=False,
-               disable=not (ctx.is_main and sys.stderr.isatty()), dynamic_ncols=True)
+    bar = tqdm(
+        total=batches,
+        initial=start,
+        desc=f"epoch {state.epoch}",
+        leave=False,
+        disable=not (ctx.is_main and sys.stderr.isatty()),
+        dynamic_ncols=True,
+    )
     images_seen = 0
     nonfinite = torch.zeros((), dtype=torch.bool, device=placement.device)  # any micro-batch of this update
     for i, (images, targets) in enumerate(data.train_loader, start=start):
@@ -316,8 +390,11 @@ def train_epoch(run: Run, state: TrainState, checkpointer: Checkpointer, stops: 
         loss = loss.detach().double()
         finite = torch.isfinite(loss)
         nonfinite |= ~finite
-        state.sums += torch.where(finite, torch.stack([loss * len(targets), (logits.argmax(1) == labels).sum(),
-                                                       loss.new_full((), len(targets))]), 0)
+        state.sums += torch.where(
+            finite,
+            torch.stack([loss * len(targets), (logits.argmax(1) == labels).sum(), loss.new_full((), len(targets))]),
+            0,
+        )
         images_seen += len(targets)
         bar.update()
         if not last_micro_step:
@@ -366,8 +443,10 @@ def update(run: Run, state: TrainState) -> None:
         state.scale = scale
         if scale < previous_scale:
             state.faults["scaler_skipped_steps"] += 1
-            log.info(f"step {state.step + 1}: fp16 gradients overflowed; the GradScaler skipped the update and "
-                     f"lowered its scale to {scale:g}")
+            log.info(
+                f"step {state.step + 1}: fp16 gradients overflowed; the GradScaler skipped the update and "
+                f"lowered its scale to {scale:g}"
+            )
 
 
 def finish_step(run: Run, state: TrainState, loss: torch.Tensor, bar: tqdm, batch: int, batches: int) -> None:
@@ -388,38 +467,64 @@ def finish_step(run: Run, state: TrainState, loss: torch.Tensor, bar: tqdm, batc
         run.recorder.step(state.step, {"train/step_loss": loss_value, "train/lr": lr})
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}")
         if bar.disable:
-            log.info(f"epoch {state.epoch} batch {batch}/{batches} step {state.step}: loss {loss_value:.4f}, "
-                     f"lr {lr:.4g}")
+            log.info(
+                f"epoch {state.epoch} batch {batch}/{batches} step {state.step}: loss {loss_value:.4f}, lr {lr:.4g}"
+            )
 
 
-def end_epoch(run: Run, state: TrainState, images_seen: int, train_time: float,
-              epoch_started: float) -> tuple[dict, dict]:
+def end_epoch(
+    run: Run, state: TrainState, images_seen: int, train_time: float, epoch_started: float
+) -> tuple[dict, dict]:
     """Validation and the epoch's row of metrics.csv, and the confusion matrix of each kind of weights
     validated (best_of's: model, ema); the state moves to the next epoch's start."""
     train_loss, train_correct, train_count = all_reduce_sum(state.sums.clone(), run.ctx).tolist()
     val_started = time.perf_counter()  # the device is idle: the train sums were just read
-    val = validate(run.model, run.data.val_loader, run.data.normalize, run.placement, run.topk, run.ctx,
-                   run.cfg.eval.tta, len(run.data.classes))
+    val = validate(
+        run.model,
+        run.data.val_loader,
+        run.data.normalize,
+        run.placement,
+        run.topk,
+        run.ctx,
+        run.cfg.eval.tta,
+        len(run.data.classes),
+    )
     val_time = time.perf_counter() - val_started
     metrics, confusions = dict(val.metrics), {"model": val.confusion}
     if run.ema is not None:
-        ema_val = validate(run.ema.module, run.data.val_loader, run.data.normalize, run.placement, run.topk, run.ctx,
-                           run.cfg.eval.tta, len(run.data.classes))
+        ema_val = validate(
+            run.ema.module,
+            run.data.val_loader,
+            run.data.normalize,
+            run.placement,
+            run.topk,
+            run.ctx,
+            run.cfg.eval.tta,
+            len(run.data.classes),
+        )
         metrics.update({f"ema_{key}": value for key, value in ema_val.metrics.items()})
         confusions["ema"] = ema_val.confusion
-    row = {"epoch": state.epoch, "step": state.step, "lr": peak_lr(run.optimization.optimizer),
-           "train_loss": train_loss / train_count, "train_top1": 100 * train_correct / train_count, **metrics,
-           "epoch_time_s": round(time.perf_counter() - epoch_started, 3),
-           "train_img_per_s": round(images_seen * run.ctx.world_size / train_time, 1),
-           "val_img_per_s": round(val.images / val_time, 1),
-           "peak_memory_mb": round(peak_memory_bytes(run.placement.device) / 2 ** 20, 1)}  # rank 0's: MiB
+    row = {
+        "epoch": state.epoch,
+        "step": state.step,
+        "lr": peak_lr(run.optimization.optimizer),
+        "train_loss": train_loss / train_count,
+        "train_top1": 100 * train_correct / train_count,
+        **metrics,
+        "epoch_time_s": round(time.perf_counter() - epoch_started, 3),
+        "train_img_per_s": round(images_seen * run.ctx.world_size / train_time, 1),
+        "val_img_per_s": round(val.images / val_time, 1),
+        "peak_memory_mb": round(peak_memory_bytes(run.placement.device) / 2**20, 1),
+    }  # rank 0's: MiB
     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     state.sums.zero_()
-    log.info(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f} | "
-             f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f} top{run.topk} {row['val_top5']:.2f} | "
-             + (f"ema val top1 {row['ema_val_top1']:.2f} | " if run.ema else "")
-             + f"{row['train_img_per_s']:.0f} img/s, val {row['val_img_per_s']:.0f} img/s, "
-               f"peak memory {row['peak_memory_mb']:.0f} MiB, {row['epoch_time_s']:.1f}s")
+    log.info(
+        f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f} | "
+        f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f} top{run.topk} {row['val_top5']:.2f} | "
+        + (f"ema val top1 {row['ema_val_top1']:.2f} | " if run.ema else "")
+        + f"{row['train_img_per_s']:.0f} img/s, val {row['val_img_per_s']:.0f} img/s, "
+        f"peak memory {row['peak_memory_mb']:.0f} MiB, {row['epoch_time_s']:.1f}s"
+    )
     return row, confusions
 
 
@@ -430,26 +535,36 @@ class Validation(NamedTuple):
 
 
 @torch.no_grad()
-def validate(model, loader, normalize, placement: Placement, topk: int, ctx: Dist, tta: TTA,
-             num_classes: int) -> Validation:
+def validate(
+    model, loader, normalize, placement: Placement, topk: int, ctx: Dist, tta: TTA, num_classes: int
+) -> Validation:
     model.eval()
-    cells = num_classes ** 2 if num_classes <= MAX_CONFUSION_CLASSES else 0
+    cells = num_classes**2 if num_classes <= MAX_CONFUSION_CLASSES else 0
     # loss sum, top-1, top-k, samples, then the confusion matrix: counted on the device, one all-reduce
     sums = torch.zeros(4 + cells, dtype=torch.float64, device=placement.device)
     confusion = sums[4:].view(-1, num_classes) if cells else None
     for logits, targets in batch_logits(model, loader, normalize, placement, tta):
         top = logits.topk(topk, 1).indices
         hits = top == targets[:, None]
-        sums[:4] += torch.stack([F.cross_entropy(logits.float(), targets, reduction="sum").double(),
-                                 hits[:, 0].sum().double(), hits.any(1).sum().double(),
-                                 hits.new_full((), len(targets), dtype=torch.float64)])
+        sums[:4] += torch.stack(
+            [
+                F.cross_entropy(logits.float(), targets, reduction="sum").double(),
+                hits[:, 0].sum().double(),
+                hits.any(1).sum().double(),
+                hits.new_full((), len(targets), dtype=torch.float64),
+            ]
+        )
         if confusion is not None:  # index_put_'s accumulation is deterministic under hardware.deterministic
-            confusion.index_put_((targets, top[:, 0]), targets.new_ones(len(targets), dtype=torch.float64),
-                                 accumulate=True)
+            confusion.index_put_(
+                (targets, top[:, 0]), targets.new_ones(len(targets), dtype=torch.float64), accumulate=True
+            )
     sums = all_reduce_sum(sums, ctx).cpu()
     loss, top1, topk_hits, count = sums[:4].tolist()
-    return Validation({"val_loss": loss / count, "val_top1": 100 * top1 / count, "val_top5": 100 * topk_hits / count},
-                      round(count), sums[4:].long().view(-1, num_classes) if cells else None)
+    return Validation(
+        {"val_loss": loss / count, "val_top1": 100 * top1 / count, "val_top5": 100 * topk_hits / count},
+        round(count),
+        sums[4:].long().view(-1, num_classes) if cells else None,
+    )
 
 
 def summary(run: Run, state: TrainState, status: str) -> dict:
@@ -457,22 +572,39 @@ def summary(run: Run, state: TrainState, status: str) -> dict:
     history, best = state.history, state.best
     final = history[-1] if history else {}
     return {
-        "model": run.cfg.model.name, "params": run.network.params, "gflops": run.network.flops / 1e9,
-        "data": run.cfg.data.name, "best_val_top1": best.get("val_top1") if history else None,
-        "best_val_top5": best.get("val_top5"), "best_epoch": best.get("epoch"),
-        "final_val_top1": final.get("val_top1"), "final_val_top5": final.get("val_top5"),
-        "top5_k": run.topk, "epochs": len(history), "step": state.step, "precision": run.placement.precision,
+        "model": run.cfg.model.name,
+        "params": run.network.params,
+        "gflops": run.network.flops / 1e9,
+        "data": run.cfg.data.name,
+        "best_val_top1": best.get("val_top1") if history else None,
+        "best_val_top5": best.get("val_top5"),
+        "best_epoch": best.get("epoch"),
+        "final_val_top1": final.get("val_top1"),
+        "final_val_top5": final.get("val_top5"),
+        "top5_k": run.topk,
+        "epochs": len(history),
+        "step": state.step,
+        "precision": run.placement.precision,
         "train_img_per_s": steady_median(history, "train_img_per_s"),
         "val_img_per_s": steady_median(history, "val_img_per_s"),
         "epoch_time_s": steady_median(history, "epoch_time_s"),
-        "peak_memory_mb": max((row["peak_memory_mb"] for row in history if row.get("peak_memory_mb") is not None),
-                              default=None),
-        **({"best_weights": best.get("weights"),
-            "best_ema_val_top1": max((r["ema_val_top1"] for r in history), default=None),
-            "final_ema_val_top1": final.get("ema_val_top1")} if run.ema else {}),
-        "wall_time_s": round(state.wall_time_s(), 3), "time_to_first_step_s": state.time_to_first_step_s,
+        "peak_memory_mb": max(
+            (row["peak_memory_mb"] for row in history if row.get("peak_memory_mb") is not None), default=None
+        ),
+        **(
+            {
+                "best_weights": best.get("weights"),
+                "best_ema_val_top1": max((r["ema_val_top1"] for r in history), default=None),
+                "final_ema_val_top1": final.get("ema_val_top1"),
+            }
+            if run.ema
+            else {}
+        ),
+        "wall_time_s": round(state.wall_time_s(), 3),
+        "time_to_first_step_s": state.time_to_first_step_s,
         "status": status,
-        "skipped_image_count": len(state.faults["skipped_images"]), **state.faults,
+        "skipped_image_count": len(state.faults["skipped_images"]),
+        **state.faults,
         **run.optimization.length.record(state.step),
     }
 
@@ -505,5 +637,9 @@ def best_of(row: dict) -> dict:
     validate better. best.pt, evaluate, predict and a teacher use the kind the run's best names."""
     weights = "ema" if row.get("ema_val_top1", -math.inf) > row["val_top1"] else "model"
     prefix = "ema_" if weights == "ema" else ""
-    return {"val_top1": row[f"{prefix}val_top1"], "val_top5": row[f"{prefix}val_top5"], "epoch": row["epoch"],
-            "weights": weights}
+    return {
+        "val_top1": row[f"{prefix}val_top1"],
+        "val_top5": row[f"{prefix}val_top5"],
+        "epoch": row["epoch"],
+        "weights": weights,
+    }

@@ -1,5 +1,6 @@
 """A model's logits over a loader, for validation, evaluate and pseudolabel alike, with test-time
 augmentation: the logits averaged over views of each image (eval.tta)."""
+
 import torch
 from torchvision.transforms import v2
 
@@ -8,8 +9,9 @@ from cnnbench.config import TTA
 from .device import Placement
 
 
-def batch_logits(model: torch.nn.Module, loader, normalize, placement: Placement, tta: TTA = TTA.none,
-                 image_size: int | None = None):
+def batch_logits(
+    model: torch.nn.Module, loader, normalize, placement: Placement, tta: TTA = TTA.none, image_size: int | None = None
+):
     """(logits, targets) of each batch, both on the device; `image_size`: tencrop's crops (default: the batch's)."""
     for images, targets in loader:
         images = normalize(placement.put(images))

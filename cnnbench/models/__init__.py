@@ -1,4 +1,5 @@
 """The model zoo: `create_model(name, num_classes=..., in_chans=..., image_size=..., **knobs)`."""
+
 from . import (  # noqa: F401  (each module registers its family)
     alexnet,
     bit,

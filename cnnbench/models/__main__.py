@@ -3,6 +3,7 @@ zoo: name, family, native input (image side and evaluation crop), parameters and
 that input, or at `input_size` where given (torch.utils.flop_counter, counted on the meta device so even
 the largest models cost nothing). The `timm` and `torchvision` entries, which stand for
 any model of those libraries, are not listed."""
+
 import sys
 
 import torch
@@ -54,16 +55,26 @@ def main(argv: list[str]) -> int:
         return 2
     names = [n for n in list_models(args["family"]) if get_entry(n).family not in LIBRARIES]
     given = args["input_size"]
-    print(f"# {'each model at its native input' if given is None else f'{given}x{given} images'}, "
-          f"{args['in_chans']} channels, {args['num_classes']} classes; "
-          f"GFLOPs = 2 x multiply-adds / 1e9, for one image")
+    print(
+        f"# {'each model at its native input' if given is None else f'{given}x{given} images'}, "
+        f"{args['in_chans']} channels, {args['num_classes']} classes; "
+        f"GFLOPs = 2 x multiply-adds / 1e9, for one image"
+    )
     rows = [("name", "family", "input", "crop", "params", "GFLOPs")]
     for name in names:
         native, crop_pct = native_input(name)
         size = given or native
         params, gflops = measure(name, size, args["num_classes"], args["in_chans"])
-        rows.append((name, get_entry(name).family, str(size), f"{crop_pct:.3f}", f"{params:,}",
-                     "n/a" if gflops is None else f"{gflops:.3f}"))
+        rows.append(
+            (
+                name,
+                get_entry(name).family,
+                str(size),
+                f"{crop_pct:.3f}",
+                f"{params:,}",
+                "n/a" if gflops is None else f"{gflops:.3f}",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))

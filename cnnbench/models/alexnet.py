@@ -11,6 +11,7 @@ stack of 3x3 convs, `width_mult` every layer but the last.
 `stem=cifar` runs the strided convs at stride 1 (same weights) so 28x28 and 32x32 images survive the three
 max pools; the adaptive 6x6 pooling before the classifier then takes any size.
 """
+
 import torch.nn as nn
 
 from .pooling import AdaptiveAvgPool2d
@@ -35,9 +36,11 @@ class ConvNet(nn.Module):
 
 def classifier(cin, hidden, num_classes, dropout, dropout_first):
     """Two hidden fully connected layers with dropout: before each in AlexNet, after each in VGG."""
+
     def hidden_layer(a, b):
         layer = [nn.Linear(a, b), nn.ReLU(inplace=True)]
         return [nn.Dropout(dropout)] + layer if dropout_first else layer + [nn.Dropout(dropout)]
+
     return nn.Sequential(*hidden_layer(cin, hidden), *hidden_layer(hidden, hidden), nn.Linear(hidden, num_classes))
 
 
@@ -61,20 +64,39 @@ def features(in_chans, convs, stack, depth_mult, lrn, pool):
 
 
 @register_model("alexnet", reference="torchvision:alexnet", classifier="classifier.6")
-def alexnet(num_classes=1000, in_chans=3, image_size=224, channels: str = "torchvision", lrn: bool = False,
-            dropout: float = 0.5, width_mult: float = 1.0, depth_mult: float = 1.0, stem: str = "auto"):
+def alexnet(
+    num_classes=1000,
+    in_chans=3,
+    image_size=224,
+    channels: str = "torchvision",
+    lrn: bool = False,
+    dropout: float = 0.5,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    stem: str = "auto",
+):
     check_choice("channels", channels, sorted(CHANNELS))
     c1, c2, *stack = (scale_width(c, width_mult) for c in CHANNELS[channels])
     stride, padding = (1, 5) if resolve_stem(stem, image_size) == "cifar" else (4, 2)
-    layers, cout = features(in_chans, [(c1, 11, stride, padding), (c2, 5, 1, 2)], stack, depth_mult, lrn,
-                            lambda: nn.MaxPool2d(3, 2))
-    return ConvNet(layers, 6, classifier(cout * 36, scale_width(4096, width_mult), num_classes, dropout,
-                                         dropout_first=True))
+    layers, cout = features(
+        in_chans, [(c1, 11, stride, padding), (c2, 5, 1, 2)], stack, depth_mult, lrn, lambda: nn.MaxPool2d(3, 2)
+    )
+    return ConvNet(
+        layers, 6, classifier(cout * 36, scale_width(4096, width_mult), num_classes, dropout, dropout_first=True)
+    )
 
 
 @register_model("alexnet", classifier="classifier.6")
-def zfnet(num_classes=1000, in_chans=3, image_size=224, lrn: bool = True, dropout: float = 0.5,
-          width_mult: float = 1.0, depth_mult: float = 1.0, stem: str = "auto"):
+def zfnet(
+    num_classes=1000,
+    in_chans=3,
+    image_size=224,
+    lrn: bool = True,
+    dropout: float = 0.5,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    stem: str = "auto",
+):
     """The paper's figure 3: 96 7x7/2 convs (padding 1) and 256 5x5/2 ones, pooled as Caffe does (ceil
     mode): 224 -> 110 -> 55 -> 26 -> 13 -> 13 -> 6. `stem=cifar`: both at stride 1, same padding."""
     c1, c2, *stack = (scale_width(c, width_mult) for c in CHANNELS["2012"])
@@ -83,5 +105,6 @@ def zfnet(num_classes=1000, in_chans=3, image_size=224, lrn: bool = True, dropou
     else:
         convs = [(c1, 7, 2, 1), (c2, 5, 2, 0)]
     layers, cout = features(in_chans, convs, stack, depth_mult, lrn, lambda: nn.MaxPool2d(3, 2, ceil_mode=True))
-    return ConvNet(layers, 6, classifier(cout * 36, scale_width(4096, width_mult), num_classes, dropout,
-                                         dropout_first=True))
+    return ConvNet(
+        layers, 6, classifier(cout * 36, scale_width(4096, width_mult), num_classes, dropout, dropout_first=True)
+    )

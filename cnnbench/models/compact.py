@@ -11,6 +11,7 @@ size: on a CPU these memory-bound layers, not the convolutions' FLOPs, set the c
 full-resolution end (this order trains about 30% faster than conv-BN-ReLU-pool; a stem_width of 24
 about 25% slower than 16).
 """
+
 import torch.nn as nn
 from timm.layers import BatchNormAct2d, create_conv2d
 
@@ -21,9 +22,16 @@ from .scaling import scale_depth, scale_width
 
 
 @register_model("compact", input_size=28, classifier="fc")
-def compact_cnn(num_classes=10, in_chans=1, image_size=28, stem_width: int = 16,
-                widths: tuple = (64, 128, 256), depths: tuple = (1, 1, 1),
-                width_mult: float = 1.0, depth_mult: float = 1.0):
+def compact_cnn(
+    num_classes=10,
+    in_chans=1,
+    image_size=28,
+    stem_width: int = 16,
+    widths: tuple = (64, 128, 256),
+    depths: tuple = (1, 1, 1),
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+):
     if len(widths) != len(depths):
         raise ConfigError(f"model.depths: one per stage of model.widths, got {list(depths)} for {list(widths)}")
     side = image_size >> len(widths)  # the last map's

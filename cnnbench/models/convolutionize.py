@@ -9,6 +9,7 @@ VGG's 6x6 and 7x7, ResNet's global pool) is a fixed linear map at the training s
 that first kernel, so the outputs at the training size are unchanged, whatever the pool's size. The new
 layers are built on the model's device and in its dtype (predict moves the model to the GPU first).
 """
+
 import torch
 import torch.nn as nn
 
@@ -22,8 +23,10 @@ def layers_in_order(model: nn.Module) -> list[nn.Module]:
         return [*model.features, model.avgpool, nn.Flatten(), *model.classifier]
     if isinstance(model, nn.Sequential):
         return [layer for m in model for layer in (layers_in_order(m) if isinstance(m, nn.Sequential) else [m])]
-    raise ConfigError(f"convolutionize: {type(model).__name__} is not a stack of layers "
-                      f"(an nn.Sequential or features/avgpool/classifier, as AlexNet and VGG)")
+    raise ConfigError(
+        f"convolutionize: {type(model).__name__} is not a stack of layers "
+        f"(an nn.Sequential or features/avgpool/classifier, as AlexNet and VGG)"
+    )
 
 
 def placement(module: nn.Module) -> dict:
@@ -56,8 +59,9 @@ def linear_as_1x1(linear: nn.Linear) -> nn.Conv2d:
 
 
 def batchnorm_as_2d(norm: nn.BatchNorm1d) -> nn.BatchNorm2d:
-    norm2d = nn.BatchNorm2d(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats,
-                            **placement(norm))
+    norm2d = nn.BatchNorm2d(
+        norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats, **placement(norm)
+    )
     norm2d.load_state_dict(norm.state_dict())
     return norm2d
 

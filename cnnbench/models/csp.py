@@ -7,6 +7,7 @@ Per stage: output channels, blocks, stride (after a stem of stride 4). Module na
 cspresnet50, so its state dicts load. `width_mult`, `depth_mult`; `stem=cifar` is a 3x3 stride-1 conv
 without max pooling.
 """
+
 from collections import OrderedDict
 from functools import partial
 
@@ -51,8 +52,15 @@ class CrossStage(nn.Module):
 
 
 @register_model("csp", reference="timm:cspresnet50", input_size=256, crop_pct=0.887, classifier="head.fc")
-def cspresnet50(num_classes=1000, in_chans=3, image_size=224, dropout: float = 0.0, width_mult: float = 1.0,
-                depth_mult: float = 1.0, stem: str = "auto"):
+def cspresnet50(
+    num_classes=1000,
+    in_chans=3,
+    image_size=224,
+    dropout: float = 0.0,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    stem: str = "auto",
+):
     cin = scale_width(64, width_mult)
     if resolve_stem(stem, image_size) == "cifar":
         stem_layers = OrderedDict(conv1=conv_norm_act(in_chans, cin, 3), pool=nn.Identity())
@@ -62,10 +70,20 @@ def cspresnet50(num_classes=1000, in_chans=3, image_size=224, dropout: float = 0
     for channels, blocks, stride in STAGES:
         stages.append(CrossStage(cin, scale_width(channels, width_mult), stride, scale_depth(blocks, depth_mult)))
         cin = scale_width(channels, width_mult)
-    model = nn.Sequential(OrderedDict(
-        stem=nn.Sequential(stem_layers), stages=nn.Sequential(*stages),
-        head=nn.Sequential(OrderedDict(global_pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
-                                       drop=nn.Dropout(dropout), fc=nn.Linear(cin, num_classes)))))
+    model = nn.Sequential(
+        OrderedDict(
+            stem=nn.Sequential(stem_layers),
+            stages=nn.Sequential(*stages),
+            head=nn.Sequential(
+                OrderedDict(
+                    global_pool=nn.AdaptiveAvgPool2d(1),
+                    flatten=nn.Flatten(),
+                    drop=nn.Dropout(dropout),
+                    fc=nn.Linear(cin, num_classes),
+                )
+            ),
+        )
+    )
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -8,6 +8,7 @@ the design; `width_mult` scales the growth rate and the stem, `depth_mult` the l
 Module names follow torchvision, so its state dicts load. `stem=cifar` (a 3x3 stride-1 conv, no max
 pool, as the paper's CIFAR networks) keeps 28x28 and 32x32 images from collapsing.
 """
+
 from collections import OrderedDict
 
 import torch
@@ -25,8 +26,11 @@ def bn_relu_conv(cin, cout, kernel):
 def dense_layer(cin, growth_rate, bn_size, drop_rate):
     norm1, relu1, conv1 = bn_relu_conv(cin, bn_size * growth_rate, 1)
     norm2, relu2, conv2 = bn_relu_conv(bn_size * growth_rate, growth_rate, 3)
-    return nn.Sequential(OrderedDict(norm1=norm1, relu1=relu1, conv1=conv1, norm2=norm2, relu2=relu2, conv2=conv2,
-                                     dropout=nn.Dropout(drop_rate)))
+    return nn.Sequential(
+        OrderedDict(
+            norm1=norm1, relu1=relu1, conv1=conv1, norm2=norm2, relu2=relu2, conv2=conv2, dropout=nn.Dropout(drop_rate)
+        )
+    )
 
 
 class DenseBlock(nn.ModuleDict):
@@ -52,14 +56,27 @@ class DenseNet(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(F.relu(self.features(x)), 1).flatten(1))
 
 
-def densenet(num_classes=1000, in_chans=3, image_size=224, growth_rate: int = 32, block_config=(6, 12, 24, 16),
-             num_init_features: int = 64, bn_size: int = 4, drop_rate: float = 0.0, width_mult: float = 1.0,
-             depth_mult: float = 1.0, stem: str = "auto"):
+def densenet(
+    num_classes=1000,
+    in_chans=3,
+    image_size=224,
+    growth_rate: int = 32,
+    block_config=(6, 12, 24, 16),
+    num_init_features: int = 64,
+    bn_size: int = 4,
+    drop_rate: float = 0.0,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    stem: str = "auto",
+):
     growth, channels = scale_width(growth_rate, width_mult), scale_width(num_init_features, width_mult)
     small = resolve_stem(stem, image_size) == "cifar"
     kernel, stride = (3, 1) if small else (7, 2)
-    stem_layers = [("conv0", nn.Conv2d(in_chans, channels, kernel, stride, kernel // 2, bias=False)),
-                   ("norm0", nn.BatchNorm2d(channels)), ("relu0", nn.ReLU(inplace=True))]
+    stem_layers = [
+        ("conv0", nn.Conv2d(in_chans, channels, kernel, stride, kernel // 2, bias=False)),
+        ("norm0", nn.BatchNorm2d(channels)),
+        ("relu0", nn.ReLU(inplace=True)),
+    ]
     if not small:
         stem_layers.append(("pool0", nn.MaxPool2d(3, 2, 1)))
     features = nn.Sequential(OrderedDict(stem_layers))
@@ -71,14 +88,20 @@ def densenet(num_classes=1000, in_chans=3, image_size=224, growth_rate: int = 32
         features.add_module(f"denseblock{i + 1}", block)
         if i < len(block_config) - 1:
             norm, relu, conv = bn_relu_conv(channels, channels // 2, 1)
-            features.add_module(f"transition{i + 1}", nn.Sequential(OrderedDict(
-                norm=norm, relu=relu, conv=conv, pool=nn.AvgPool2d(2, 2))))
+            features.add_module(
+                f"transition{i + 1}",
+                nn.Sequential(OrderedDict(norm=norm, relu=relu, conv=conv, pool=nn.AvgPool2d(2, 2))),
+            )
             channels //= 2
     features.add_module("norm5", nn.BatchNorm2d(channels))
     return DenseNet(features, channels, num_classes)
 
 
-for _name, _blocks in {"densenet121": (6, 12, 24, 16), "densenet169": (6, 12, 32, 32),
-                       "densenet201": (6, 12, 48, 32), "densenet264": (6, 12, 64, 48)}.items():
+for _name, _blocks in {
+    "densenet121": (6, 12, 24, 16),
+    "densenet169": (6, 12, 32, 32),
+    "densenet201": (6, 12, 48, 32),
+    "densenet264": (6, 12, 64, 48),
+}.items():
     _reference = None if _name == "densenet264" else f"torchvision:{_name}"  # torchvision has no densenet264
     register_model("densenet", _name, _reference, classifier="classifier", block_config=_blocks)(densenet)

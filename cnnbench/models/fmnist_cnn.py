@@ -5,6 +5,7 @@ parameters, as in Keras.
 
 `norm=batch` adds batch norm after each conv (not in the book): it trains in fewer epochs.
 """
+
 import torch.nn as nn
 
 from cnnbench.errors import ConfigError
@@ -14,8 +15,15 @@ from .scaling import scale_depth, scale_width
 
 
 @register_model("fmnist_cnn", input_size=28, classifier="fc")
-def fmnist_cnn(num_classes=10, in_chans=1, image_size=28, width_mult: float = 1.0,
-               depth_mult: float = 1.0, norm: str = "none", drop_rate: float = 0.5):
+def fmnist_cnn(
+    num_classes=10,
+    in_chans=1,
+    image_size=28,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    norm: str = "none",
+    drop_rate: float = 0.5,
+):
     if norm not in ("none", "batch"):
         raise ConfigError(f"model.norm: 'none' or 'batch', got {norm!r}")
 
@@ -34,9 +42,14 @@ def fmnist_cnn(num_classes=10, in_chans=1, image_size=28, width_mult: float = 1.
         cin = cout
     side = image_size // 8
     model = nn.Sequential(
-        *layers, nn.Flatten(),
-        nn.Linear(cin * side * side, 128), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
-        nn.Linear(128, 64), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
+        *layers,
+        nn.Flatten(),
+        nn.Linear(cin * side * side, 128),
+        nn.ReLU(inplace=True),
+        nn.Dropout(drop_rate),
+        nn.Linear(128, 64),
+        nn.ReLU(inplace=True),
+        nn.Dropout(drop_rate),
     )
     model.add_module("fc", nn.Linear(64, num_classes))
     return positional_keys_load(model)

@@ -10,6 +10,7 @@ scales every branch, `depth_mult` the modules per stage. `aux_logits` adds the a
 `stem=cifar` keeps the stem's convs but with stride 1, same padding and no pooling, so 28x28 and
 32x32 images enter the body whole.
 """
+
 from functools import partial
 
 import torch
@@ -110,8 +111,12 @@ class InceptionNet(nn.Module):
 
 def head(cin, num_classes, dropout, names=("avgpool", "dropout", "fc")):
     pool, drop, fc = names
-    return [(pool, nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), (drop, nn.Dropout(dropout)),
-            (fc, nn.Linear(cin, num_classes))]
+    return [
+        (pool, nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+        (drop, nn.Dropout(dropout)),
+        (fc, nn.Linear(cin, num_classes)),
+    ]
 
 
 def stage(layers, cin, prefix, tables, width_mult, first_letter="a"):
@@ -124,16 +129,26 @@ def stage(layers, cin, prefix, tables, width_mult, first_letter="a"):
 
 
 # GoogLeNet: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj) per module, as torchvision and the paper's table 1.
-GOOGLENET = {3: [(64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64)],
-             4: [(192, 96, 208, 16, 48, 64), (160, 112, 224, 24, 64, 64), (128, 128, 256, 24, 64, 64),
-                 (112, 144, 288, 32, 64, 64), (256, 160, 320, 32, 128, 128)],
-             5: [(256, 160, 320, 32, 128, 128), (384, 192, 384, 48, 128, 128)]}
+GOOGLENET = {
+    3: [(64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64)],
+    4: [
+        (192, 96, 208, 16, 48, 64),
+        (160, 112, 224, 24, 64, 64),
+        (128, 128, 256, 24, 64, 64),
+        (112, 144, 288, 32, 64, 64),
+        (256, 160, 320, 32, 128, 128),
+    ],
+    5: [(256, 160, 320, 32, 128, 128), (384, 192, 384, 48, 128, 128)],
+}
 
 
 def inception_v1(c1, c3r, c3, c5r, c5, pool, branch3_kernel):
-    return [[("branch1", (c1, 1))], [("branch2", [(c3r, 1), (c3, 3)])],
-            [("branch3", [(c5r, 1), (c5, branch3_kernel)])],
-            [("branch4", [nn.MaxPool2d(3, 1, 1, ceil_mode=True), (pool, 1)])]]
+    return [
+        [("branch1", (c1, 1))],
+        [("branch2", [(c3r, 1), (c3, 3)])],
+        [("branch3", [(c5r, 1), (c5, branch3_kernel)])],
+        [("branch4", [nn.MaxPool2d(3, 1, 1, ceil_mode=True), (pool, 1)])],
+    ]
 
 
 class AuxV1(nn.Module):
@@ -153,9 +168,18 @@ class AuxV1(nn.Module):
 
 
 @register_model("inception", reference="torchvision:googlenet", classifier="fc")
-def googlenet(num_classes=1000, in_chans=3, image_size=224, aux_logits: bool = True, branch3_kernel: int = 3,
-              lrn: bool = False, dropout: float = 0.2, width_mult: float = 1.0, depth_mult: float = 1.0,
-              stem: str = "auto"):
+def googlenet(
+    num_classes=1000,
+    in_chans=3,
+    image_size=224,
+    aux_logits: bool = True,
+    branch3_kernel: int = 3,
+    lrn: bool = False,
+    dropout: float = 0.2,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    stem: str = "auto",
+):
     """`branch3_kernel`: 5 is the paper's 5x5 branch; torchvision (and its weights) use 3. `lrn`: the
     paper's local response normalization after the first max pool and after conv3 (torchvision has
     none; it holds no parameters, so the weights still load)."""
@@ -163,11 +187,19 @@ def googlenet(num_classes=1000, in_chans=3, image_size=224, aux_logits: bool = T
     small = resolve_stem(stem, image_size) == "cifar"
     c = partial(scale_width, width_mult=width_mult)
     pool = partial(nn.Identity) if small else partial(nn.MaxPool2d, 3, 2, ceil_mode=True)
+
     def norm(name):  # AlexNet's (alexnet.py)
         return [(name, nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0))] if lrn else []
-    layers = [("conv1", BasicConv2d(in_chans, c(64), 7, 1 if small else 2, 3)), ("maxpool1", pool()), *norm("lrn1"),
-              ("conv2", BasicConv2d(c(64), c(64), 1)), ("conv3", BasicConv2d(c(64), c(192), 3)), *norm("lrn2"),
-              ("maxpool2", pool())]
+
+    layers = [
+        ("conv1", BasicConv2d(in_chans, c(64), 7, 1 if small else 2, 3)),
+        ("maxpool1", pool()),
+        *norm("lrn1"),
+        ("conv2", BasicConv2d(c(64), c(64), 1)),
+        ("conv3", BasicConv2d(c(64), c(192), 3)),
+        *norm("lrn2"),
+        ("maxpool2", pool()),
+    ]
     cin, aux_names = c(192), []
     for number, modules in GOOGLENET.items():
         modules = scale_stage(modules, depth_mult)
@@ -184,38 +216,61 @@ def googlenet(num_classes=1000, in_chans=3, image_size=224, aux_logits: bool = T
 
 
 def v3_a(pool):
-    return [[("branch1x1", (64, 1))], [("branch5x5_1", (48, 1)), ("branch5x5_2", (64, 5))],
-            [("branch3x3dbl_1", (64, 1)), ("branch3x3dbl_2", (96, 3)), ("branch3x3dbl_3", (96, 3))],
-            [("pool", nn.AvgPool2d(3, 1, 1)), ("branch_pool", (pool, 1))]]
+    return [
+        [("branch1x1", (64, 1))],
+        [("branch5x5_1", (48, 1)), ("branch5x5_2", (64, 5))],
+        [("branch3x3dbl_1", (64, 1)), ("branch3x3dbl_2", (96, 3)), ("branch3x3dbl_3", (96, 3))],
+        [("pool", nn.AvgPool2d(3, 1, 1)), ("branch_pool", (pool, 1))],
+    ]
 
 
 def v3_b():
-    return [[("branch3x3", (384, 3, 2))],
-            [("branch3x3dbl_1", (64, 1)), ("branch3x3dbl_2", (96, 3)), ("branch3x3dbl_3", (96, 3, 2))],
-            [("pool", nn.MaxPool2d(3, 2))]]
+    return [
+        [("branch3x3", (384, 3, 2))],
+        [("branch3x3dbl_1", (64, 1)), ("branch3x3dbl_2", (96, 3)), ("branch3x3dbl_3", (96, 3, 2))],
+        [("pool", nn.MaxPool2d(3, 2))],
+    ]
 
 
 def v3_c(c7):
-    return [[("branch1x1", (192, 1))],
-            [("branch7x7_1", (c7, 1)), ("branch7x7_2", (c7, (1, 7))), ("branch7x7_3", (192, (7, 1)))],
-            [("branch7x7dbl_1", (c7, 1)), ("branch7x7dbl_2", (c7, (7, 1))), ("branch7x7dbl_3", (c7, (1, 7))),
-             ("branch7x7dbl_4", (c7, (7, 1))), ("branch7x7dbl_5", (192, (1, 7)))],
-            [("pool", nn.AvgPool2d(3, 1, 1)), ("branch_pool", (192, 1))]]
+    return [
+        [("branch1x1", (192, 1))],
+        [("branch7x7_1", (c7, 1)), ("branch7x7_2", (c7, (1, 7))), ("branch7x7_3", (192, (7, 1)))],
+        [
+            ("branch7x7dbl_1", (c7, 1)),
+            ("branch7x7dbl_2", (c7, (7, 1))),
+            ("branch7x7dbl_3", (c7, (1, 7))),
+            ("branch7x7dbl_4", (c7, (7, 1))),
+            ("branch7x7dbl_5", (192, (1, 7))),
+        ],
+        [("pool", nn.AvgPool2d(3, 1, 1)), ("branch_pool", (192, 1))],
+    ]
 
 
 def v3_d():
-    return [[("branch3x3_1", (192, 1)), ("branch3x3_2", (320, 3, 2))],
-            [("branch7x7x3_1", (192, 1)), ("branch7x7x3_2", (192, (1, 7))), ("branch7x7x3_3", (192, (7, 1))),
-             ("branch7x7x3_4", (192, 3, 2))],
-            [("pool", nn.MaxPool2d(3, 2))]]
+    return [
+        [("branch3x3_1", (192, 1)), ("branch3x3_2", (320, 3, 2))],
+        [
+            ("branch7x7x3_1", (192, 1)),
+            ("branch7x7x3_2", (192, (1, 7))),
+            ("branch7x7x3_3", (192, (7, 1))),
+            ("branch7x7x3_4", (192, 3, 2)),
+        ],
+        [("pool", nn.MaxPool2d(3, 2))],
+    ]
 
 
 def v3_e():
-    return [[("branch1x1", (320, 1))],
-            [("branch3x3_1", (384, 1)), Split([("branch3x3_2a", (384, (1, 3))), ("branch3x3_2b", (384, (3, 1)))])],
-            [("branch3x3dbl_1", (448, 1)), ("branch3x3dbl_2", (384, 3)),
-             Split([("branch3x3dbl_3a", (384, (1, 3))), ("branch3x3dbl_3b", (384, (3, 1)))])],
-            [("pool", nn.AvgPool2d(3, 1, 1)), ("branch_pool", (192, 1))]]
+    return [
+        [("branch1x1", (320, 1))],
+        [("branch3x3_1", (384, 1)), Split([("branch3x3_2a", (384, (1, 3))), ("branch3x3_2b", (384, (3, 1)))])],
+        [
+            ("branch3x3dbl_1", (448, 1)),
+            ("branch3x3dbl_2", (384, 3)),
+            Split([("branch3x3dbl_3a", (384, (1, 3))), ("branch3x3dbl_3b", (384, (3, 1)))]),
+        ],
+        [("pool", nn.AvgPool2d(3, 1, 1)), ("branch_pool", (192, 1))],
+    ]
 
 
 class AuxV3(nn.Module):
@@ -234,80 +289,130 @@ class AuxV3(nn.Module):
 
 
 @register_model("inception", reference="torchvision:inception_v3", input_size=299, classifier="fc")
-def inception_v3(num_classes=1000, in_chans=3, image_size=299, aux_logits: bool = True, dropout: float = 0.5,
-                 width_mult: float = 1.0, depth_mult: float = 1.0, stem: str = "auto"):
+def inception_v3(
+    num_classes=1000,
+    in_chans=3,
+    image_size=299,
+    aux_logits: bool = True,
+    dropout: float = 0.5,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    stem: str = "auto",
+):
     small = resolve_stem(stem, image_size) == "cifar"
     stride, valid = (1, 1) if small else (2, 0)  # `valid`: the padding of the paper's unpadded stem convs
     c = partial(scale_width, width_mult=width_mult)
-    layers = [("Conv2d_1a_3x3", BasicConv2d(in_chans, c(32), 3, stride, valid)),
-              ("Conv2d_2a_3x3", BasicConv2d(c(32), c(32), 3, 1, valid)),
-              ("Conv2d_2b_3x3", BasicConv2d(c(32), c(64), 3)),
-              ("maxpool1", nn.Identity() if small else nn.MaxPool2d(3, 2)),
-              ("Conv2d_3b_1x1", BasicConv2d(c(64), c(80), 1)),
-              ("Conv2d_4a_3x3", BasicConv2d(c(80), c(192), 3, 1, valid)),
-              ("maxpool2", nn.Identity() if small else nn.MaxPool2d(3, 2))]
+    layers = [
+        ("Conv2d_1a_3x3", BasicConv2d(in_chans, c(32), 3, stride, valid)),
+        ("Conv2d_2a_3x3", BasicConv2d(c(32), c(32), 3, 1, valid)),
+        ("Conv2d_2b_3x3", BasicConv2d(c(32), c(64), 3)),
+        ("maxpool1", nn.Identity() if small else nn.MaxPool2d(3, 2)),
+        ("Conv2d_3b_1x1", BasicConv2d(c(64), c(80), 1)),
+        ("Conv2d_4a_3x3", BasicConv2d(c(80), c(192), 3, 1, valid)),
+        ("maxpool2", nn.Identity() if small else nn.MaxPool2d(3, 2)),
+    ]
     cin = stage(layers, c(192), "Mixed_5", [v3_a(p) for p in scale_stage([32, 64, 64], depth_mult)], width_mult, "b")
     cin = stage(layers, cin, "Mixed_6", [v3_b()], width_mult)
-    cin = stage(layers, cin, "Mixed_6", [v3_c(c7) for c7 in scale_stage([128, 160, 160, 192], depth_mult)],
-                width_mult, "b")
+    cin = stage(
+        layers, cin, "Mixed_6", [v3_c(c7) for c7 in scale_stage([128, 160, 160, 192], depth_mult)], width_mult, "b"
+    )
     if aux_logits:
         layers.append(("AuxLogits", AuxV3(cin, num_classes, width_mult)))
     cin = stage(layers, cin, "Mixed_7", [v3_d()], width_mult)
-    cin = stage(layers, cin, "Mixed_7", [v3_e() for _ in range(scale_depth(2, depth_mult))],
-                width_mult, "b")
-    return InceptionNet(layers + head(cin, num_classes, dropout), ["AuxLogits"] if aux_logits else [],
-                        aux_weight=0.4)
+    cin = stage(layers, cin, "Mixed_7", [v3_e() for _ in range(scale_depth(2, depth_mult))], width_mult, "b")
+    return InceptionNet(layers + head(cin, num_classes, dropout), ["AuxLogits"] if aux_logits else [], aux_weight=0.4)
 
 
 def v4_a():
-    return [[("branch0", (96, 1))], [("branch1", [(64, 1), (96, 3)])], [("branch2", [(64, 1), (96, 3), (96, 3)])],
-            [("branch3", [nn.AvgPool2d(3, 1, 1, count_include_pad=False), (96, 1)])]]
+    return [
+        [("branch0", (96, 1))],
+        [("branch1", [(64, 1), (96, 3)])],
+        [("branch2", [(64, 1), (96, 3), (96, 3)])],
+        [("branch3", [nn.AvgPool2d(3, 1, 1, count_include_pad=False), (96, 1)])],
+    ]
 
 
 def v4_reduction_a():
-    return [[("branch0", (384, 3, 2))], [("branch1", [(192, 1), (224, 3), (256, 3, 2)])],
-            [("branch2", nn.MaxPool2d(3, 2))]]
+    return [
+        [("branch0", (384, 3, 2))],
+        [("branch1", [(192, 1), (224, 3), (256, 3, 2)])],
+        [("branch2", nn.MaxPool2d(3, 2))],
+    ]
 
 
 def v4_b():
-    return [[("branch0", (384, 1))], [("branch1", [(192, 1), (224, (1, 7)), (256, (7, 1))])],
-            [("branch2", [(192, 1), (192, (7, 1)), (224, (1, 7)), (224, (7, 1)), (256, (1, 7))])],
-            [("branch3", [nn.AvgPool2d(3, 1, 1, count_include_pad=False), (128, 1)])]]
+    return [
+        [("branch0", (384, 1))],
+        [("branch1", [(192, 1), (224, (1, 7)), (256, (7, 1))])],
+        [("branch2", [(192, 1), (192, (7, 1)), (224, (1, 7)), (224, (7, 1)), (256, (1, 7))])],
+        [("branch3", [nn.AvgPool2d(3, 1, 1, count_include_pad=False), (128, 1)])],
+    ]
 
 
 def v4_reduction_b():
-    return [[("branch0", [(192, 1), (192, 3, 2)])],
-            [("branch1", [(256, 1), (256, (1, 7)), (320, (7, 1)), (320, 3, 2)])],
-            [("branch2", nn.MaxPool2d(3, 2))]]
+    return [
+        [("branch0", [(192, 1), (192, 3, 2)])],
+        [("branch1", [(256, 1), (256, (1, 7)), (320, (7, 1)), (320, 3, 2)])],
+        [("branch2", nn.MaxPool2d(3, 2))],
+    ]
 
 
 def v4_c():
-    return [[("branch0", (256, 1))],
-            [("branch1_0", (384, 1)), Split([("branch1_1a", (256, (1, 3))), ("branch1_1b", (256, (3, 1)))])],
-            [("branch2_0", (384, 1)), ("branch2_1", (448, (3, 1))), ("branch2_2", (512, (1, 3))),
-             Split([("branch2_3a", (256, (1, 3))), ("branch2_3b", (256, (3, 1)))])],
-            [("branch3", [nn.AvgPool2d(3, 1, 1, count_include_pad=False), (256, 1)])]]
+    return [
+        [("branch0", (256, 1))],
+        [("branch1_0", (384, 1)), Split([("branch1_1a", (256, (1, 3))), ("branch1_1b", (256, (3, 1)))])],
+        [
+            ("branch2_0", (384, 1)),
+            ("branch2_1", (448, (3, 1))),
+            ("branch2_2", (512, (1, 3))),
+            Split([("branch2_3a", (256, (1, 3))), ("branch2_3b", (256, (3, 1)))]),
+        ],
+        [("branch3", [nn.AvgPool2d(3, 1, 1, count_include_pad=False), (256, 1)])],
+    ]
 
 
 @register_model("inception", reference="timm:inception_v4", input_size=299, classifier="last_linear")
-def inception_v4(num_classes=1000, in_chans=3, image_size=299, dropout: float = 0.2, width_mult: float = 1.0,
-                 depth_mult: float = 1.0, stem: str = "auto"):
+def inception_v4(
+    num_classes=1000,
+    in_chans=3,
+    image_size=299,
+    dropout: float = 0.2,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    stem: str = "auto",
+):
     small = resolve_stem(stem, image_size) == "cifar"
     stride, valid = (1, 1) if small else (2, 0)  # `valid`: the padding of the paper's unpadded stem convs
     c = partial(scale_width, width_mult=width_mult)
     pool = partial(nn.MaxPool2d, 3, stride, valid)
-    stem_tables = [[[("maxpool", pool())], [("conv", (96, 3, stride, valid))]],
-                   [[("branch0", [(64, 1), (96, 3, 1, valid)])],
-                    [("branch1", [(64, 1), (64, (1, 7)), (64, (7, 1)), (96, 3, 1, valid)])]],
-                   [[("conv", (192, 3, stride, valid))], [("maxpool", pool())]]]
-    stages = (stem_tables + [v4_a() for _ in range(scale_depth(4, depth_mult))] + [v4_reduction_a()]
-              + [v4_b() for _ in range(scale_depth(7, depth_mult))] + [v4_reduction_b()]
-              + [v4_c() for _ in range(scale_depth(3, depth_mult))])
-    features = [BasicConv2d(in_chans, c(32), 3, stride, valid), BasicConv2d(c(32), c(32), 3, 1, valid),
-                BasicConv2d(c(32), c(64), 3)]
+    stem_tables = [
+        [[("maxpool", pool())], [("conv", (96, 3, stride, valid))]],
+        [
+            [("branch0", [(64, 1), (96, 3, 1, valid)])],
+            [("branch1", [(64, 1), (64, (1, 7)), (64, (7, 1)), (96, 3, 1, valid)])],
+        ],
+        [[("conv", (192, 3, stride, valid))], [("maxpool", pool())]],
+    ]
+    stages = (
+        stem_tables
+        + [v4_a() for _ in range(scale_depth(4, depth_mult))]
+        + [v4_reduction_a()]
+        + [v4_b() for _ in range(scale_depth(7, depth_mult))]
+        + [v4_reduction_b()]
+        + [v4_c() for _ in range(scale_depth(3, depth_mult))]
+    )
+    features = [
+        BasicConv2d(in_chans, c(32), 3, stride, valid),
+        BasicConv2d(c(32), c(32), 3, 1, valid),
+        BasicConv2d(c(32), c(64), 3),
+    ]
     cin = c(64)
     for table in stages:
         features.append(Mixed(cin, table, width_mult))
         cin = features[-1].out_channels
-    return InceptionNet([("features", nn.Sequential(*features))]
-                        + head(cin, num_classes, dropout, ("global_pool", "head_drop", "last_linear")), [], 0.0)
+    return InceptionNet(
+        [("features", nn.Sequential(*features))]
+        + head(cin, num_classes, dropout, ("global_pool", "head_drop", "last_linear")),
+        [],
+        0.0,
+    )

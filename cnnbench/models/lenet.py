@@ -4,6 +4,7 @@ table 14-1 of Géron's "Hands-On Machine Learning", 3rd ed. 2022): C1-S2-C3-S4-C
 `variant=classic` is the paper's tanh + average pooling; `modern` swaps in ReLU, max pooling and
 batch norm, as today's CNNs do (Géron's chapter 14 calls the activation the main difference).
 """
+
 import torch.nn as nn
 
 from cnnbench.errors import ConfigError
@@ -29,10 +30,14 @@ def lenet5(num_classes=10, in_chans=1, image_size=32, variant: str = "classic", 
     pad = 2 if image_size == 28 else 0
     size = ((image_size + 2 * pad - 4) // 2 - 4) // 2 - 4  # C5's output side
     model = nn.Sequential(
-        *conv(in_chans, c1, pad), pool(2),
-        *conv(c1, c3), pool(2),
-        *conv(c3, c5), nn.Flatten(),
-        nn.Linear(c5 * size * size, 84), act(),
+        *conv(in_chans, c1, pad),
+        pool(2),
+        *conv(c1, c3),
+        pool(2),
+        *conv(c3, c5),
+        nn.Flatten(),
+        nn.Linear(c5 * size * size, 84),
+        act(),
     )
     model.add_module("fc", nn.Linear(84, num_classes))
     return positional_keys_load(model)

@@ -6,6 +6,7 @@ already has the output size (AlexNet and VGG at 224 px) the pool is skipped; els
 `torch.use_deterministic_algorithms` on CUDA, it runs as the linear map it is: a matrix that averages
 rows, one that averages columns, two matmuls.
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -11,6 +11,7 @@ A model with auxiliary classifiers (googlenet, inception_v3) has an `aux_weight`
 training mode with `aux_logits`, returns `(logits, [aux_logits, ...])`: the trainer adds
 `aux_weight * loss(aux)` for each; in eval mode it returns the logits alone.
 """
+
 import functools
 import inspect
 import logging
@@ -42,8 +43,15 @@ DATA_ARGS = ("num_classes", "in_chans", "image_size")
 AUX_HEADS = ("aux1.", "aux2.", "AuxLogits.")
 
 # Knobs of every model, handled here rather than by the constructor.
-GENERIC_KNOBS = {"pretrained": False, "freeze": "none", "new_head": False,
-                 "phi": 0, "alpha": 1.2, "beta": 1.1, "gamma": 1.15}
+GENERIC_KNOBS = {
+    "pretrained": False,
+    "freeze": "none",
+    "new_head": False,
+    "phi": 0,
+    "alpha": 1.2,
+    "beta": 1.1,
+    "gamma": 1.15,
+}
 
 
 @dataclass(frozen=True)
@@ -63,25 +71,44 @@ class ModelEntry:
     def knobs(self) -> dict:
         """The constructor's keyword arguments and defaults, less those the data provides."""
         params = inspect.signature(self.fn).parameters.values()
-        return {p.name: p.default for p in params
-                if p.name not in DATA_ARGS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        return {
+            p.name: p.default
+            for p in params
+            if p.name not in DATA_ARGS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        }
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(family: str, name: str | None = None, reference: str | None = None, *,
-                   input_size: int = 224, crop_pct: float = 0.875, classifier: str | tuple[str, ...] | None = None,
-                   **defaults):
+def register_model(
+    family: str,
+    name: str | None = None,
+    reference: str | None = None,
+    *,
+    input_size: int = 224,
+    crop_pct: float = 0.875,
+    classifier: str | tuple[str, ...] | None = None,
+    **defaults,
+):
     """Decorator: register a constructor under `name` (default: its function name) in `family`;
     `defaults` make a variant (resnet50 is the resnet constructor with its stage depths); `reference`
     names the torchvision or timm model whose parameters and state dict this one matches; `input_size`,
     `crop_pct` and `classifier` are its native image side, evaluation crop and head (ModelEntry)."""
+
     def wrap(fn):
         key = name or fn.__name__
-        _REGISTRY[key] = ModelEntry(key, family, functools.partial(fn, **defaults) if defaults else fn, reference,
-                                    input_size, crop_pct, classifier)
+        _REGISTRY[key] = ModelEntry(
+            key,
+            family,
+            functools.partial(fn, **defaults) if defaults else fn,
+            reference,
+            input_size,
+            crop_pct,
+            classifier,
+        )
         return fn
+
     return wrap
 
 
@@ -127,6 +154,7 @@ def user_entry(name: str, target: str) -> ModelEntry:
     @functools.wraps(cls)  # inspect.signature (ModelEntry.knobs) follows __wrapped__ to cls
     def build(**kwargs):
         return cls(**{k: v for k, v in kwargs.items() if k in accepted or k not in DATA_ARGS})
+
     declared = getattr(cls, "classifier", None)
     return ModelEntry(name, "user", build, classifier=declared if isinstance(declared, (str, tuple)) else None)
 
@@ -153,10 +181,12 @@ def check_knobs(entry: ModelEntry, knobs: dict) -> None:
         if default is None or default is inspect.Parameter.empty or value is None:
             continue
         wants_int = isinstance(default, int) and not isinstance(default, bool)
-        if isinstance(default, bool) != isinstance(value, bool) or (
-                isinstance(default, (int, float)) and not isinstance(value, (int, float))) or (
-                wants_int and not isinstance(value, int)) or (
-                isinstance(default, str) and not isinstance(value, str)):
+        if (
+            isinstance(default, bool) != isinstance(value, bool)
+            or (isinstance(default, (int, float)) and not isinstance(value, (int, float)))
+            or (wants_int and not isinstance(value, int))
+            or (isinstance(default, str) and not isinstance(value, str))
+        ):
             raise ConfigError(f"model.{key}: expected {type(default).__name__}, got {value!r}")
         if key in ("width_mult", "depth_mult", "alpha", "beta", "gamma") and value <= 0:
             raise ConfigError(f"model.{key}: must be > 0, got {value}")
@@ -167,12 +197,19 @@ def check_knobs(entry: ModelEntry, knobs: dict) -> None:
 def compound_image_size(image_size: int, phi: int, gamma: float = 1.15) -> int:
     """The image side for compound scaling level `phi` (Tan and Le 2019): image_size * gamma**phi, rounded to a
     multiple of 4 as EfficientNet's hand-picked B1-B7 sizes are (240, 260, 300, 380, 456, 528, 600)."""
-    return image_size if phi == 0 else 4 * round(image_size * gamma ** phi / 4)
+    return image_size if phi == 0 else 4 * round(image_size * gamma**phi / 4)
 
 
-def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_size: int | None = None,
-                 weights: str | None = None, source: str = "cnnbench", classes: list[str] | None = None,
-                 **knobs) -> nn.Module:
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    image_size: int | None = None,
+    weights: str | None = None,
+    source: str = "cnnbench",
+    classes: list[str] | None = None,
+    **knobs,
+) -> nn.Module:
     """Build model `name` for the data's class count, channels and image size. `source=timm` (or
     `torchvision`) takes `name` from that library instead of cnnbench's zoo; `weights` is a state dict
     file to start from (`classes`, the data's class names, are checked against a checkpoint's); `phi` > 0
@@ -197,13 +234,18 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
     designed_for = native_input(label, source)[0] if source != "cnnbench" else entry.input_size
     if image_size < designed_for and not takes_images(model, in_chans, image_size):  # smaller than its paper's
         unfetched = {**knobs, "pretrained": False} if "pretrained" in knobs else knobs  # timm's own knob
-        check_image_size(label, in_chans, image_size, lambda size: entry.fn(
-            num_classes=num_classes, in_chans=in_chans, image_size=size, **unfetched))
+        check_image_size(
+            label,
+            in_chans,
+            image_size,
+            lambda size: entry.fn(num_classes=num_classes, in_chans=in_chans, image_size=size, **unfetched),
+        )
     declare_classifier(model, entry, num_classes)
     if generic.get("pretrained"):
         if entry.reference is None:
-            raise ConfigError(f"model.pretrained: {name} has no torchvision or timm counterpart; "
-                              f"pass model.weights=PATH")
+            raise ConfigError(
+                f"model.pretrained: {name} has no torchvision or timm counterpart; pass model.weights=PATH"
+            )
         fit_state_dict(model, reference_state_dict(entry.reference), entry.reference, "pretrained")
     if weights:
         load_weights(model, weights, classes, generic["new_head"])
@@ -217,8 +259,7 @@ def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, image_si
 def takes_images(model: nn.Module, in_chans: int, image_size: int) -> bool:
     """Whether a batch of (in_chans, image_size, image_size) images gets through the model: a forward on the
     meta device (shapes only, no compute), its weights swapped for meta tensors."""
-    meta = {name: torch.empty_like(t, device="meta") for name, t in [*model.named_parameters(),
-                                                                      *model.named_buffers()]}
+    meta = {name: torch.empty_like(t, device="meta") for name, t in [*model.named_parameters(), *model.named_buffers()]}
     try:
         with torch.no_grad():
             torch.func.functional_call(model, meta, torch.empty(2, in_chans, image_size, image_size, device="meta"))
@@ -227,11 +268,13 @@ def takes_images(model: nn.Module, in_chans: int, image_size: int) -> bool:
     return True
 
 
-def check_image_size(name: str, in_chans: int, image_size: int, build: Callable[[int], nn.Module],
-                     largest: int = 4096) -> None:
+def check_image_size(
+    name: str, in_chans: int, image_size: int, build: Callable[[int], nn.Module], largest: int = 4096
+) -> None:
     """Stop, naming the smallest image size model `name` takes (models built on the meta device for each size
     tried, as some size their layers by it); no message when no size up to `largest` gets through, as then the
     failure is not the size's, and the model's own error says more."""
+
     def fits(size):
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Initializing zero-element tensors" of a size that leaves nothing
@@ -240,6 +283,7 @@ def check_image_size(name: str, in_chans: int, image_size: int, build: Callable[
             except (RuntimeError, ValueError, ConfigError):
                 return False
         return takes_images(model, in_chans, size)
+
     fails, works = image_size, image_size * 2
     while not fits(works):
         fails, works = works, works * 2
@@ -249,6 +293,7 @@ def check_image_size(name: str, in_chans: int, image_size: int, build: Callable[
         middle = (fails + works) // 2
         fails, works = (fails, middle) if fits(middle) else (middle, works)
     raise ConfigError(f"model.name={name}: needs data.image_size >= {works}, got {image_size}")
+
 
 def declare_classifier(model: nn.Module, entry: ModelEntry, num_classes: int) -> None:
     """Name the model's classifier in `model.pretrained_cfg` (timm's place): its entry's, else the one its
@@ -274,19 +319,32 @@ def classifier_name(model: nn.Module, num_classes: int) -> str | None:
     """The guess for models that do not name their classifier: the last Linear or conv layer that outputs
     the classes (after any auxiliary classifier's). A hidden layer of as many units registered after the
     head would fool it: cnnbench's families declare theirs."""
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes
-             or isinstance(m, nn.Conv2d) and m.out_channels == num_classes]
+    names = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+        and m.out_features == num_classes
+        or isinstance(m, nn.Conv2d)
+        and m.out_channels == num_classes
+    ]
     return names[-1] if names else None
 
 
 def outside(model: nn.Module, heads: tuple[str, ...]) -> list[str]:
     """The largest submodules that hold none of `heads`: what `freeze=backbone` freezes (timm's freeze
     turns their batch norms into FrozenBatchNorm2d, so not even their statistics move)."""
+
     def holds_head(name):
         return any(head == name or head.startswith(name + ".") for head in heads)
-    return [name for name, _ in model.named_modules()
-            if name and not holds_head(name) and not name.startswith(tuple(head + "." for head in heads))
-            and (not (parent := name.rpartition(".")[0]) or holds_head(parent))]
+
+    return [
+        name
+        for name, _ in model.named_modules()
+        if name
+        and not holds_head(name)
+        and not name.startswith(tuple(head + "." for head in heads))
+        and (not (parent := name.rpartition(".")[0]) or holds_head(parent))
+    ]
 
 
 def reference_state_dict(reference: str) -> dict:
@@ -297,8 +355,10 @@ def reference_state_dict(reference: str) -> dict:
             return torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(progress=False)
         return timm.create_model(arch, pretrained=True).state_dict()
     except (OSError, RuntimeError) as e:  # no network and nothing cached
-        raise ConfigError(f"model.pretrained: could not fetch {reference} weights ({e}); "
-                          f"offline, save them once and pass model.weights=PATH") from None
+        raise ConfigError(
+            f"model.pretrained: could not fetch {reference} weights ({e}); "
+            f"offline, save them once and pass model.weights=PATH"
+        ) from None
 
 
 def load_weights(model: nn.Module, path: str, classes: list[str] | None = None, new_head: bool = False) -> None:
@@ -315,16 +375,27 @@ def load_weights(model: nn.Module, path: str, classes: list[str] | None = None, 
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ConfigError(f"model.weights: {path} is not a state dict: {unpickling_reason(e)}") from None
-    except (RuntimeError, EOFError, AttributeError, OSError, ValueError, KeyError, IndexError, TypeError,
-            safetensors.SafetensorError) as e:
+    except (
+        RuntimeError,
+        EOFError,
+        AttributeError,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        safetensors.SafetensorError,
+    ) as e:
         raise ConfigError(f"model.weights: {path} is not a state dict: {str(e).splitlines()[0]}") from None
     if not isinstance(state, dict):
         raise ConfigError(f"model.weights: {path} is not a state dict (it holds a {type(state).__name__})")
     trained_on = state.get("classes")  # a cnnbench checkpoint's; a bare state dict names none
     state = trained_weights(state)
     if trained_on and classes and len(trained_on) == len(classes) and trained_on != classes and not new_head:
-        raise ConfigError(f"model.weights: {path} was trained on other classes ({short_list(trained_on)}; here "
-                          f"{short_list(classes)}); model.new_head=true trains a new classifier for these")
+        raise ConfigError(
+            f"model.weights: {path} was trained on other classes ({short_list(trained_on)}; here "
+            f"{short_list(classes)}); model.new_head=true trains a new classifier for these"
+        )
     if new_head:
         heads = tuple(head + "." for head in classifier_names(model))
         state |= {k: v for k, v in model.state_dict().items() if k.startswith(heads)}
@@ -348,7 +419,7 @@ def positional_keys_load(model: nn.Sequential) -> nn.Sequential:
 def by_name(model: nn.Module, state: dict, prefix: str = "") -> dict:
     """`state` with positional keys renamed to `model`'s layer names (positional_keys_load), in place."""
     for key in [k for k in state if k.startswith(prefix)]:
-        index, _, rest = key[len(prefix):].partition(".")
+        index, _, rest = key[len(prefix) :].partition(".")
         if index in getattr(model, "positional_names", {}):
             state[f"{prefix}{model.positional_names[index]}.{rest}"] = state.pop(key)
     return state
@@ -364,11 +435,17 @@ def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None
     state |= {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in state}
     if own.keys() != state.keys():
         missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-        raise ConfigError(f"model.{key}: {source} does not fit this model (missing {missing[:3]}, "
-                          f"unexpected {unexpected[:3]})")
-    heads = {name.rsplit(".", 1)[0] for name, value in state.items()  # layers whose outputs are classes
-             if name.endswith("weight") and value.dim() in (2, 4) and value.shape[0] != own[name].shape[0]
-             and value.shape[1:] == own[name].shape[1:]}
+        raise ConfigError(
+            f"model.{key}: {source} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    heads = {
+        name.rsplit(".", 1)[0]
+        for name, value in state.items()  # layers whose outputs are classes
+        if name.endswith("weight")
+        and value.dim() in (2, 4)
+        and value.shape[0] != own[name].shape[0]
+        and value.shape[1:] == own[name].shape[1:]
+    }
     first_conv = next((name for name, value in own.items() if value.dim() == 4), None)
     declared = tuple(head + "." for head in classifier_names(model))  # NiN's class-wide 1x1 convs too
     fitted = {}
@@ -381,9 +458,13 @@ def fit_state_dict(model: nn.Module, state: dict, source: str, key: str) -> None
         elif name == first_conv and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
             # timm's rule (channels summed, or repeated and scaled): a gray image and its RGB copy respond alike
             fitted[name] = adapt_input_conv(target.shape[1], value, base_chans=value.shape[1])
-            log.warning(f"model.{key}: {name} of {source} adapted from {value.shape[1]} input channels to "
-                        f"{target.shape[1]} (timm's adapt_input_conv)")
+            log.warning(
+                f"model.{key}: {name} of {source} adapted from {value.shape[1]} input channels to "
+                f"{target.shape[1]} (timm's adapt_input_conv)"
+            )
         else:
-            raise ConfigError(f"model.{key}: {source} does not fit this model: {name} is "
-                              f"{list(value.shape)} there, {list(target.shape)} here")
+            raise ConfigError(
+                f"model.{key}: {source} does not fit this model: {name} is "
+                f"{list(value.shape)} there, {list(target.shape)} here"
+            )
     model.load_state_dict(fitted)

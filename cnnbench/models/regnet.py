@@ -7,6 +7,7 @@ convs of `group_width` channels per group (torchvision's BlockParams does the qu
 `width_mult` scales w0 and wa, `depth_mult` the generated blocks per stage. Module names follow
 torchvision, so its state dicts load. `stem=cifar` makes the stem conv stride 1.
 """
+
 from collections import OrderedDict
 from functools import partial
 
@@ -57,32 +58,67 @@ class RegNet(nn.Module):
         return self.fc(self.avgpool(self.trunk_output(self.stem(x))).flatten(1))
 
 
-def regnet(num_classes=1000, in_chans=3, image_size=224, depth: int = 22, w0: int = 24, wa: float = 24.48,
-           wm: float = 2.54, group_width: int = 16, bottleneck_multiplier: float = 1.0, se_ratio: float = 0.0,
-           width_mult: float = 1.0, depth_mult: float = 1.0, stem: str = "auto"):
+def regnet(
+    num_classes=1000,
+    in_chans=3,
+    image_size=224,
+    depth: int = 22,
+    w0: int = 24,
+    wa: float = 24.48,
+    wm: float = 2.54,
+    group_width: int = 16,
+    bottleneck_multiplier: float = 1.0,
+    se_ratio: float = 0.0,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    stem: str = "auto",
+):
     try:
         with torch.device("cpu"):  # BlockParams computes with tensors, even when the model is built on meta
-                params = BlockParams.from_init_params(depth, scale_width(w0, width_mult), wa * width_mult, wm,
-                                                  group_width, bottleneck_multiplier)
+            params = BlockParams.from_init_params(
+                depth, scale_width(w0, width_mult), wa * width_mult, wm, group_width, bottleneck_multiplier
+            )
     except ValueError:
-        raise ConfigError(f"model.w0: RegNet needs w0 > 0 and a multiple of 8, wa >= 0, wm > 1; "
-                          f"got w0={w0}, wa={wa}, wm={wm}") from None
+        raise ConfigError(
+            f"model.w0: RegNet needs w0 > 0 and a multiple of 8, wa >= 0, wm > 1; got w0={w0}, wa={wa}, wm={wm}"
+        ) from None
     stride = 1 if resolve_stem(stem, image_size) == "cifar" else 2
     cin = scale_width(32, width_mult)
     stem_layer = Conv2dNormActivation(in_chans, cin, 3, stride, norm_layer=nn.BatchNorm2d)
     stages = []
-    for i, (cout, stage_stride, blocks, gw, bm) in enumerate(zip(
-            params.widths, params.strides, params.depths, params.group_widths, params.bottleneck_multipliers)):
+    for i, (cout, stage_stride, blocks, gw, bm) in enumerate(
+        zip(params.widths, params.strides, params.depths, params.group_widths, params.bottleneck_multipliers)
+    ):
         stage = nn.Sequential()
         for j in range(scale_depth(blocks, depth_mult)):
-            stage.add_module(f"block{i + 1}-{j}", ResBottleneckBlock(
-                cin, cout, stage_stride if j == 0 else 1, gw, bm, se_ratio))
+            stage.add_module(
+                f"block{i + 1}-{j}", ResBottleneckBlock(cin, cout, stage_stride if j == 0 else 1, gw, bm, se_ratio)
+            )
             cin = cout
         stages.append((f"block{i + 1}", stage))
     return RegNet(stem_layer, nn.Sequential(OrderedDict(stages)), cin, num_classes)
 
 
-register_model("regnet", "regnet_x_400mf", "torchvision:regnet_x_400mf", classifier="fc", depth=22, w0=24,
-               wa=24.48, wm=2.54, group_width=16)(regnet)
-register_model("regnet", "regnet_y_400mf", "torchvision:regnet_y_400mf", classifier="fc", depth=16, w0=48,
-               wa=27.89, wm=2.09, group_width=8, se_ratio=0.25)(regnet)
+register_model(
+    "regnet",
+    "regnet_x_400mf",
+    "torchvision:regnet_x_400mf",
+    classifier="fc",
+    depth=22,
+    w0=24,
+    wa=24.48,
+    wm=2.54,
+    group_width=16,
+)(regnet)
+register_model(
+    "regnet",
+    "regnet_y_400mf",
+    "torchvision:regnet_y_400mf",
+    classifier="fc",
+    depth=16,
+    w0=48,
+    wa=27.89,
+    wm=2.09,
+    group_width=8,
+    se_ratio=0.25,
+)(regnet)

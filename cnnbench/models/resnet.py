@@ -12,6 +12,7 @@ block. Module names follow torchvision (and timm) so their state dicts load.
 `stem=cifar` (a 3x3 stride-1 conv, no max pool) keeps 28x28 and 32x32 images from collapsing;
 `auto` picks it for images up to 64 pixels.
 """
+
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, SEModule
@@ -34,7 +35,7 @@ class ZeroPadShortcut(nn.Module):
         self.stride, self.extra_channels = stride, extra_channels
 
     def forward(self, x):
-        return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.extra_channels))
+        return F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.extra_channels))
 
 
 class BasicBlock(nn.Module):
@@ -44,8 +45,10 @@ class BasicBlock(nn.Module):
         super().__init__()
         if groups != 1 or width_per_group != 64:  # timm's BasicBlock asserts the same
             key, value = ("groups", groups) if groups != 1 else ("width_per_group", width_per_group)
-            raise ConfigError(f"model.{key}: ResNet's basic blocks take groups=1 and width_per_group=64 "
-                              f"(ResNeXt needs block=bottleneck), got {value}")
+            raise ConfigError(
+                f"model.{key}: ResNet's basic blocks take groups=1 and width_per_group=64 "
+                f"(ResNeXt needs block=bottleneck), got {value}"
+            )
         self.conv1, self.bn1 = conv_bn(cin, planes, 3, stride)
         self.conv2, self.bn2 = conv_bn(planes, planes, 3)
         self.se = SEModule(planes) if se else nn.Identity()
@@ -91,8 +94,20 @@ def make_shortcut(option, cin, cout, stride):
 
 
 class ResNet(nn.Module):
-    def __init__(self, layers, block, num_classes, in_chans, stem, width_mult, groups, width_per_group,
-                 shortcut, se, drop_path_rate):
+    def __init__(
+        self,
+        layers,
+        block,
+        num_classes,
+        in_chans,
+        stem,
+        width_mult,
+        groups,
+        width_per_group,
+        shortcut,
+        se,
+        drop_path_rate,
+    ):
         super().__init__()
         stem_width = scale_width(64, width_mult)
         if stem == "imagenet":
@@ -104,14 +119,24 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         cin, done = stem_width, 0
         for i, depth in enumerate(layers):
-            planes, stride = scale_width(64 * 2 ** i, width_mult), 1 if i == 0 else 2
+            planes, stride = scale_width(64 * 2**i, width_mult), 1 if i == 0 else 2
             blocks = []
             for j in range(depth):
                 cout, block_stride = planes * block.expansion, stride if j == 0 else 1
                 downsample = make_shortcut(shortcut, cin, cout, block_stride)
                 done += 1
-                blocks.append(block(cin, planes, block_stride, downsample, groups, width_per_group, se,
-                                    drop_path_rate * done / sum(layers)))
+                blocks.append(
+                    block(
+                        cin,
+                        planes,
+                        block_stride,
+                        downsample,
+                        groups,
+                        width_per_group,
+                        se,
+                        drop_path_rate * done / sum(layers),
+                    )
+                )
                 cin = cout
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -126,16 +151,39 @@ class ResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
-def resnet(num_classes=1000, in_chans=3, image_size=224, layers=(2, 2, 2, 2), block: str = "basic",
-           groups: int = 1, width_per_group: int = 64, width_mult: float = 1.0, depth_mult: float = 1.0,
-           stem: str = "auto", shortcut: str = "B", se: bool = False, drop_path_rate: float = 0.0):
+def resnet(
+    num_classes=1000,
+    in_chans=3,
+    image_size=224,
+    layers=(2, 2, 2, 2),
+    block: str = "basic",
+    groups: int = 1,
+    width_per_group: int = 64,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    stem: str = "auto",
+    shortcut: str = "B",
+    se: bool = False,
+    drop_path_rate: float = 0.0,
+):
     check_choice("block", block, sorted(BLOCKS))
     check_choice("shortcut", shortcut, ("A", "B", "C"))
     if len(layers) != 4:
         raise ConfigError(f"model.layers: four stage depths, got {list(layers)}")
     layers = [scale_depth(d, depth_mult) for d in layers]
-    return ResNet(layers, BLOCKS[block], num_classes, in_chans, resolve_stem(stem, image_size), width_mult,
-                  groups, width_per_group, shortcut, se, drop_path_rate)
+    return ResNet(
+        layers,
+        BLOCKS[block],
+        num_classes,
+        in_chans,
+        resolve_stem(stem, image_size),
+        width_mult,
+        groups,
+        width_per_group,
+        shortcut,
+        se,
+        drop_path_rate,
+    )
 
 
 def variant(name, reference, **defaults):
@@ -147,10 +195,21 @@ variant("resnet34", "torchvision:resnet34", layers=(3, 4, 6, 3), block="basic")
 variant("resnet50", "torchvision:resnet50", layers=(3, 4, 6, 3), block="bottleneck")
 variant("resnet101", "torchvision:resnet101", layers=(3, 4, 23, 3), block="bottleneck")
 variant("resnet152", "torchvision:resnet152", layers=(3, 8, 36, 3), block="bottleneck")
-variant("wide_resnet50_2", "torchvision:wide_resnet50_2", layers=(3, 4, 6, 3), block="bottleneck",
-        width_per_group=128)
-variant("resnext50_32x4d", "torchvision:resnext50_32x4d", layers=(3, 4, 6, 3), block="bottleneck",
-        groups=32, width_per_group=4)
-variant("resnext101_32x8d", "torchvision:resnext101_32x8d", layers=(3, 4, 23, 3), block="bottleneck",
-        groups=32, width_per_group=8)
+variant("wide_resnet50_2", "torchvision:wide_resnet50_2", layers=(3, 4, 6, 3), block="bottleneck", width_per_group=128)
+variant(
+    "resnext50_32x4d",
+    "torchvision:resnext50_32x4d",
+    layers=(3, 4, 6, 3),
+    block="bottleneck",
+    groups=32,
+    width_per_group=4,
+)
+variant(
+    "resnext101_32x8d",
+    "torchvision:resnext101_32x8d",
+    layers=(3, 4, 23, 3),
+    block="bottleneck",
+    groups=32,
+    width_per_group=8,
+)
 variant("se_resnet50", "timm:seresnet50", layers=(3, 4, 6, 3), block="bottleneck", se=True)

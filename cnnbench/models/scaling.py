@@ -1,5 +1,6 @@
 """Width and depth multipliers shared by every family (EfficientNet's compound scaling, Tan and Le 2019), and
 the choice of a small-input stem."""
+
 import math
 
 from timm.layers import make_divisible

@@ -5,6 +5,7 @@ Learning"); `batch_norm` adds BN after each conv (the _bn variants). Module name
 state dicts load. The max pools round up (28 -> 14 -> 7 -> 4 -> 2 -> 1; the same as torchvision's at 224 and 32)
 and the adaptive 7x7 pooling before the classifier takes what is left, so 28x28 and 32x32 images go through.
 """
+
 import torch.nn as nn
 
 from cnnbench.errors import ConfigError
@@ -14,8 +15,17 @@ from .registry import register_model
 from .scaling import scale_depth, scale_width
 
 
-def vgg(num_classes=1000, in_chans=3, image_size=224, depths=(1, 1, 2, 2, 2), widths=(64, 128, 256, 512, 512),
-        batch_norm: bool = False, dropout: float = 0.5, width_mult: float = 1.0, depth_mult: float = 1.0):
+def vgg(
+    num_classes=1000,
+    in_chans=3,
+    image_size=224,
+    depths=(1, 1, 2, 2, 2),
+    widths=(64, 128, 256, 512, 512),
+    batch_norm: bool = False,
+    dropout: float = 0.5,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+):
     if len(depths) != len(widths):
         raise ConfigError(f"model.depths: one per stage of model.widths, got {list(depths)} for {list(widths)}")
     layers, cin = [], in_chans
@@ -26,8 +36,11 @@ def vgg(num_classes=1000, in_chans=3, image_size=224, depths=(1, 1, 2, 2, 2), wi
             layers += [nn.Conv2d(cin, cout, 3, padding=1), *norm, nn.ReLU(inplace=True)]
             cin = cout
         layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
-    model = ConvNet(nn.Sequential(*layers), 7,
-                    classifier(cin * 49, scale_width(4096, width_mult), num_classes, dropout, dropout_first=False))
+    model = ConvNet(
+        nn.Sequential(*layers),
+        7,
+        classifier(cin * 49, scale_width(4096, width_mult), num_classes, dropout, dropout_first=False),
+    )
     for m in model.modules():
         if isinstance(m, nn.Conv2d):  # plain VGG does not train from PyTorch's default init
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -41,5 +54,6 @@ def vgg(num_classes=1000, in_chans=3, image_size=224, depths=(1, 1, 2, 2, 2), wi
 DEPTHS = {"vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 for _name, _depths in DEPTHS.items():
     register_model("vgg", _name, f"torchvision:{_name}", classifier="classifier.6", depths=_depths)(vgg)
-    register_model("vgg", f"{_name}_bn", f"torchvision:{_name}_bn", classifier="classifier.6", depths=_depths,
-                   batch_norm=True)(vgg)
+    register_model(
+        "vgg", f"{_name}_bn", f"torchvision:{_name}_bn", classifier="classifier.6", depths=_depths, batch_norm=True
+    )(vgg)

@@ -9,6 +9,7 @@ has 36,479,194 parameters on 10 classes (the paper's 36.5M), WRN-40-4 8,949,818 
 paper's 8x8 average pool at 32x32) takes Fashion-MNIST's 28x28 as well as CIFAR's 32x32 and larger.
 `wide_resnet50_2` (resnet.py) is the paper's ImageNet network, with bottleneck blocks.
 """
+
 import torch.nn as nn
 
 from cnnbench.errors import ConfigError
@@ -38,8 +39,15 @@ class WideResNet(nn.Module):
         cin = widths[0]
         self.conv1 = nn.Conv2d(in_chans, cin, 3, 1, 1, bias=False)
         for i, (cout, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
-            self.add_module(f"layer{i + 1}", nn.Sequential(*(
-                PreActBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1, dropout) for j in range(blocks))))
+            self.add_module(
+                f"layer{i + 1}",
+                nn.Sequential(
+                    *(
+                        PreActBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1, dropout)
+                        for j in range(blocks)
+                    )
+                ),
+            )
             cin = cout
         self.bn = nn.BatchNorm2d(cin)
         self.relu = nn.ReLU(inplace=True)
@@ -56,11 +64,20 @@ class WideResNet(nn.Module):
         return self.fc(self.avgpool(self.relu(self.bn(x))).flatten(1))
 
 
-def wrn(num_classes=1000, in_chans=3, image_size=224, depth: int = 28, widen_factor: int = 10,
-        dropout: float = 0.3, width_mult: float = 1.0, depth_mult: float = 1.0):
+def wrn(
+    num_classes=1000,
+    in_chans=3,
+    image_size=224,
+    depth: int = 28,
+    widen_factor: int = 10,
+    dropout: float = 0.3,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+):
     if depth < 10 or (depth - 4) % 6:
-        raise ConfigError(f"model.depth: WRN depth is 6n + 4 with n >= 1 blocks per group "
-                          f"(10, 16, 22, 28, 40, ...), got {depth}")
+        raise ConfigError(
+            f"model.depth: WRN depth is 6n + 4 with n >= 1 blocks per group (10, 16, 22, 28, 40, ...), got {depth}"
+        )
     if widen_factor < 1:
         raise ConfigError(f"model.widen_factor: must be >= 1, got {widen_factor}")
     widths = [scale_width(c, width_mult) for c in (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)]

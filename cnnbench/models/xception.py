@@ -7,6 +7,7 @@ Module names follow timm's legacy_xception (the Keras port), so its state dicts 
 scales every layer, `depth_mult` the middle flow; `stem=cifar` gives the two stem convs stride 1 and
 padding so 28x28 and 32x32 images keep detail.
 """
+
 from collections import OrderedDict
 from functools import partial
 
@@ -49,24 +50,45 @@ class Block(nn.Module):
 
 
 @register_model("xception", reference="timm:legacy_xception", input_size=299, crop_pct=0.8975, classifier="fc")
-def xception(num_classes=1000, in_chans=3, image_size=299, dropout: float = 0.5, width_mult: float = 1.0,
-             depth_mult: float = 1.0, stem: str = "auto"):
+def xception(
+    num_classes=1000,
+    in_chans=3,
+    image_size=299,
+    dropout: float = 0.5,
+    width_mult: float = 1.0,
+    depth_mult: float = 1.0,
+    stem: str = "auto",
+):
     c = partial(scale_width, width_mult=width_mult)
     stride, padding = (1, 1) if resolve_stem(stem, image_size) == "cifar" else (2, 0)
-    blocks = [Block(c(64), c(128), 2, 2, start_with_relu=False), Block(c(128), c(256), 2, 2),
-              Block(c(256), c(728), 2, 2)]
+    blocks = [
+        Block(c(64), c(128), 2, 2, start_with_relu=False),
+        Block(c(128), c(256), 2, 2),
+        Block(c(256), c(728), 2, 2),
+    ]
     blocks += [Block(c(728), c(728), 3, 1) for _ in range(scale_depth(8, depth_mult))]
     blocks.append(Block(c(728), c(1024), 2, 2, grow_first=False))
-    model = nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(in_chans, c(32), 3, stride, padding, bias=False), bn1=nn.BatchNorm2d(c(32)),
-        act1=nn.ReLU(inplace=True),
-        conv2=nn.Conv2d(c(32), c(64), 3, 1, padding, bias=False), bn2=nn.BatchNorm2d(c(64)),
-        act2=nn.ReLU(inplace=True),
-        **{f"block{i + 1}": block for i, block in enumerate(blocks)},
-        conv3=SeparableConv2d(c(1024), c(1536)), bn3=nn.BatchNorm2d(c(1536)), act3=nn.ReLU(inplace=True),
-        conv4=SeparableConv2d(c(1536), c(2048)), bn4=nn.BatchNorm2d(c(2048)), act4=nn.ReLU(inplace=True),
-        global_pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), dropout=nn.Dropout(dropout),
-        fc=nn.Linear(c(2048), num_classes)))
+    model = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(in_chans, c(32), 3, stride, padding, bias=False),
+            bn1=nn.BatchNorm2d(c(32)),
+            act1=nn.ReLU(inplace=True),
+            conv2=nn.Conv2d(c(32), c(64), 3, 1, padding, bias=False),
+            bn2=nn.BatchNorm2d(c(64)),
+            act2=nn.ReLU(inplace=True),
+            **{f"block{i + 1}": block for i, block in enumerate(blocks)},
+            conv3=SeparableConv2d(c(1024), c(1536)),
+            bn3=nn.BatchNorm2d(c(1536)),
+            act3=nn.ReLU(inplace=True),
+            conv4=SeparableConv2d(c(1536), c(2048)),
+            bn4=nn.BatchNorm2d(c(2048)),
+            act4=nn.ReLU(inplace=True),
+            global_pool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            dropout=nn.Dropout(dropout),
+            fc=nn.Linear(c(2048), num_classes),
+        )
+    )
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

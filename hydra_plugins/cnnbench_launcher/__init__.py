@@ -1,5 +1,6 @@
 """hydra/launcher=slurm for cnnbench (conf/hydra/launcher/slurm.yaml). Hydra takes launchers only from the
 hydra_plugins namespace package, hence this one small module outside cnnbench/."""
+
 import logging
 
 import submitit
@@ -41,8 +42,9 @@ class UncompletedTolerantJob:
         try:
             return self.job.results()
         except UncompletedJobError as e:
-            log.warning(f"SLURM job {self.job.job_id} ended without completing its point: "
-                        f"{str(e).strip().splitlines()[0]}")
+            log.warning(
+                f"SLURM job {self.job.job_id} ended without completing its point: {str(e).strip().splitlines()[0]}"
+            )
             ended = JobReturn(status=JobStatus.COMPLETED)  # the point's own record says how it ended
             ended.return_value = None
             return [ended]
