@@ -35,7 +35,7 @@ train: setup ## the Fashion-MNIST speedrun: 93% test top-1 in minutes on a lapto
 test: setup ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q $(XDIST)
 
-test-quick: setup ## the tests that start no subprocess run, cluster or GPU: about 4 minutes on 2 cores (all: 16)
+test-quick: setup ## the tests that start no subprocess run, cluster or GPU: about 2.5 minutes on 2 cores (all: 16)
 	$(PY) -m pytest -q $(XDIST) -m "not slow and not cluster and not gpu"
 
 LINTED := cnnbench tests scripts hydra_plugins conf
