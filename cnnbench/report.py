@@ -161,6 +161,11 @@ def count(n: float) -> str:
     return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k" if n >= 1e3 else f"{n:.0f}"
 
 
+def annotate(ax, text: str, point: tuple[float, float], above: float) -> None:
+    """A point's label, centred `above` points over it."""
+    ax.annotate(text, point, xytext=(0, above), textcoords="offset points", fontsize=7, ha="center", va="bottom")
+
+
 def save(fig, path: Path):
     """Writes the figure and returns it (closed: no window, its axes still there to be read)."""
     fig.tight_layout()
@@ -181,15 +186,7 @@ def plot_accuracy_vs_flops(runs, varying, path: Path):
     for r in runs:
         s = r["summary"]
         ax.scatter(s["gflops"], s["best_val_top1"], s=area(s["params"]), alpha=0.5)
-        ax.annotate(
-            label(r, varying),
-            (s["gflops"], s["best_val_top1"]),
-            xytext=(0, 9),
-            textcoords="offset points",
-            fontsize=7,
-            ha="center",
-            va="bottom",
-        )
+        annotate(ax, label(r, varying), (s["gflops"], s["best_val_top1"]), above=9)
     # The key: the smallest, largest and (geometric) middle parameter count, rounded to two digits.
     params = [r["summary"]["params"] for r in runs]
     low, high = min(params), max(params)
@@ -230,15 +227,7 @@ def plot_accuracy_vs_params(runs, varying, path: Path, published: list[dict] | N
     for r in runs:
         s = r["summary"]
         ax.scatter(s["params"], s["best_val_top1"], s=60, alpha=0.6)
-        ax.annotate(
-            label(r, varying),
-            (s["params"], s["best_val_top1"]),
-            xytext=(0, 7),
-            textcoords="offset points",
-            fontsize=7,
-            ha="center",
-            va="bottom",
-        )
+        annotate(ax, label(r, varying), (s["params"], s["best_val_top1"]), above=7)
     drawn = [row for row in published or [] if row["published_top1"] is not None]
     for row in drawn:
         ax.plot(

@@ -479,21 +479,10 @@ def end_epoch(
     validated (best_of's: model, ema); the state moves to the next epoch's start."""
     train_loss, train_correct, train_count = all_reduce_sum(state.sums.clone(), run.ctx).tolist()
     val_started = time.perf_counter()  # the device is idle: the train sums were just read
-    val = validate(
-        run.model,
-        run.data.val_loader,
-        run.data.normalize,
-        run.placement,
-        run.topk,
-        run.ctx,
-        run.cfg.eval.tta,
-        len(run.data.classes),
-    )
-    val_time = time.perf_counter() - val_started
-    metrics, confusions = dict(val.metrics), {"model": val.confusion}
-    if run.ema is not None:
-        ema_val = validate(
-            run.ema.module,
+
+    def validated(model):
+        return validate(
+            model,
             run.data.val_loader,
             run.data.normalize,
             run.placement,
@@ -502,6 +491,12 @@ def end_epoch(
             run.cfg.eval.tta,
             len(run.data.classes),
         )
+
+    val = validated(run.model)
+    val_time = time.perf_counter() - val_started
+    metrics, confusions = dict(val.metrics), {"model": val.confusion}
+    if run.ema is not None:
+        ema_val = validated(run.ema.module)
         metrics.update({f"ema_{key}": value for key, value in ema_val.metrics.items()})
         confusions["ema"] = ema_val.confusion
     row = {
