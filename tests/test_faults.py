@@ -82,6 +82,7 @@ def test_a_live_writers_temp_file_is_kept(tmp_path):
 
 
 @pytest.mark.slow  # a real command in a subprocess
+@pytest.mark.parametrize("tiny_disk", ["4m"], indirect=True)  # a run's files: checkpoints, images, events
 def test_a_full_disk_ends_with_one_line_and_the_checkpoint_kept(tiny_disk):
     run = tiny_disk / "run"
     train(make_config(run, *SMOKE, "train.epochs=1"))
