@@ -32,8 +32,8 @@ $(SLURM): # the tests start a one-node SLURM of their own (tests/test_slurm.py)
 train: setup ## the Fashion-MNIST speedrun: 93% test top-1 in minutes on a laptop CPU (overrides: ARGS="key=value ...")
 	$(PY) -m cnnbench.train experiment=fmnist_speedrun $(ARGS)
 
-test: setup ## run the whole test suite (what CI runs)
-	$(PY) -m pytest -q $(XDIST)
+test: setup ## run the whole test suite (what CI runs); it names its 15 slowest tests
+	$(PY) -m pytest -q $(XDIST) --durations=15
 
 test-quick: setup ## the tests that start no subprocess run, cluster or GPU: about 2.5 minutes on 2 cores (all: 16)
 	$(PY) -m pytest -q $(XDIST) -m "not slow and not cluster and not gpu"

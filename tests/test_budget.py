@@ -68,6 +68,13 @@ def test_the_schedule_ends_at_the_budgets_step(tmp_path, scheduler):
     assert lrs[29] > 0 and lrs[30] == 0.0
 
 
+def test_a_warm_up_as_long_as_the_run_is_refused_in_one_line(tmp_path):
+    """A budget of 20 steps (2.5 epochs of 8) cannot hold 3 epochs of warm-up: the peak lr is never reached."""
+    cfg = make_config(tmp_path, *SMOKE, "scheduler.warmup_epochs=3", "train.budget_images=640")
+    with pytest.raises(ConfigError, match=r"^scheduler\.warmup_epochs=3 is 24 updates, and the run trains 20:"):
+        build_optimization(cfg, Network(torch.nn.Linear(2, 2), 6, 12, (1, 1, 2)), 8, place(cfg.hardware))
+
+
 def test_both_budgets_are_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"^train\.budget_tflop, train\.budget_images: one budget") as refused:
         check_config(make_config(tmp_path, *SMOKE, "train.budget_tflop=1", "train.budget_images=100"))
