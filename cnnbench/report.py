@@ -140,8 +140,13 @@ def markdown(header: list[str], rows: list[list]) -> str:
 
 
 def label(run: dict, varying: list[str]) -> str:
+    """A point's name: its swept values (`width_mult=0.5`); a swept model by its name alone."""
     return (
-        ", ".join(f"{k.split('.')[-1]}={run['overrides'][k]}" for k in varying if k in run["overrides"])
+        ", ".join(
+            run["overrides"][k] if k == "model" else f"{k.split('.')[-1]}={run['overrides'][k]}"
+            for k in varying
+            if k in run["overrides"]
+        )
         or run["summary"]["model"]
     )
 

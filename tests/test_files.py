@@ -6,10 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from cnnbench.errors import CnnbenchError
+from cnnbench.engine.recorder import Recorder
+from cnnbench.errors import CnnbenchError, WriteError
 from cnnbench.files import read_json, write_json
 from cnnbench.report import report
 
@@ -77,3 +79,19 @@ def test_a_corrupt_summary_is_named(tmp_path):
         read_json(path)
     with pytest.raises(CnnbenchError, match=f"^{path}: unreadable"):
         report(tmp_path)  # python -m cnnbench.report: one line, not a JSONDecodeError traceback
+
+
+def test_events_the_disk_refuses_are_named_once_and_a_failed_run_keeps_its_own_error(tiny_disk, capfd):
+    """TensorBoard writes tb/ from a thread of its own: on a full disk the thread ends with the OSError, and
+    the run's next write raises it. cnnbench names tb/ in one line, prints no thread traceback, and a run
+    already failing (status failed) still finishes with its own error."""
+    recorder = Recorder(tiny_disk / "run", [], 0)
+    recorder.start({"status": "running", "step": 0})
+    fill(tiny_disk)
+    with pytest.raises(WriteError, match=r"/run/tb: TensorBoard's events could not be written \(No space left"):
+        for step in range(10_000):  # the thread appends each event: it meets the full disk, a later write says so
+            recorder.step(step, {"train/loss": 1.0})
+            time.sleep(0.001)
+    recorder.finish({"status": "failed", "step": step}, None)
+    assert "Traceback" not in capfd.readouterr().err
+    assert json.loads((tiny_disk / "run" / "summary.json").read_text())["status"] == "failed"

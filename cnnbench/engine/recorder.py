@@ -7,9 +7,11 @@ the run's totals that the HParams dashboard reads (hparams.py), comes after them
 """
 
 import csv
+import functools
 import io
 import json
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
@@ -76,6 +79,29 @@ COUNTED_CLASSES = 12  # ... and its cells' counts written in them
 log = logging.getLogger("cnnbench")
 
 
+def writes_events(method):
+    """A Recorder method that writes tb/. TensorBoard's writer thread keeps what the disk refused (an OSError)
+    and the next write raises it here: said as a WriteError naming tb/, as for every other file of the run."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as e:
+            raise WriteError(
+                f"{self.run_dir / 'tb'}: TensorBoard's events could not be written ({e.strerror or e})"
+            ) from None
+
+    return wrapper
+
+
+def quiet_event_writer_thread(args, default=threading.excepthook):
+    """threading.excepthook: TensorBoard's writer thread, having kept its OSError for the run to report (see
+    writes_events), re-raises it as it ends; printed, that would be a second report, and a traceback."""
+    if not (isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError)):
+        default(args)
+
+
 class Recorder:
     def __init__(self, run_dir: Path, history: list[dict], first_step: int, metrics: list[str] = METRICS):
         self.run_dir, self.metrics = run_dir, metrics
@@ -83,6 +109,7 @@ class Recorder:
         self.history = history
         # A resumed run drops any events written after its checkpoint (and rows, in start()).
         self.tb = SummaryWriter(run_dir / "tb", purge_step=first_step if first_step else None)
+        threading.excepthook = quiet_event_writer_thread
         self.file_log = logging.FileHandler(run_dir / "train.log")
         self.file_log.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(self.file_log)
@@ -95,21 +122,25 @@ class Recorder:
         writer.writerows(self.history)
         write_text(self.run_dir / "metrics.csv", text.getvalue())
 
+    @writes_events
     def step(self, step: int, scalars: dict):
         for key, value in scalars.items():
             self.tb.add_scalar(key, value, step)
 
+    @writes_events
     def begin(self, config: dict, hparams: list[Summary]):
         """Once, at a run's first step: the composed config as text and the HParams record."""
         self.tb.add_text("config", f"```yaml\n{OmegaConf.to_yaml(config)}```", 0)
         for summary in hparams:
             self.tb.file_writer.add_summary(summary, 0)
 
+    @writes_events
     def batch(self, images: torch.Tensor):
         """Once, at a run's first step: its first training batch as the model sees it, augmentation included
         (pixel values in [0, 1])."""
         self.tb.add_image("train/augmented_batch", make_grid(images[:GRID_IMAGES].float().cpu(), nrow=8), 0)
 
+    @writes_events
     def epoch(self, row: dict, summary: dict):
         """The epoch's row, the last of the history (lr too: a curve even when log_every_steps > an epoch), and
         the run so far."""
@@ -122,6 +153,7 @@ class Recorder:
                 self.tb.add_scalar(tag, summary[key], row["step"])
         self.tb.flush()
 
+    @writes_events
     def best_epoch(self, row: dict, confusion: torch.Tensor, classes: list[str], title: str):
         """A new best epoch's confusion matrix (true class x predicted top-1 counts): confusion_matrix.csv and
         .png, and in TensorBoard the image and each class's top-1 accuracy (evaluate's table)."""
@@ -165,11 +197,20 @@ class Recorder:
 
     def finish(self, summary: dict, session_end: Summary | None):
         self.summary(summary)
+        try:
+            self.close_events(summary["step"], session_end)
+        except WriteError:
+            if summary["status"] != "failed":  # a failed run is reporting its own error: the first one
+                raise
+        finally:
+            log.removeHandler(self.file_log)
+            self.file_log.close()
+
+    @writes_events
+    def close_events(self, step: int, session_end: Summary | None):
         if session_end is not None:
-            self.tb.file_writer.add_summary(session_end, summary["step"])
+            self.tb.file_writer.add_summary(session_end, step)
         self.tb.close()
-        log.removeHandler(self.file_log)
-        self.file_log.close()
 
 
 def confusion_png(confusion: np.ndarray, labels: list[str], top1: list[float | None], title: str) -> bytes:
