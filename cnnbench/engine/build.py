@@ -210,7 +210,7 @@ def build_optimization(cfg: DictConfig, network: Network, batches_per_epoch: int
     for key in ("warmup_epochs", "decay_epochs"):
         scheduler_cfg[key] *= length.updates_per_epoch
     scheduler_cfg["decay_milestones"] = [m * length.updates_per_epoch for m in scheduler_cfg["decay_milestones"]]
-    if 0 < length.steps <= scheduler_cfg["warmup_epochs"]:  # a budget's run is easily shorter than a warm-up
+    if scheduler_cfg["warmup_epochs"] and length.steps <= scheduler_cfg["warmup_epochs"]:  # easy with a budget
         raise ConfigError(
             f"scheduler.warmup_epochs={cfg.scheduler.warmup_epochs:g} is {scheduler_cfg['warmup_epochs']:g} "
             f"updates, and the run trains {length.steps}: the learning rate would never leave its warm-up; "

@@ -95,11 +95,17 @@ def writes_events(method):
     return wrapper
 
 
-def quiet_event_writer_thread(args, default=threading.excepthook):
-    """threading.excepthook: TensorBoard's writer thread, having kept its OSError for the run to report (see
-    writes_events), re-raises it as it ends; printed, that would be a second report, and a traceback."""
-    if not (isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError)):
-        default(args)
+def quiet_event_writer_thread(hook):
+    """threading.excepthook that passes everything to `hook` but the OSError TensorBoard's writer thread
+    re-raises as it ends: it kept it for the run to report (writes_events), and printed it would be a second
+    report, and a traceback."""
+
+    def excepthook(args):
+        if not (isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError)):
+            hook(args)
+
+    excepthook.quiets_event_writer = True
+    return excepthook
 
 
 class Recorder:
@@ -109,7 +115,8 @@ class Recorder:
         self.history = history
         # A resumed run drops any events written after its checkpoint (and rows, in start()).
         self.tb = SummaryWriter(run_dir / "tb", purge_step=first_step if first_step else None)
-        threading.excepthook = quiet_event_writer_thread
+        if not getattr(threading.excepthook, "quiets_event_writer", False):  # once a process (sweeps: many runs)
+            threading.excepthook = quiet_event_writer_thread(threading.excepthook)
         self.file_log = logging.FileHandler(run_dir / "train.log")
         self.file_log.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(self.file_log)
