@@ -163,6 +163,9 @@ class TrainLoopConfig:
     checkpoint_every_steps: int = 0  # also write last.pt every N optimizer steps; 0: at epoch ends only
     on_nonfinite: OnNonfinite = OnNonfinite.error  # a NaN or Inf training loss
     ema_decay: Optional[float] = None  # an exponential moving average of the weights (timm ModelEmaV3); null: off
+    # The model's first convolution starts as a whitening of the training images' patches (Page 2018; Jordan's
+    # airbench 2024): its filters, the covariance's top eigenvectors, scaled to unit variance, and their negatives
+    whiten_stem: bool = False
 
 
 @dataclass
@@ -497,6 +500,11 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: in [0, 1], got {value}")
     if cfg.train.ema_decay is not None and not 0 < cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay: null (off) or in (0, 1), got {cfg.train.ema_decay}")
+    if cfg.train.whiten_stem and (cfg.model.get("weights") or cfg.model.get("pretrained")):
+        raise ConfigError(
+            "train.whiten_stem: would overwrite the first convolution that model.weights or model.pretrained "
+            "loads; one or the other"
+        )
     if cfg.augmentation.label_smoothing >= 1:
         raise ConfigError(f"augmentation.label_smoothing: must be < 1, got {cfg.augmentation.label_smoothing}")
     if cfg.eval.tta == TTA.tencrop:

@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 from cnnbench.data import build_data
 from cnnbench.data.loader import ReadableBatches
@@ -112,3 +113,28 @@ def test_device_resident_errors_are_one_line(tmp_path):
     )
     with pytest.raises(ConfigError, match="^data.device_resident: auto, true or false, got 'maybe'$"):
         train(make_config(tmp_path / "b", *SMOKE, "data.device_resident=maybe"))
+
+
+def test_random_erasing_on_the_batch_erases_one_rectangle_as_torchvision_draws_it(tmp_path):
+    """augmentation.random_erasing on device-resident batches: each erased image is the raw one with one
+    rectangle set to 0, from the batch's seed; the share of images erased and their mean erased area are
+    those of torchvision's RandomErasing (over 2,000 white images, both seeded)."""
+    data = build_data(make_config(tmp_path, *FMNIST, "augmentation.random_erasing=0.5", "data.device_resident=true"))
+    assert isinstance(data.train_loader, ResidentBatches) and data.train_loader.augment.erasing == 0.5
+    white = torch.full((2000, 3, 32, 32), 255, dtype=torch.uint8)
+    batch = data.train_loader.augment(white, seed=3)
+    assert torch.equal(batch, data.train_loader.augment(white, seed=3))
+    areas = []
+    for image in batch:
+        erased = image == 0
+        assert (erased == erased[0]).all()  # every channel alike
+        rows, cols = erased[0].any(1).nonzero(), erased[0].any(0).nonzero()
+        if len(rows):
+            assert erased[0, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()  # one rectangle
+        areas.append(erased[0].float().mean().item())
+    torch.manual_seed(0)
+    torchvision_areas = [(v2.RandomErasing(0.5)(image) == 0)[0].float().mean().item() for image in white]
+    for got, want in ((areas, "batch"), (torchvision_areas, "torchvision")):
+        assert 0.45 < sum(a > 0 for a in got) / len(got) < 0.55, want
+    mean_area, torchvision_mean_area = (sum(a) / sum(x > 0 for x in a) for a in (areas, torchvision_areas))
+    assert abs(mean_area - torchvision_mean_area) < 0.02, (mean_area, torchvision_mean_area)

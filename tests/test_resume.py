@@ -12,9 +12,10 @@ import time
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from cnnbench.engine.checkpoint import load_checkpoint, save_checkpoint
-from cnnbench.engine.resume import resume_path
+from cnnbench.engine.resume import config_changes, resume_path
 from cnnbench.engine.trainer import train
 from cnnbench.errors import CheckpointError, ConfigError, Interrupted
 
@@ -270,6 +271,18 @@ def test_ctrl_c_checkpoints_and_config_changes_are_applied_or_refused(tmp_path):
         "constant",
         "fp16",
     )
+
+
+def test_a_key_the_checkpoint_predates_reads_as_its_default(tmp_path):
+    """A checkpoint written before a key existed resumes where the run keeps the key's default, and is
+    refused, naming the default, where it does not."""
+    config = OmegaConf.to_container(make_config(tmp_path, *SMOKE), resolve=True, enum_to_str=True)
+    older = {**config, "train": {k: v for k, v in config["train"].items() if k != "whiten_stem"}}
+    state = {"world_size": 1, "config": older, "batch_in_epoch": 0, "step": 3}
+    assert config_changes(state, config, tmp_path / "last.pt", 1) == []
+    config["train"]["whiten_stem"] = True
+    with pytest.raises(CheckpointError, match="written with train.whiten_stem=False, resumed with True"):
+        config_changes(state, config, tmp_path / "last.pt", 1)
 
 
 def test_a_signal_after_the_last_step_is_not_swallowed(tmp_path):

@@ -16,6 +16,7 @@ SPEEDRUN = [
     "experiment=fmnist_speedrun",
     "data.train_size=2048",
     "data.val_size=512",
+    "train.budget_tflop=null",  # the preset's budget is 14 epochs: one epoch of two batches here
     "train.epochs=1",
     "train.limit_train_batches=2",
     "hardware=cpu",
@@ -39,7 +40,8 @@ def test_speedrun_preset_composes_and_trains(speedrun):
         "flip",
     )
     assert summary["status"] == "completed" and summary["model"] == "compact_cnn" and summary["step"] == 2
-    assert "device-resident" in (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert "device-resident" in log and "train.whiten_stem: 0 (1->16, 3x3) whitens the patches" in log
     with open(run_dir / "metrics.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert float(row["lr"]) == 0.0  # the linear schedule ends at min_lr
@@ -51,6 +53,8 @@ def test_presets_compose(gpu, tmp_path):
     cfg = make_config(tmp_path, f"experiment={'fmnist_speedrun_gpu' if gpu else 'fmnist_speedrun'}")
     assert cfg.model.name == "compact_cnn" and cfg.data.device_resident is True
     assert (cfg.hardware.device.value, cfg.hardware.compile) == (("cuda", True) if gpu else ("auto", "auto"))
+    # the CPU record's budget (40 TFLOP at most); the GPU preset's 10 epochs of a wider net
+    assert (cfg.train.budget_tflop, cfg.train.whiten_stem) == ((None, True) if gpu else (39.9, True))
 
 
 def test_flip_tta_validation_gives_what_evaluate_gives(speedrun, tmp_path):

@@ -10,7 +10,7 @@ from .datasets import EncodedFiles, SeededBatches, dataset, load_split
 from .decode import DecodedBatches, encoded_batch
 from .loader import CudaPrefetcher, ReadableBatches, TrainBatches, ValBatches, collate_readable, loader_workers
 from .pseudo_labels import with_pseudo_labels
-from .resident import CropFlip, ResidentBatches, check_device_resident, resident, why_not_resident
+from .resident import BatchAugment, ResidentBatches, check_device_resident, resident, why_not_resident
 from .transforms import Normalize, build_transforms
 
 
@@ -63,14 +63,19 @@ def build_data(cfg, rank: int = 0, world_size: int = 1, device: torch.device = t
     decode_device = data.decode_device and resolve_decode_device(data, device)
     reason = why_not_resident(cfg, train, val, device)
     if check_device_resident(data.device_resident, reason):
-        # The eval transform is the train one without its random crop and flip, which CropFlip does.
+        # The eval transform is the train one without its random crop, flip and erasing: BatchAugment's.
         (train_images, train_targets), (val_images, val_targets) = (
             resident(split, eval_transform, device) for split in (train, val)
         )
         aug = cfg.augmentation
-        crop_flip = CropFlip(aug.crop_padding, aug.hflip, device) if aug.name == "basic" else None
+        basic = aug.name == "basic"
+        augment = (
+            BatchAugment(aug.crop_padding if basic else 0, aug.hflip if basic else 0.0, aug.random_erasing, device)
+            if basic or aug.random_erasing
+            else None
+        )
         return Data(
-            train_loader=ResidentBatches(train_images, train_targets, train_batches, crop_flip),
+            train_loader=ResidentBatches(train_images, train_targets, train_batches, augment),
             val_loader=ResidentBatches(val_images, val_targets, val_batches),
             path=f"device-resident on {device}: {(train_images.numel() + val_images.numel()) / 2**20:.1f} "
             f"MiB of uint8 images, no DataLoader",

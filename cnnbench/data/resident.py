@@ -3,8 +3,8 @@ gathered by index there and augmented as a whole, with no DataLoader and no host
 
 The batches are TrainBatches' and ValBatches' own (same indices for a seed, per rank, from any resume
 point), and a batch's augmentation depends only on its batch_seed, through a generator on the device.
-Only augmentation=none and basic (crop_padding, hflip) run here; the per-image policies, AlexNet's
-lighting, random erasing and pseudo-labels take the DataLoader path.
+Only augmentation=none and basic (crop_padding, hflip, random_erasing) run here; the per-image policies,
+AlexNet's lighting and pseudo-labels take the DataLoader path.
 """
 
 import torch
@@ -38,8 +38,8 @@ def why_not_resident(cfg, train, val, device: torch.device) -> str | None:
         return f"data={cfg.data.name} is read from files, not held in memory"
     if aug.name not in ("none", "basic"):
         return f"augmentation={aug.name} transforms each image on its own"
-    if aug.lighting or aug.random_erasing:
-        return "augmentation.lighting and random_erasing transform each image on their own"
+    if aug.lighting:
+        return "augmentation.lighting transforms each image on its own"
     if device.type == "cuda":
         size = sum(in_memory(split.dataset)[0].numel() for split in (train, val))
         room = torch.cuda.get_device_properties(device).total_memory * MAX_MEMORY_FRACTION
@@ -55,13 +55,17 @@ def resident(split, transform, device: torch.device) -> tuple[torch.Tensor, torc
     return transform(images).as_subclass(torch.Tensor).contiguous().to(device), targets.to(device)
 
 
-class CropFlip:
-    """augmentation=basic on a batch: per image RandomCrop(size, padding=crop_padding) with zero fill, then
-    RandomHorizontalFlip(hflip), as torchvision draws them (offsets uniform in [0, 2 * padding]), in one
-    gather; every random number comes from one device generator seeded with the batch's seed."""
+class BatchAugment:
+    """augmentation=basic on a batch, as torchvision draws it per image: RandomCrop(size, padding=crop_padding)
+    with zero fill and RandomHorizontalFlip(hflip) in one gather, then RandomErasing(random_erasing) (Zhong et
+    al., "Random Erasing Data Augmentation", 2020: a rectangle of 2-33% of the image, aspect ratio 0.3-3.3,
+    first of 10 draws that fits, set to 0). Every random number comes from one device generator seeded with
+    the batch's seed."""
 
-    def __init__(self, padding: int, hflip: float, device: torch.device):
-        self.padding, self.hflip = padding, hflip
+    ERASE_SCALE, ERASE_RATIO, ERASE_ATTEMPTS = (0.02, 0.33), (0.3, 3.3), 10  # torchvision's defaults
+
+    def __init__(self, padding: int, hflip: float, erasing: float, device: torch.device):
+        self.padding, self.hflip, self.erasing = padding, hflip, erasing
         self.generator = torch.Generator(device)
 
     def __call__(self, images: torch.Tensor, seed: int) -> torch.Tensor:
@@ -73,12 +77,34 @@ class CropFlip:
         rows = shift[0] + torch.arange(h, device=device)
         cols = shift[1] + torch.where(flip, w - 1 - across, across)
         padded = F.pad(images, (p, p, p, p))
-        return padded[
+        images = padded[
             torch.arange(n, device=device)[:, None, None, None],
             torch.arange(c, device=device)[:, None, None],
             rows[:, None, :, None],
             cols[:, None, None, :],
         ]
+        return self.erase(images, g) if self.erasing else images
+
+    def erase(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, _, h, w = images.shape
+        device, attempts = images.device, self.ERASE_ATTEMPTS
+        area = h * w * torch.empty(n, attempts, device=device).uniform_(*self.ERASE_SCALE, generator=g)
+        log_ratio = torch.empty(n, attempts, device=device).uniform_(
+            *torch.tensor(self.ERASE_RATIO).log().tolist(), generator=g
+        )
+        eh, ew = (area * log_ratio.exp()).sqrt().round(), (area / log_ratio.exp()).sqrt().round()
+        fits = (eh < h) & (ew < w)
+        first = fits.int().argmax(1, keepdim=True)  # the first draw that fits, as torchvision takes it
+        eh, ew = eh.gather(1, first), ew.gather(1, first)
+        top = (torch.rand(n, 1, generator=g, device=device) * (h - eh + 1)).floor()
+        left = (torch.rand(n, 1, generator=g, device=device) * (w - ew + 1)).floor()
+        erased = torch.rand(n, 1, generator=g, device=device) < self.erasing
+        erased &= fits.any(1, keepdim=True)
+        y, x = torch.arange(h, device=device), torch.arange(w, device=device)
+        inside_rows = (y >= top) & (y < top + eh)  # (n, h)
+        inside_cols = (x >= left) & (x < left + ew)  # (n, w)
+        mask = (erased & inside_rows)[:, None, :, None] & inside_cols[:, None, None, :]
+        return images.masked_fill(mask, 0)
 
 
 class ResidentBatches:
@@ -90,7 +116,7 @@ class ResidentBatches:
         images: torch.Tensor,
         targets: torch.Tensor,
         batches: TrainBatches | ValBatches,
-        augment: CropFlip | None = None,
+        augment: BatchAugment | None = None,
     ):
         self.images, self.targets, self.batches, self.augment = images, targets, batches, augment
 

@@ -7,8 +7,9 @@ import signal
 from fnmatch import fnmatch
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from cnnbench.config import RunConfig
 from cnnbench.errors import CheckpointError, ConfigError, Interrupted
 
 from .checkpoint import load_checkpoint
@@ -106,6 +107,15 @@ def flat(tree: dict, prefix: str = "") -> dict:
     return items
 
 
+def schema_defaults() -> dict:
+    """The schema's default of every key (model.* is free-form and has none), flat."""
+    return {
+        k: v
+        for k, v in flat(OmegaConf.to_container(OmegaConf.structured(RunConfig), enum_to_str=True)).items()
+        if v not in ("???", {})
+    }
+
+
 def config_changes(state: dict, config: dict, path: Path, world_size: int) -> list[str]:
     """The differences between the checkpoint's config and this run's (`config`, resolved) that the run
     applies, one train.log line each; any other difference is refused, every one named in one line."""
@@ -115,10 +125,11 @@ def config_changes(state: dict, config: dict, path: Path, world_size: int) -> li
             f"{world_size}; the data order would change, so resume with the same count"
         )
     saved, now = flat(state["config"]), flat(config)
+    saved = {**schema_defaults(), **saved}  # a key the checkpoint predates reads as its default
     mid_epoch = state["batch_in_epoch"] > 0
     applied, other_model, refused = [], [], []
     for key in sorted(saved.keys() | now.keys()):
-        old, new = saved.get(key), now.get(key)  # a key the checkpoint predates reads as null
+        old, new = saved.get(key), now.get(key)
         if old == new or key.split(".")[0] in NOT_COMPARED:
             continue
         meaning = next((m for pattern, m in APPLIED.items() if fnmatch(key, pattern)), None)

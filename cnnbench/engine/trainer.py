@@ -34,6 +34,7 @@ from tqdm import tqdm
 from cnnbench.config import TTA, check_config
 from cnnbench.data import Data, build_data
 from cnnbench.errors import CheckpointError, ConfigError, Interrupted, short_list
+from cnnbench.models.whitening import WHITENING_IMAGES, whiten_first_conv
 
 from .build import Network, Optimization, build_network, build_optimization, run_config
 from .checkpoint import export_weights, rng_state, save_checkpoint, set_rng_state
@@ -73,6 +74,7 @@ class Run:
     topk: int  # top-5, or top-k with fewer than 5 classes
     recorder: Recorder | None = None  # rank 0's, from the run's first step on
     mpl: MetaPseudoLabels | None = None  # Meta Pseudo Labels' teacher (mpl.enabled): the model is its student
+    notes: list[str] = field(default_factory=list)  # what building it did, for train.log
 
     @property
     def bare_model(self) -> torch.nn.Module:
@@ -156,7 +158,7 @@ def train(cfg: DictConfig) -> dict:
                 run.recorder.begin(config_record, hparam_summaries(cfg, placement.precision))
         for warning in run.data.warnings + ([fallback_note] if resume_from is not None and fallback_note else []):
             log.warning(warning)
-        for note in notes:
+        for note in run.notes + notes:
             log.info(note)
         return train_run(run, state, Checkpointer(run, state, config_record), stops)
 
@@ -190,6 +192,7 @@ def build_run(cfg: DictConfig, ctx: Dist, placement: Placement) -> Run:
             raise ConfigError("hardware.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only")
         convert = sync_batchnorm
     network = build_network(cfg, num_classes, placement, data.classes, convert)
+    notes = [whiten_first_conv(network.model, first_images(data, placement))] if cfg.train.whiten_stem else []
     ema = ModelEmaV3(network.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
     teacher = (
         load_teacher(cfg.distill.teacher, data.classes, cfg.data.channels, placement.device)[0]
@@ -234,7 +237,20 @@ def build_run(cfg: DictConfig, ctx: Dist, placement: Placement) -> Run:
         Path(cfg.run_dir),
         topk=min(5, num_classes),
         mpl=mpl,
+        notes=notes,
     )
+
+
+def first_images(data: Data, placement: Placement, count: int = WHITENING_IMAGES) -> torch.Tensor:
+    """The first `count` training images of epoch 0, normalized, as the first step sees them."""
+    data.train_batches.set_epoch(0)
+    batches, seen = [], 0
+    for images, _ in data.train_loader:
+        batches.append(data.normalize(placement.put(images)))
+        seen += len(images)
+        if seen >= count:
+            break
+    return torch.cat(batches)[:count]
 
 
 class Checkpointer:
