@@ -163,7 +163,7 @@ class TrainLoopConfig:
     checkpoint_every_steps: int = 0  # also write last.pt every N optimizer steps; 0: at epoch ends only
     on_nonfinite: OnNonfinite = OnNonfinite.error  # a NaN or Inf training loss
     ema_decay: Optional[float] = None  # an exponential moving average of the weights (timm ModelEmaV3); null: off
-    # The model's first convolution starts as a whitening of the training images' patches (Page 2018; Jordan's
+    # The model's first convolution starts as a whitening of the training images' patches (Page 2019; Jordan's
     # airbench 2024): its filters, the covariance's top eigenvectors, scaled to unit variance, and their negatives
     whiten_stem: bool = False
 
