@@ -416,9 +416,9 @@ def check_optimization(cfg: DictConfig) -> None:
 TIMM_SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "wsd", "rsqrt", "constant")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Impossible values, each named by its key: what the types alone cannot say."""
-    check_keys(cfg)
+def check_ranges(cfg: DictConfig) -> None:
+    """Numbers outside their range: sizes and counts that must be positive, weights that must not be
+    negative, probabilities."""
     positive = {
         "train.epochs": cfg.train.epochs,
         "data.batch_size": cfg.data.batch_size,
@@ -464,6 +464,22 @@ def check_config(cfg: DictConfig) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
+    probabilities = {
+        "augmentation.hflip": cfg.augmentation.hflip,
+        "augmentation.random_erasing": cfg.augmentation.random_erasing,
+        "augmentation.mixup_prob": cfg.augmentation.mixup_prob,
+        "augmentation.mixup_switch_prob": cfg.augmentation.mixup_switch_prob,
+        "distill.alpha": cfg.distill.alpha,
+    }
+    for key, value in probabilities.items():
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{key}: in [0, 1], got {value}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Impossible values, each named by its key: what the types alone cannot say."""
+    check_keys(cfg)
+    check_ranges(cfg)
     # timm's random_seed seeds numpy (seeds in [0, 2**32)) with seed + rank on each rank
     ranks = int(os.environ.get("WORLD_SIZE", 0)) or cfg.hardware.nproc
     if not 0 <= cfg.seed <= 2**32 - ranks:
@@ -488,16 +504,6 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.channels: 1 or 3, got {cfg.data.channels}")
     if cfg.optimizer.layer_decay is not None and not 0 < cfg.optimizer.layer_decay <= 1:
         raise ConfigError(f"optimizer.layer_decay: in (0, 1], got {cfg.optimizer.layer_decay}")
-    probabilities = {
-        "augmentation.hflip": cfg.augmentation.hflip,
-        "augmentation.random_erasing": cfg.augmentation.random_erasing,
-        "augmentation.mixup_prob": cfg.augmentation.mixup_prob,
-        "augmentation.mixup_switch_prob": cfg.augmentation.mixup_switch_prob,
-        "distill.alpha": cfg.distill.alpha,
-    }
-    for key, value in probabilities.items():
-        if not 0 <= value <= 1:
-            raise ConfigError(f"{key}: in [0, 1], got {value}")
     if cfg.train.ema_decay is not None and not 0 < cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay: null (off) or in (0, 1), got {cfg.train.ema_decay}")
     if cfg.train.whiten_stem and (cfg.model.get("weights") or cfg.model.get("pretrained")):

@@ -7,6 +7,8 @@ Only augmentation=none and basic (crop_padding, hflip, random_erasing) run here;
 AlexNet's lighting and pseudo-labels take the DataLoader path.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -89,9 +91,7 @@ class BatchAugment:
         n, _, h, w = images.shape
         device, attempts = images.device, self.ERASE_ATTEMPTS
         area = h * w * torch.empty(n, attempts, device=device).uniform_(*self.ERASE_SCALE, generator=g)
-        log_ratio = torch.empty(n, attempts, device=device).uniform_(
-            *torch.tensor(self.ERASE_RATIO).log().tolist(), generator=g
-        )
+        log_ratio = torch.empty(n, attempts, device=device).uniform_(*map(math.log, self.ERASE_RATIO), generator=g)
         eh, ew = (area * log_ratio.exp()).sqrt().round(), (area / log_ratio.exp()).sqrt().round()
         fits = (eh < h) & (ew < w)
         first = fits.int().argmax(1, keepdim=True)  # the first draw that fits, as torchvision takes it
