@@ -137,7 +137,7 @@ def train(cfg: DictConfig) -> dict:
         if resume_from is not None:  # a config the checkpoint cannot continue is refused before any work
             checkpoint, resume_from, fallback_note = load_resume_state(resume_from, cfg)
             notes = config_changes(checkpoint, config_record, resume_from, ctx.world_size)
-        run = build_run(cfg, ctx, placement)
+        run = build_run(cfg, ctx, placement, resuming=resume_from is not None)
         state = TrainState(
             torch.zeros(3, dtype=torch.float64, device=placement.device),
             {"skipped_images": run.data.skipped_images, "nonfinite_skipped_steps": 0, "scaler_skipped_steps": 0},
@@ -182,7 +182,7 @@ def resume(run: Run, state: TrainState, checkpoint: dict, path: Path) -> list[st
     return notes
 
 
-def build_run(cfg: DictConfig, ctx: Dist, placement: Placement) -> Run:
+def build_run(cfg: DictConfig, ctx: Dist, placement: Placement, resuming: bool = False) -> Run:
     # Data, and what it tells the model: classes, channels, image size.
     data = build_data(cfg, ctx.rank, ctx.world_size, placement.device)
     num_classes = len(data.classes)
@@ -192,7 +192,9 @@ def build_run(cfg: DictConfig, ctx: Dist, placement: Placement) -> Run:
             raise ConfigError("hardware.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only")
         convert = sync_batchnorm
     network = build_network(cfg, num_classes, placement, data.classes, convert)
-    notes = [whiten_first_conv(network.model, first_images(data, placement))] if cfg.train.whiten_stem else []
+    # A resumed run's weights come from its checkpoint: its start is not computed again.
+    whiten = cfg.train.whiten_stem and not resuming
+    notes = [whiten_first_conv(network.model, first_images(data, placement))] if whiten else []
     ema = ModelEmaV3(network.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
     teacher = (
         load_teacher(cfg.distill.teacher, data.classes, cfg.data.channels, placement.device)[0]

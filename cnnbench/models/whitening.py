@@ -1,9 +1,10 @@
 """A first convolution that starts as a whitening of its input patches (train.whiten_stem), as the CIFAR-10
 speed records start theirs: David Page, "How to Train Your ResNet 8: Bag of Tricks" (2019), and Keller
-Jordan, "94% on CIFAR-10 in 3.29 Seconds on a Single GPU" (airbench, 2024). Its filters are the eigenvectors of the
-covariance of the training images' patches, each scaled by 1/sqrt(eigenvalue + eps) and paired with its
-negative (a ReLU further on keeps both signs), so from the first step the layer passes every direction of
-patch space at unit variance and the network starts from decorrelated features, not random ones.
+Jordan, "94% on CIFAR-10 in 3.29 Seconds on a Single GPU" (airbench, 2024). Its filters are the
+eigenvectors of the covariance of the training images' patches, each scaled by 1/sqrt(eigenvalue + eps)
+and paired with its negative (a ReLU further on keeps both signs), so from the first step the layer
+passes every direction of patch space at unit variance and the network starts from decorrelated features,
+not random ones.
 """
 
 import math
