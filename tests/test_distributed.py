@@ -37,6 +37,7 @@ pytestmark = pytest.mark.slow  # real DDP ranks and torchrun in subprocesses
 
 # BN-free (LeNet-5 classic: tanh, average pooling), no augmentation, deterministic kernels: 2 ranks of
 # 16 images add up to 1 rank of 32 up to float rounding. 63 validation images: not a multiple of 2.
+# A fast EMA (0.9): every rank's copy must start from, and follow, the weights DDP trains.
 RUN = [
     "data=synthetic",
     "data.image_size=32",
@@ -51,6 +52,7 @@ RUN = [
     "hardware.deterministic=true",
     "train.epochs=2",
     "train.checkpoint_every_steps=3",
+    "train.ema_decay=0.9",
 ]
 ONE_RANK, TWO_RANKS = ["hardware.nproc=1"], ["hardware=ddp", "hardware.nproc=2"]
 
@@ -98,31 +100,35 @@ def test_two_ranks_match_one_rank_at_the_same_global_batch(straight):
     one, two = (load_checkpoint(straight[k] / "checkpoints" / "last.pt") for k in ("one_rank", "two_ranks"))
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert one["step"] == two["step"] == 2 * 512 // 32
-    for key, tensor in one["model"].items():
-        torch.testing.assert_close(two["model"][key], tensor, rtol=1e-5, atol=1e-6, msg=key)
+    for weights in ("model", "ema"):
+        for key, tensor in one[weights].items():
+            torch.testing.assert_close(two[weights][key], tensor, rtol=1e-5, atol=1e-6, msg=f"{weights}: {key}")
     for a, b in zip(metrics(straight["one_rank"]), metrics(straight["two_ranks"]), strict=True):
-        assert (a["val_top1"], a["val_top5"]) == (b["val_top1"], b["val_top5"])
-        for key in ("val_loss", "train_loss", "train_top1"):
+        for prefix in ("", "ema_"):
+            assert (a[f"{prefix}val_top1"], a[f"{prefix}val_top5"]) == (b[f"{prefix}val_top1"], b[f"{prefix}val_top5"])
+        for key in ("val_loss", "ema_val_loss", "train_loss", "train_top1"):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5), key
     log = (straight["two_ranks"] / "train.log").read_text()
     assert log.count("epoch 1: train loss") == 1  # rank 0 writes the run directory
 
 
 def test_validation_over_two_ranks_counts_every_sample_once(straight):
-    """63 images over 2 ranks: what they report is what one process measures on the same weights."""
+    """63 images over 2 ranks: what they report is what one process measures on the same weights, the
+    model's and the EMA's (the checkpoint holds rank 0's)."""
     run_dir = straight["two_ranks"]
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     cfg = make_config(run_dir, *RUN)
     data = build_data(cfg)
     model = create_model(**state["config"]["model"], num_classes=10, in_chans=3, image_size=32)
-    model.load_state_dict(state["model"])
-    val = validate(model, data.val_loader, data.normalize, place(cfg.hardware), 5, Dist(), TTA.none, 10).metrics
     shards = [sum(ValBatches(63, 16, rank, 2).batches, []) for rank in (0, 1)]
     assert sorted(shards[0] + shards[1]) == list(range(63))
     reported = metrics(run_dir)[-1]
-    assert float(reported["val_top1"]) == pytest.approx(val["val_top1"], abs=1e-9)
-    assert float(reported["val_top5"]) == pytest.approx(val["val_top5"], abs=1e-9)
-    assert float(reported["val_loss"]) == pytest.approx(val["val_loss"], rel=1e-6)
+    for prefix, weights in (("", "model"), ("ema_", "ema")):
+        model.load_state_dict(state[weights])
+        val = validate(model, data.val_loader, data.normalize, place(cfg.hardware), 5, Dist(), TTA.none, 10).metrics
+        assert float(reported[f"{prefix}val_top1"]) == pytest.approx(val["val_top1"], abs=1e-9), weights
+        assert float(reported[f"{prefix}val_top5"]) == pytest.approx(val["val_top5"], abs=1e-9), weights
+        assert float(reported[f"{prefix}val_loss"]) == pytest.approx(val["val_loss"], rel=1e-6), weights
     # The best epoch's confusion matrix, added up over both ranks: every image once
     model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
     confusion = validate(model, data.val_loader, data.normalize, place(cfg.hardware), 5, Dist(), TTA.none, 10).confusion

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -223,6 +222,8 @@ class Recorder:
 def confusion_png(confusion: np.ndarray, labels: list[str], top1: list[float | None], title: str) -> bytes:
     """The confusion matrix as a PNG: each true class's row as fractions of its images, labelled with the
     class's top-1 accuracy where the classes are few enough to name."""
+    from matplotlib.figure import Figure  # a second of import, kept out of the time to the first step
+
     n = len(labels)
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     side = min(5 + 0.35 * min(n, LABELLED_CLASSES), 16)
