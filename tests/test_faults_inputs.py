@@ -17,6 +17,7 @@ from PIL import Image
 
 from cnnbench.config import check_config
 from cnnbench.data.datasets import ImageFiles, _open_image, image_folder
+from cnnbench.engine.build import check_batch_statistics
 from cnnbench.engine.checkpoint import load_checkpoint
 from cnnbench.engine.distributed import check_cpu_rank_count
 from cnnbench.engine.inference import predict
@@ -68,6 +69,23 @@ def test_a_model_too_big_for_the_images_names_the_smallest_size(tmp_path):
         create_model("inception_v3", source="torchvision", num_classes=10, image_size=32)  # named, not "torchvision"
     vit = create_model("vit_tiny_patch16_224", source="timm", num_classes=10, image_size=32)  # fixed size: built for it
     assert vit(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_one_image_a_rank_is_refused_where_batch_norm_would_train_on_it(tmp_path):
+    """Batch norm trains on the batch's statistics: on one image, torch raises where a feature map is 1x1
+    (Inception v3's auxiliary head at 32 px) and elsewhere trains on that image's. Without it, one will do."""
+    base = [a for a in SMOKE if "batch_size" not in a and "variant" not in a]
+    run = tmp_path / "run"
+    line = one_error_line(run_cli(*base, "model=inception_v3", "data.batch_size=1", f"hydra.run.dir={run}"))
+    assert line == (
+        "cnnbench: error: data.batch_size: 1 image a step is too few for inception_v3's batch norm, "
+        "which trains on the batch's statistics: at least 2"
+    )
+    assert not (run / "checkpoints").exists()
+    cfg = make_config(tmp_path, *base, "data.batch_size=2")
+    with pytest.raises(ConfigError, match=r"^data.batch_size: 2 over 2 ranks is 1 image a rank, too few .*least 4$"):
+        check_batch_statistics(create_model("lenet5", variant="modern", num_classes=10, image_size=32), cfg, 2)
+    check_batch_statistics(create_model("lenet5", variant="classic", num_classes=10, image_size=32), cfg, 2)
 
 
 def test_weights_of_another_channel_count_adapt_the_first_conv(tmp_path, caplog):

@@ -57,6 +57,21 @@ def build_network(
     return measure(model, (cfg.data.channels, cfg.data.image_size, cfg.data.image_size), placement)
 
 
+def check_batch_statistics(model: torch.nn.Module, cfg: DictConfig, world_size: int) -> None:
+    """Batch norm trains on each rank's batch statistics, and one image per rank makes them that image's:
+    torch refuses outright where a feature map is 1x1 ("Expected more than 1 value per channel"), and
+    elsewhere the running statistics that validation uses come out wrong (SyncBatchNorm pools the ranks')."""
+    synced = cfg.hardware.sync_batchnorm and world_size > 1
+    if cfg.data.batch_size // world_size > 1 or synced:
+        return
+    if any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules()):
+        per_rank = f" over {world_size} ranks is 1 image a rank," if world_size > 1 else " image a step is"
+        raise ConfigError(
+            f"data.batch_size: {cfg.data.batch_size}{per_rank} too few for {cfg.model.name}'s batch norm, "
+            f"which trains on the batch's statistics: at least {2 * world_size}"
+        )
+
+
 def measure(model: torch.nn.Module, image_shape: tuple[int, int, int], placement: Placement) -> Network:
     """A model on the job's device as a Network: counted, in the hardware's memory format."""
     params = sum(p.numel() for p in model.parameters())

@@ -36,7 +36,7 @@ from cnnbench.data import Data, build_data
 from cnnbench.errors import CheckpointError, ConfigError, Interrupted, short_list
 from cnnbench.models.whitening import WHITENING_IMAGES, whiten_first_conv
 
-from .build import Network, Optimization, build_network, build_optimization, run_config
+from .build import Network, Optimization, build_network, build_optimization, check_batch_statistics, run_config
 from .checkpoint import export_weights, rng_state, save_checkpoint, set_rng_state
 from .device import Placement, device_of, peak_memory_bytes, place, reset_peak_memory, use_deterministic_algorithms
 from .distill import load_teacher
@@ -192,6 +192,7 @@ def build_run(cfg: DictConfig, ctx: Dist, placement: Placement, resuming: bool =
             raise ConfigError("hardware.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only")
         convert = sync_batchnorm
     network = build_network(cfg, num_classes, placement, data.classes, convert)
+    check_batch_statistics(network.model, cfg, ctx.world_size)
     # A resumed run's weights come from its checkpoint: its start is not computed again.
     whiten = cfg.train.whiten_stem and not resuming
     notes = [whiten_first_conv(network.model, first_images(data, placement))] if whiten else []
