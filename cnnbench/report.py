@@ -43,6 +43,8 @@ COLUMNS = [
     "epochs",
     "wall_time_s",
     "train_img_per_s",
+    "val_img_per_s",
+    "peak_memory_mb",
     "status",
 ]
 BENCH_COLUMNS = [
@@ -71,8 +73,9 @@ BENCH_COLUMNS = [
 ]
 # Under results.md: one epoch's rate holds warm-up and the machine's noise, so summary.json's is a median.
 THROUGHPUT_NOTE = (
-    "train_img_per_s: training images/s, the median over the epochs after the first "
-    "(the first alone in a one-epoch run)"
+    "train_img_per_s, val_img_per_s: training and validation images/s, the medians over the epochs after the "
+    "first (the first alone in a one-epoch run); peak_memory_mb: the most any epoch held (on CUDA torch's "
+    "tensors, elsewhere the process's resident peak)"
 )
 CURVE_METRICS = ["val_top1", "train_loss", "val_loss"]  # metrics.csv's columns the learning curves draw
 PUBLISHED_COLUMNS = [
