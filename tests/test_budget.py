@@ -130,6 +130,19 @@ def test_a_budgeted_run_stops_at_its_step_and_resumes_exactly(tmp_path):
     assert (resumed["step"], resumed["trained_images"]) == (12, 384)
 
 
+def test_a_larger_budget_after_one_that_ended_mid_epoch_trains_up_to_it(tmp_path):
+    """96 images end epoch 0 after 3 of its 8 steps; resumed for 512, the run trains the 13 batches that
+    are left (8 in epoch 1, 5 in epoch 2), not the rest of epoch 0 again nor one epoch short of the budget."""
+    first = train(make_config(tmp_path, *SMOKE, "train.budget_images=96"))
+    resumed = train(make_config(tmp_path, *SMOKE, "train.budget_images=512", "resume=auto"))
+    rows = metrics(tmp_path)
+    assert [(r["epoch"], r["step"]) for r in rows] == [("0", "3"), ("1", "11"), ("2", "16")]
+    assert float(rows[-1]["lr"]) == float(rows[0]["lr"]) == 0.0  # each schedule ends at its last step
+    assert (first["trained_images"], resumed["trained_images"], resumed["status"]) == (96, 512, "completed")
+    log = (tmp_path / "train.log").read_text()
+    assert "train.budget_images=512: 16 steps of 32 images, 512 images" in log and "in 3 epochs" in log
+
+
 @pytest.mark.parametrize("scheduler", ["step", "multistep", "cosine"])
 def test_without_a_budget_the_schedule_is_timms_over_whole_epochs(tmp_path, scheduler):
     """The schedule in updates is the one timm builds from epochs (it multiplies them by updates_per_epoch)."""

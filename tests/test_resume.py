@@ -203,6 +203,29 @@ def test_training_longer_rebuilds_the_schedule_from_the_step(tmp_path):
     assert any(not torch.equal(first["model"][k], last["model"][k]) for k in first["model"])
 
 
+@pytest.mark.parametrize(
+    "change,steps,images",
+    [("data.batch_size=64", 4, 256), ("data.batch_size=16", 16, 256), ("train.limit_train_batches=4", 4, 128)],
+)
+def test_other_batches_from_an_epochs_start_count_on_from_the_checkpoint(tmp_path, change, steps, images):
+    """1 epoch of 8 steps, then a second cut into other batches: the 8 steps stay, the second epoch trains
+    its own count of them, and the rebuilt schedule ends at its last step as the first did."""
+    train(make_config(tmp_path, *SMOKE, "train.epochs=1"))
+    resumed = train(make_config(tmp_path, *SMOKE, "train.epochs=2", "resume=auto", change))
+    rows = reproducible_metrics(tmp_path)
+    assert [(r["epoch"], r["step"]) for r in rows] == [("0", "8"), ("1", str(8 + steps))]
+    assert float(rows[1]["lr"]) == float(rows[0]["lr"])  # the schedule's end, twice
+    assert (resumed["step"], resumed["trained_images"]) == (8 + steps, 256 + images)
+    origin = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["length_origin"]
+    assert origin == {"step": 8, "epoch": 1, "images": 256}
+    # Resumed again: unchanged, it counts from the saved origin (nothing is left); one epoch more is one more
+    # epoch of the new batches
+    same = train(make_config(tmp_path, *SMOKE, "train.epochs=2", "resume=auto", change))
+    assert (same["step"], same["trained_images"]) == (8 + steps, 256 + images)
+    again = train(make_config(tmp_path, *SMOKE, "train.epochs=3", "resume=auto", change))
+    assert (again["step"], again["trained_images"]) == (8 + 2 * steps, 256 + 2 * images)
+
+
 def interrupt_mid_epoch(run_dir, signum):
     """A run of EXACT stopped by `signum` at a step boundary after its first checkpoint; its exit status."""
     victim = launch(run_dir, "data.device_resident=false")

@@ -107,11 +107,22 @@ def fused_optimizer(fused: bool | None, opt: str, placement: Placement) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class LengthOrigin:
+    """Where the run's present cut of epochs into batches begins: step 0, or the checkpoint of a resumed run
+    that changed its batches (data.batch_size, train.limit_train_batches) or its length (train.epochs, a
+    budget) at an epoch's start. The steps and images before it are the checkpoint's."""
+
+    step: int = 0
+    epoch: int = 0
+    images: int = 0
+
+
 @dataclass
 class TrainingLength:
     """How long a run trains: `steps` optimizer updates over `epochs` epochs, the last one cut short at
     `steps` where a budget ends mid-epoch. Every training batch is whole (the loader drops an incomplete
-    last one), so the images a step count trained follow from the config alone."""
+    last one), so the images a step count trained follow from the config (and the origin) alone."""
 
     steps: int
     epochs: int
@@ -121,6 +132,7 @@ class TrainingLength:
     flops: int  # forward, one image
     budget_tflop: float | None
     budget_images: int | None
+    origin: LengthOrigin = LengthOrigin()
 
     @property
     def updates_per_epoch(self) -> int:
@@ -128,8 +140,10 @@ class TrainingLength:
 
     def images(self, step: int) -> int:
         """The images `step` updates trained on."""
-        epochs, updates = divmod(step, self.updates_per_epoch)
-        return (epochs * self.batches_per_epoch + updates * self.grad_accum_steps) * self.batch_size
+        epochs, updates = divmod(step - self.origin.step, self.updates_per_epoch)
+        return (
+            self.origin.images + (epochs * self.batches_per_epoch + updates * self.grad_accum_steps) * self.batch_size
+        )
 
     def tflop(self, step: int) -> float:
         return TRAIN_FLOPS_PER_FORWARD * self.flops * self.images(step) / 1e12
@@ -165,10 +179,12 @@ class TrainingLength:
 TRAIN_FLOPS_PER_FORWARD = 3
 
 
-def training_length(cfg: DictConfig, flops: int, batches_per_epoch: int) -> TrainingLength:
+def training_length(
+    cfg: DictConfig, flops: int, batches_per_epoch: int, origin: LengthOrigin = LengthOrigin()
+) -> TrainingLength:
     """train.epochs whole epochs, or the steps that first reach a budget: train.budget_images images seen, or
-    train.budget_tflop TFLOP of training compute (3 x forward FLOPs x images). Steps follow from the config
-    and the model's FLOPs alone, so a resumed run derives the same ones."""
+    train.budget_tflop TFLOP of training compute (3 x forward FLOPs x images). Steps follow from the config,
+    the model's FLOPs and the origin alone, so a resumed run derives the same ones."""
     train = cfg.train
     length = TrainingLength(
         0,
@@ -179,16 +195,19 @@ def training_length(cfg: DictConfig, flops: int, batches_per_epoch: int) -> Trai
         flops,
         train.budget_tflop,
         train.budget_images,
+        origin,
     )
     if train.budget_images is not None:
-        batches = math.ceil(train.budget_images / cfg.data.batch_size)
+        batches = math.ceil((train.budget_images - origin.images) / cfg.data.batch_size)
     elif train.budget_tflop is not None:
-        batches = math.ceil(train.budget_tflop * 1e12 / (TRAIN_FLOPS_PER_FORWARD * flops * cfg.data.batch_size))
+        images = train.budget_tflop * 1e12 / (TRAIN_FLOPS_PER_FORWARD * flops)
+        batches = math.ceil((images - origin.images) / cfg.data.batch_size)
     else:
-        batches = train.epochs * batches_per_epoch
-    epochs, batches_left = divmod(batches, batches_per_epoch)
-    length.steps = epochs * length.updates_per_epoch + math.ceil(batches_left / train.grad_accum_steps)
-    length.epochs = math.ceil(length.steps / length.updates_per_epoch)
+        batches = (train.epochs - origin.epoch) * batches_per_epoch
+    epochs, batches_left = divmod(max(batches, 0), batches_per_epoch)
+    updates = epochs * length.updates_per_epoch + math.ceil(batches_left / train.grad_accum_steps)
+    length.steps = origin.step + updates
+    length.epochs = origin.epoch + math.ceil(updates / length.updates_per_epoch)
     return length
 
 
@@ -200,10 +219,16 @@ class Optimization:
     length: TrainingLength  # the steps the schedule spans, which the run trains
 
 
-def build_optimization(cfg: DictConfig, network: Network, batches_per_epoch: int, placement: Placement) -> Optimization:
+def build_optimization(
+    cfg: DictConfig,
+    network: Network,
+    batches_per_epoch: int,
+    placement: Placement,
+    origin: LengthOrigin = LengthOrigin(),
+) -> Optimization:
     """Optimizer and per-update schedule, built by timm's factories from their configs; a GradScaler in fp16.
     The schedule spans the run's steps (`training_length`), and so ends exactly at a budget's last step."""
-    length = training_length(cfg, network.flops, batches_per_epoch)
+    length = training_length(cfg, network.flops, batches_per_epoch, origin)
     optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     if (reference_batch := optimizer_cfg.pop("lr_reference_batch")) is not None:
         optimizer_cfg["lr"] *= cfg.data.batch_size / reference_batch  # the linear scaling rule

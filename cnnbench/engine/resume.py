@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnbench.config import RunConfig
 from cnnbench.errors import CheckpointError, ConfigError, Interrupted
 
+from .build import LengthOrigin
 from .checkpoint import load_checkpoint
 from .distributed import restartable
 
@@ -53,6 +54,8 @@ APPLIED = {
     ),
 }
 AT_EPOCH_START = ("data.batch_size", "train.limit_train_batches")
+# What the run's step count follows from, beside the model and the data set's size
+LENGTH_KEYS = (*AT_EPOCH_START, "train.epochs", "train.budget_images", "train.budget_tflop")
 NOT_COMPARED = ("resume", "resume_fallback", "run_dir")  # how a run is continued, not what it is
 
 
@@ -155,6 +158,19 @@ def config_changes(state: dict, config: dict, path: Path, world_size: int) -> li
             f"checkpoint's values, or start a new run (README, Resume)"
         )
     return applied
+
+
+def length_origin(state: dict, config: dict) -> LengthOrigin:
+    """Where the resumed run's steps count from: the checkpoint's origin, or the checkpoint itself where the
+    run changes its batches or its length at an epoch's start. The steps already taken stay as they were
+    (the images of an epoch a budget cut short are not trained again), and the rest follow the new config."""
+    saved = LengthOrigin(**state.get("length_origin", {}))
+    if state["batch_in_epoch"] or "trained_images" not in state:  # mid-epoch: nothing of the length changes
+        return saved
+    before, now = {**schema_defaults(), **flat(state["config"])}, flat(config)
+    if all(before.get(key) == now.get(key) for key in LENGTH_KEYS):
+        return saved
+    return LengthOrigin(state["step"], state["epoch"], state["trained_images"])
 
 
 def restore_training_state(state: dict, model, optimizer, scheduler, scaler, ema) -> list[str]:

@@ -19,7 +19,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,7 +36,15 @@ from cnnbench.data import Data, build_data
 from cnnbench.errors import CheckpointError, ConfigError, Interrupted, short_list
 from cnnbench.models.whitening import WHITENING_IMAGES, whiten_first_conv
 
-from .build import Network, Optimization, build_network, build_optimization, check_batch_statistics, run_config
+from .build import (
+    LengthOrigin,
+    Network,
+    Optimization,
+    build_network,
+    build_optimization,
+    check_batch_statistics,
+    run_config,
+)
 from .checkpoint import export_weights, rng_state, save_checkpoint, set_rng_state
 from .device import Placement, device_of, peak_memory_bytes, place, reset_peak_memory, use_deterministic_algorithms
 from .distill import load_teacher
@@ -46,7 +54,14 @@ from .losses import Objective
 from .mpl import MetaPseudoLabels, build_meta_pseudo_labels, mpl_epoch
 from .nonfinite import NonfiniteGuard
 from .recorder import EMA_METRICS, METRICS, Recorder
-from .resume import StopSignals, config_changes, load_resume_state, restore_training_state, resume_path
+from .resume import (
+    StopSignals,
+    config_changes,
+    length_origin,
+    load_resume_state,
+    restore_training_state,
+    resume_path,
+)
 from .tta import batch_logits
 
 log = logging.getLogger("cnnbench")
@@ -137,7 +152,8 @@ def train(cfg: DictConfig) -> dict:
         if resume_from is not None:  # a config the checkpoint cannot continue is refused before any work
             checkpoint, resume_from, fallback_note = load_resume_state(resume_from, cfg)
             notes = config_changes(checkpoint, config_record, resume_from, ctx.world_size)
-        run = build_run(cfg, ctx, placement, resuming=resume_from is not None)
+        origin = length_origin(checkpoint, config_record) if resume_from is not None else LengthOrigin()
+        run = build_run(cfg, ctx, placement, origin, resuming=resume_from is not None)
         state = TrainState(
             torch.zeros(3, dtype=torch.float64, device=placement.device),
             {"skipped_images": run.data.skipped_images, "nonfinite_skipped_steps": 0, "scaler_skipped_steps": 0},
@@ -182,7 +198,9 @@ def resume(run: Run, state: TrainState, checkpoint: dict, path: Path) -> list[st
     return notes
 
 
-def build_run(cfg: DictConfig, ctx: Dist, placement: Placement, resuming: bool = False) -> Run:
+def build_run(
+    cfg: DictConfig, ctx: Dist, placement: Placement, origin: LengthOrigin = LengthOrigin(), resuming: bool = False
+) -> Run:
     # Data, and what it tells the model: classes, channels, image size.
     data = build_data(cfg, ctx.rank, ctx.world_size, placement.device)
     num_classes = len(data.classes)
@@ -210,7 +228,7 @@ def build_run(cfg: DictConfig, ctx: Dist, placement: Placement, resuming: bool =
         teacher,
         cfg.distill,
     )
-    optimization = build_optimization(cfg, network, len(data.train_batches), placement)
+    optimization = build_optimization(cfg, network, len(data.train_batches), placement, origin)
     model = network.model
     if ctx.world_size > 1:
         model = DistributedDataParallel(
@@ -287,6 +305,8 @@ class Checkpointer:
                 "scaler": optimization.scaler.state_dict(),
                 "ema": run.ema.module.state_dict() if run.ema else None,
                 **state.checkpoint_fields(),
+                "length_origin": asdict(optimization.length.origin),
+                "trained_images": optimization.length.images(state.step),
                 "epoch_sums": [rank[1] for rank in ranks],
                 "rng": [rank[0] for rank in ranks],
                 "world_size": ctx.world_size,
