@@ -19,6 +19,7 @@ import timm.models
 import torch
 
 from cnnbench.data.datasets import _open_image
+from cnnbench.data.loader import ReadableBatches
 from cnnbench.data.transforms import Normalize
 from cnnbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from cnnbench.engine.distributed import Dist
@@ -149,6 +150,19 @@ def test_bad_images_are_skipped_and_named(tmp_path):
         assert f"skipped image {path}: " in log
     assert "n09999999 (kept as classes)" in log and "README.txt" in log
     assert load_checkpoint(run / "checkpoints" / "last.pt")["classes"][-1] == "n09999999"
+
+
+def test_a_validation_batch_of_unreadable_images_alone_is_left_out(tmp_path):
+    """The short last batch of validation may hold only unreadable files: it is left out (validation adds
+    its batches up once, at the end) and the run goes on. A training batch cannot be: its step is counted."""
+    make_image_tree(tmp_path / "images")
+    last_class = tmp_path / "images" / "val" / "n01484850"
+    (last_class / "zz.jpg").write_bytes((last_class / "0.JPEG").read_bytes()[:200])  # sorted last, alone
+    summary = train(make_config(tmp_path / "run", *IMAGES, f"data.root={tmp_path / 'images'}"))  # val: 6, then 1
+    assert summary["status"] == "completed" and list(summary["skipped_images"]) == [str(last_class / "zz.jpg")]
+    unreadable = [(None, [("a.jpg", "OSError: Truncated File Read")])]
+    with pytest.raises(DataError, match=r"^data: no image of a training batch is readable \(a.jpg\); a step cannot"):
+        list(ReadableBatches(unreadable, "skip", {}))
 
 
 def test_sixteen_bit_and_palette_images_decode_to_their_values(tmp_path):

@@ -106,7 +106,9 @@ def build_data(cfg, rank: int = 0, world_size: int = 1, device: torch.device = t
                 pin_memory=device.type == "cuda",
                 **loading,
             )
-        readable = ReadableBatches(batches, data.on_bad_image, skipped)
+        readable = ReadableBatches(
+            batches, data.on_bad_image, skipped, skip_empty=not seeded
+        )  # validation leaves an empty batch out
         return CudaPrefetcher(readable, device) if device.type == "cuda" else readable
 
     return Data(

@@ -76,10 +76,12 @@ def collate_readable(samples: list) -> tuple:
 
 class ReadableBatches:
     """A DataLoader of `collate_readable` batches, applying data.on_bad_image in the main process (a
-    worker's exception would reach the user as a traceback); `skipped` collects path -> reason."""
+    worker's exception would reach the user as a traceback); `skipped` collects path -> reason. A batch
+    with no readable image is left out where `skip_empty` (validation, which adds up its batches once at
+    the end); a training step cannot be, as the ranks and the resume position count them."""
 
-    def __init__(self, loader: torch.utils.data.DataLoader, on_bad_image: str, skipped: dict):
-        self.loader, self.on_bad_image, self.skipped = loader, on_bad_image, skipped
+    def __init__(self, loader: torch.utils.data.DataLoader, on_bad_image: str, skipped: dict, skip_empty=False):
+        self.loader, self.on_bad_image, self.skipped, self.skip_empty = loader, on_bad_image, skipped, skip_empty
 
     def __len__(self):
         return len(self.loader)
@@ -94,9 +96,13 @@ class ReadableBatches:
                 if path not in self.skipped:
                     log.warning(f"skipped image {path}: {reason}")
                     self.skipped[path] = reason
-            if batch is None:
-                raise DataError(f"data: no image of a batch is readable ({', '.join(p for p, _ in bad)})")
-            yield batch
+            if batch is None and not self.skip_empty:
+                raise DataError(
+                    f"data: no image of a training batch is readable ({', '.join(p for p, _ in bad)}); "
+                    f"a step cannot be left out: remove them from data.root"
+                )
+            if batch is not None:
+                yield batch
 
 
 def loader_workers(data_cfg, world_size: int = 1) -> int:
