@@ -31,12 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from cnnbench.config import CONFIG_PATH, check_config, register_configs
+from cnnbench.cli import hydra_app
+from cnnbench.config import check_config, register_configs
 from cnnbench.data import build_data
 from cnnbench.data.datasets import dataset
 from cnnbench.engine.build import build_network, build_optimization, run_config
@@ -294,7 +294,7 @@ def input_images_per_s(data, batch_size: int, step_rate: float, device: torch.de
     }
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="bench")
+@hydra_app("bench")
 def main(cfg: DictConfig) -> float | None:
     result = run_job(cfg, bench, cfg, record="bench.json", check=check_config)
     return result and result["train_img_per_s"]

@@ -1,16 +1,16 @@
 """`python -m cnnbench.evaluate checkpoint=PATH [data=NAME] [eval.tta=none|flip|tencrop]`: top-1, top-5 and
 per-class accuracy of a trained model; the work is `cnnbench.engine.inference.evaluate(cfg)`."""
 
-import hydra
 from omegaconf import DictConfig
 
-from cnnbench.config import CONFIG_PATH, register_configs
+from cnnbench.cli import hydra_app
+from cnnbench.config import register_configs
 from cnnbench.sweep import run_job
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
+@hydra_app("evaluate")
 def main(cfg: DictConfig) -> float:
     from cnnbench.engine.inference import evaluate  # here: --help and --cfg import no torch
 

@@ -1,16 +1,16 @@
 """`python -m cnnbench.predict checkpoint=PATH images=[a.jpg,b.png] [topk=5] [dense=true]`: the top-k classes
 of each image; the work is `cnnbench.engine.inference.predict(cfg)`."""
 
-import hydra
 from omegaconf import DictConfig
 
-from cnnbench.config import CONFIG_PATH, register_configs
+from cnnbench.cli import hydra_app
+from cnnbench.config import register_configs
 from cnnbench.sweep import run_job
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
+@hydra_app("predict")
 def main(cfg: DictConfig) -> None:
     from cnnbench.engine.inference import predict  # here: --help and --cfg import no torch
 

@@ -8,11 +8,11 @@ and the student becomes the next teacher (README, "Techniques").
 import logging
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cnnbench.config import CONFIG_PATH, AugmentationConfig, register_configs
+from cnnbench.cli import hydra_app
+from cnnbench.config import AugmentationConfig, register_configs
 from cnnbench.data.datasets import load_split
 from cnnbench.data.loader import loader_workers
 from cnnbench.data.pseudo_labels import save_pseudo_labels, unlabeled_pool
@@ -80,7 +80,7 @@ def balanced(
     return torch.cat(chosen) if chosen else keep
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="pseudolabel")
+@hydra_app("pseudolabel")
 def main(cfg: DictConfig) -> None:
     run_job(cfg, pseudolabel, cfg, record=None)
 

@@ -8,16 +8,16 @@ The entry point only composes the config; the work is `cnnbench.engine.trainer.t
 hardware.nproc ranks (`hardware=ddp`) or under torchrun.
 """
 
-import hydra
 from omegaconf import DictConfig
 
-from cnnbench.config import CONFIG_PATH, check_config, register_configs
+from cnnbench.cli import hydra_app
+from cnnbench.config import check_config, register_configs
 from cnnbench.sweep import run_job
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+@hydra_app("train")
 def main(cfg: DictConfig) -> float | None:
     # Imported here: --help, --cfg and shell completion answer without importing torch.
     from cnnbench.engine.distributed import run_ranks

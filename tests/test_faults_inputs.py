@@ -243,6 +243,35 @@ def test_cpu_ranks_beyond_the_cores_are_warned_and_far_beyond_refused(tmp_path, 
     assert f"hardware.nproc: {cores + 1} CPU ranks share {cores} cores" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "module,override,line",
+    [
+        ("train", "model.widht_mult=2", "model.widht_mult: not a key of the config; did you mean model.width_mult?"),
+        ("train", "epochs=3", "epochs: not a key of the config; did you mean train.epochs?"),
+        ("train", "train.epochs=abc", "train.epochs: Value 'abc' of type 'str' could not be converted to Integer"),
+        (
+            "train",
+            "model=resnet",
+            "model=resnet: not an option of model; did you mean resnet50, resnet34, resnet18? --help lists them",
+        ),
+        (
+            "train",
+            "train.epochs=[1",
+            "train.epochs=[1: not an override Hydra can parse (no viable alternative at input '[1')",
+        ),
+        ("evaluate", "checkpint=best.pt", "checkpint: not a key of the config; did you mean checkpoint?"),
+        ("predict", "images=a.jpg", "images: a list, written in brackets: images=[a,b]"),
+    ],
+)
+def test_hydras_own_errors_end_in_one_line_naming_the_key(tmp_path, module, override, line):
+    """A mistyped key or option, a value of the wrong type, an override Hydra cannot parse: Hydra's message
+    (and its exit 1) turned into the project's line, with the name the user most likely meant."""
+    run = tmp_path / "run"
+    result = run_cli(override, f"hydra.run.dir={run}", module=f"cnnbench.{module}")
+    assert one_error_line(result) == f"cnnbench: error: {line}" and len(result.stderr.splitlines()) == 1
+    assert not run.exists()
+
+
 def test_a_tired_users_inputs(tmp_path, monkeypatch):
     """predict with no images; paths typed with ~ (quoted, as Hydra's grammar needs: model.weights='~/w.pt')."""
     with pytest.raises(ConfigError, match=r"^images: empty; pass the image files, images=\[a.jpg,b.png\]$"):
