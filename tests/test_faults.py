@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -150,6 +151,26 @@ def test_bad_images_are_skipped_and_named(tmp_path):
         assert f"skipped image {path}: " in log
     assert "n09999999 (kept as classes)" in log and "README.txt" in log
     assert load_checkpoint(run / "checkpoints" / "last.pt")["classes"][-1] == "n09999999"
+
+
+def test_hidden_files_and_folders_are_neither_classes_nor_images(tmp_path):
+    """Jupyter's .ipynb_checkpoints beside the classes and inside one, macOS's ._ copies, a .git folder: left
+    out and counted in train.log; the classes and the images are the tree's own."""
+    classes = make_image_tree(tmp_path / "images")
+    train_split = tmp_path / "images" / "train"
+    first = train_split / classes[0]
+    for hidden in (train_split / ".ipynb_checkpoints" / "x", first / ".ipynb_checkpoints", train_split / ".git"):
+        hidden.mkdir(parents=True)
+        shutil.copy(first / "0.JPEG", hidden / "0.JPEG")
+    (first / "._0.JPEG").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # not a JPEG: would be a bad image
+    (tmp_path / "images" / "val" / ".ipynb_checkpoints").mkdir()
+    run = tmp_path / "run"
+    summary = train(make_config(run, *IMAGES, f"data.root={tmp_path / 'images'}"))
+    assert summary["status"] == "completed" and not summary["skipped_images"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["classes"] == list(classes)
+    log = (run / "train.log").read_text()
+    assert f"data: 4 hidden files and folders in {train_split} left out: " in log
+    assert f"data: 1 hidden files and folders in {tmp_path / 'images' / 'val'} left out: " in log
 
 
 def test_a_validation_batch_of_unreadable_images_alone_is_left_out(tmp_path):

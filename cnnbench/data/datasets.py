@@ -172,10 +172,24 @@ class BadImage(NamedTuple):
     reason: str
 
 
+def class_folders(directory) -> tuple[list[str], list[str]]:
+    """A split's class folders, sorted, and its hidden entries, which are never classes."""
+    entries = list(os.scandir(directory))
+    hidden = sorted(os.path.join(directory, e.name) for e in entries if e.name.startswith("."))
+    return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith(".")), hidden
+
+
 class ImageFiles(torchvision.datasets.ImageFolder):
     """ImageFolder whose unreadable files (truncated, empty, not images) become BadImage samples, found
     where they are decoded: in the DataLoader workers. Linked folders are followed (data sets shared between
-    users), except into a loop or into another class, whose images would be mislabelled."""
+    users), except into a loop or into another class, whose images would be mislabelled. Hidden files and
+    folders (.ipynb_checkpoints, macOS's ._ copies, .git) are tools' leftovers: never classes nor images."""
+
+    def find_classes(self, directory):
+        classes, self.hidden = class_folders(directory)
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {name: index for index, name in enumerate(classes)}
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
         self.skipped_links = []
@@ -190,6 +204,9 @@ class ImageFiles(torchvision.datasets.ImageFolder):
             top = os.path.join(directory, name)
             own, visited = os.path.realpath(top), {os.path.realpath(top)}
             for folder, subfolders, files in os.walk(top, followlinks=True):
+                self.hidden += [os.path.join(folder, f) for f in files + subfolders if f.startswith(".")]
+                subfolders[:] = [sub for sub in subfolders if not sub.startswith(".")]
+                files = [f for f in files if not f.startswith(".")]
                 for sub in list(subfolders):
                     real = os.path.realpath(os.path.join(folder, sub))
                     into_other_class = (
@@ -237,6 +254,11 @@ def image_folder(name: str, root: str | None, train: bool, download: bool, *, on
             f"data: {len(not_images)} files in {split} are not images by their names, left out: "
             f"{', '.join(not_images[:5])}{', ...' if len(not_images) > 5 else ''}"
         )
+    if ds.hidden:
+        warnings.append(
+            f"data: {len(ds.hidden)} hidden files and folders in {split} left out: "
+            f"{', '.join(ds.hidden[:5])}{', ...' if len(ds.hidden) > 5 else ''}"
+        )
     if ds.skipped_links:
         warnings.append(
             f"data: linked folders in {split} left out (a loop, or another class's images): "
@@ -269,11 +291,7 @@ def labelled_val(root: str, labels_file: Path) -> Split:
     root/train's folders; without root/train (evaluating elsewhere), the classes the labels name."""
     train_folder, val_folder = Path(root) / "train", Path(root) / "val"
     labels = imagenet.read_val_labels(labels_file)
-    classes = (
-        torchvision.datasets.folder.find_classes(train_folder)[0]
-        if train_folder.is_dir()
-        else sorted(set(labels.values()))
-    )
+    classes = class_folders(train_folder)[0] if train_folder.is_dir() else sorted(set(labels.values()))
     samples, not_images = imagenet.val_samples(val_folder, labels, labels_file, classes)
     warnings = (
         [
