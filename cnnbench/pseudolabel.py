@@ -37,7 +37,7 @@ def pseudolabel(cfg: DictConfig) -> dict:
         raise ConfigError(f"per_class: null or > 0, got {cfg.per_class}")
     placement = place(cfg.hardware)
     split = load_split(cfg.data, True, transform=None)
-    teacher, state = load_teacher(cfg.checkpoint, split.classes, cfg.data.channels, placement.device)
+    teacher, state = load_teacher(cfg.checkpoint, split.classes, cfg.data.channels, placement.device, "checkpoint")
     whole, pool = unlabeled_pool(split, cfg.data, cfg.pool_size)
     # The teacher's own eval transform: it sees the pool as it saw its validation images.
     augmentation = OmegaConf.merge(OmegaConf.structured(AugmentationConfig), state["config"]["augmentation"])

@@ -19,6 +19,7 @@ import pytest
 import timm.models
 import torch
 
+from cnnbench.data import build_data
 from cnnbench.data.datasets import _open_image
 from cnnbench.data.loader import ReadableBatches
 from cnnbench.data.transforms import Normalize
@@ -171,6 +172,20 @@ def test_hidden_files_and_folders_are_neither_classes_nor_images(tmp_path):
     log = (run / "train.log").read_text()
     assert f"data: 4 hidden files and folders in {train_split} left out: " in log
     assert f"data: 1 hidden files and folders in {tmp_path / 'images' / 'val'} left out: " in log
+
+
+def test_splits_without_images_or_with_other_classes_name_what_differs(tmp_path):
+    make_image_tree(tmp_path / "other", classes=("cat", "dog"))
+    (tmp_path / "other" / "val" / "dog").rename(tmp_path / "other" / "val" / "emu")
+    with pytest.raises(DataError, match=r"\(2 vs 2; only in train: 1: dog; only in val: 1: emu\)$"):
+        build_data(make_config(tmp_path, *IMAGES, f"data.root={tmp_path / 'other'}"))
+    for split in ("train", "val"):
+        (tmp_path / "notes" / split / "a").mkdir(parents=True)
+        (tmp_path / "notes" / split / "a" / "notes.txt").write_text("no image\n")
+    with pytest.raises(
+        DataError, match=f"^data: imagefolder's train split holds no images \\(data.root={tmp_path}/notes\\)$"
+    ):
+        build_data(make_config(tmp_path, *IMAGES, f"data.root={tmp_path / 'notes'}"))
 
 
 def test_a_validation_batch_of_unreadable_images_alone_is_left_out(tmp_path):

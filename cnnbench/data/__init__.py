@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cnnbench.errors import ConfigError, DataError
+from cnnbench.errors import ConfigError, DataError, short_list
 
 from .datasets import EncodedFiles, SeededBatches, dataset, load_split
 from .decode import DecodedBatches, encoded_batch
@@ -41,8 +41,17 @@ def build_data(cfg, rank: int = 0, world_size: int = 1, device: torch.device = t
             f"classes; leave it null to use the data set's own"
         )
     if val.classes != train.classes:
+        only_train, only_val = (
+            sorted(set(train.classes) - set(val.classes)),
+            sorted(set(val.classes) - set(train.classes)),
+        )
         raise DataError(
-            f"data: the val split's classes differ from train's ({len(val.classes)} vs {len(train.classes)})"
+            f"data: the val split's classes differ from train's ({len(val.classes)} vs {len(train.classes)}; "
+            f"only in train: {short_list(only_train)}; only in val: {short_list(only_val)})"
+        )
+    if not len(train.dataset):
+        raise DataError(
+            f"data: {data.name}'s train split holds no images" + (f" (data.root={data.root})" if data.root else "")
         )
     if data.batch_size % world_size:
         raise DataError(f"data.batch_size: {data.batch_size} does not split over {world_size} ranks")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from cnnbench.errors import CheckpointError
+from cnnbench.errors import CheckpointError, short_list
 
 from .checkpoint import model_from_checkpoint
 
@@ -17,7 +17,10 @@ def load_teacher(
     gave its path) if it knows other classes or sees other channels than this run's data."""
     teacher, state = model_from_checkpoint(Path(path))
     if state["classes"] != classes:
-        raise CheckpointError(f"{key}: {path} was trained on other classes than this run's data")
+        raise CheckpointError(
+            f"{key}: {path} was trained on other classes than this run's data (there "
+            f"{short_list(state['classes'])}; here {short_list(classes)})"
+        )
     if state["config"]["data"]["channels"] != channels:
         raise CheckpointError(
             f"{key}: {path} sees {state['config']['data']['channels']}-channel images, this run's data has {channels}"
