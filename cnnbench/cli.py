@@ -3,6 +3,7 @@
 import difflib
 import functools
 import os
+import re
 import sys
 
 import hydra
@@ -26,6 +27,11 @@ def run_reporting_errors(fn, *args):
             raise
         print(f"cnnbench: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
+    except (MemoryError, RuntimeError) as e:  # torch's OutOfMemoryError and CPU allocator errors are RuntimeErrors
+        if (message := memory_error_message(e)) is None:
+            raise
+        print(f"cnnbench: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
     except RankFailed as e:
         print(f"cnnbench: error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
@@ -33,6 +39,25 @@ def run_reporting_errors(fn, *args):
         raise SystemExit(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:
         raise SystemExit(EXIT_CTRL_C) from None
+
+
+def memory_error_message(e: BaseException) -> str | None:
+    """Out of the host's or a GPU's memory: a size the user chose is too big, which a traceback would hide."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in text):
+        return None
+    asked = re.search(r"[Tt]ried to allocate ([\d.]+)( [KMGT]iB| bytes)?", text)
+    if asked and asked.group(2) in (None, " bytes"):
+        size = f"{float(asked.group(1)) / 2**30:.1f} GiB"
+    else:
+        size = asked and f"{asked.group(1)}{asked.group(2)}"
+    where = "a GPU" if type(e).__name__ == "OutOfMemoryError" else "the host"
+    return (
+        f"out of memory on {where}"
+        + (f" (it asked for {size} more)" if size else "")
+        + ": a smaller data.batch_size, data.image_size, data.train_size (synthetic data) or model "
+        "(model.width_mult, model.depth_mult)"
+    )
 
 
 def hydra_app(config_name: str):

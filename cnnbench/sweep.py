@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from cnnbench.cli import run_reporting_errors
+from cnnbench.cli import memory_error_message, run_reporting_errors
 from cnnbench.config import check_keys
 from cnnbench.errors import EXIT_INTERRUPTED, EXIT_POINTS_FAILED, CnnbenchError, ConfigError, Interrupted, RankFailed
 from cnnbench.files import read_json
@@ -189,8 +189,11 @@ def run_point(cfg: DictConfig, task_cfg: DictConfig, check, fn, *args, record: s
         raise SystemExit(EXIT_INTERRUPTED) from None
     except (CnnbenchError, RankFailed) as e:
         print(f"cnnbench: error: {e}", file=sys.stderr)
-    except Exception:
-        traceback.print_exc()  # a bug or an out-of-memory: the other points may still run
+    except Exception as e:  # a bug, or out of memory: the other points may still run
+        if message := memory_error_message(e):
+            print(f"cnnbench: error: {message}", file=sys.stderr)
+        else:
+            traceback.print_exc()
     return None
 
 

@@ -15,6 +15,7 @@ import timm.utils
 import torch
 from PIL import Image
 
+from cnnbench.cli import memory_error_message
 from cnnbench.config import check_config
 from cnnbench.data.datasets import ImageFiles, _open_image, image_folder
 from cnnbench.engine.build import check_batch_statistics
@@ -270,6 +271,19 @@ def test_hydras_own_errors_end_in_one_line_naming_the_key(tmp_path, module, over
     result = run_cli(override, f"hydra.run.dir={run}", module=f"cnnbench.{module}")
     assert one_error_line(result) == f"cnnbench: error: {line}" and len(result.stderr.splitlines()) == 1
     assert not run.exists()
+
+
+def test_out_of_memory_ends_in_one_line_naming_the_sizes(tmp_path):
+    """Synthetic images of a million pixels a side ask the host for terabytes; a GPU's OutOfMemoryError
+    (here its message, without a GPU) reads the same."""
+    result = run_cli(*SMOKE, "data.image_size=1000000", f"hydra.run.dir={tmp_path / 'run'}")
+    assert one_error_line(result).startswith("cnnbench: error: out of memory on the host (it asked for ")
+    assert "GiB more): a smaller data.batch_size, data.image_size" in result.stderr
+    cuda = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 139 GiB"
+    )
+    assert memory_error_message(cuda).startswith("out of memory on a GPU (it asked for 2.00 GiB more): ")
+    assert memory_error_message(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
 
 
 def test_a_tired_users_inputs(tmp_path, monkeypatch):
