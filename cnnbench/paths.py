@@ -68,6 +68,8 @@ PATH_ERRORS = {
     errno.EEXIST: "a file stands where a directory is needed: choose another path or move the file",
     errno.EROFS: "choose a place on a writable file system",
     errno.EACCES: "choose a place you may write, or fix its permissions",
+    errno.EPERM: "the system permits it nowhere under there (/sys, /proc): choose another place",
+    errno.ENOENT: "it does not exist, or cannot be made there (/proc): check the path, or choose another",
     errno.EISDIR: "a directory stands where a file is needed",
     errno.ELOOP: "fix the symbolic links, or choose another path",
 }

@@ -222,6 +222,7 @@ def test_paths_that_cannot_be_used_end_in_one_line(tmp_path, read_only_dir):
         (tmp_path / "taken" / "run", "Not a directory; a file stands where a directory is needed"),
         (read_only_dir / "run", "Read-only file system; choose a place on a writable file system"),
         (read_only_dir, "Read-only file system; choose a place on a writable file system"),
+        ("/proc/cnnbench-run", "No such file or directory; it does not exist, or cannot be made there (/proc)"),
     ):
         line = one_error_line(run_cli(*SMOKE, f"hydra.run.dir={run_dir}"))
         assert line.startswith(f"cnnbench: error: hydra.run.dir={run_dir}: {reason}"), line
