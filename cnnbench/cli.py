@@ -2,6 +2,7 @@
 
 import difflib
 import functools
+import logging
 import os
 import re
 import sys
@@ -78,6 +79,10 @@ def hydra_app(config_name: str):
                     raise
                 print(f"cnnbench: error: {hydra_error_message(e)}", file=sys.stderr)
                 raise SystemExit(EXIT_USER_ERROR) from None
+            except KeyboardInterrupt:  # Ctrl-C while torch imports, before the run's own handler is set
+                logging.getLogger("torch").setLevel(logging.WARNING)  # half imported, its exit hooks log at INFO
+                print("cnnbench: interrupted (Ctrl-C) before the run started", file=sys.stderr)
+                raise SystemExit(EXIT_CTRL_C) from None
             finally:
                 if asked is None:
                     os.environ.pop("HYDRA_FULL_ERROR")

@@ -412,8 +412,9 @@ def test_listing(capsys):
     assert list_zoo(["family=efficientnet"]) == 0  # without input_size: each at its paper's image side
     native = {line.split()[0]: line.split()[2:4] for line in capsys.readouterr().out.splitlines()[2:]}
     assert native["efficientnet_b0"] == ["224", "0.875"] and native["efficientnet_b3"] == ["300", "0.904"]
-    assert list_zoo(["family=nope"]) == 2 and list_zoo(["size=3"]) == 2
-    assert capsys.readouterr().err.count("error: ") == 2
+    assert list_zoo(["family=nope"]) == 2 and list_zoo(["size=3"]) == 2 and list_zoo(["input_size=0"]) == 2
+    assert capsys.readouterr().err.count("cnnbench: error: ") == 3
+    assert list_zoo(["--help"]) == 0 and "python -m cnnbench.models [family=resnet]" in capsys.readouterr().out
 
 
 def output_layer(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:

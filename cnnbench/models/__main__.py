@@ -24,7 +24,7 @@ def parse_args(argv: list[str]) -> dict:
         key, _, value = arg.partition("=")
         if key not in DEFAULTS or not value:
             raise ConfigError(f"{arg}: expected key=value with key one of {', '.join(DEFAULTS)}")
-        if key != "family" and not value.isdigit():
+        if key != "family" and not (value.isdigit() and int(value) > 0):
             raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
         args[key] = value if key == "family" else int(value)
     families = sorted({get_entry(name).family for name in list_models()} - set(LIBRARIES))
@@ -48,10 +48,13 @@ def measure(name: str, input_size: int, num_classes: int, in_chans: int) -> tupl
 
 
 def main(argv: list[str]) -> int:
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return 0
     try:
         args = parse_args(argv)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"cnnbench: error: {e}", file=sys.stderr)
         return 2
     names = [n for n in list_models(args["family"]) if get_entry(n).family not in LIBRARIES]
     given = args["input_size"]
