@@ -6,7 +6,7 @@ import torch
 
 from cnnbench.errors import ConfigError, DataError, short_list
 
-from .datasets import EncodedFiles, SeededBatches, dataset, load_split
+from .datasets import EncodedFiles, SeededBatches, Split, dataset, load_split
 from .decode import DecodedBatches, encoded_batch
 from .loader import CudaPrefetcher, ReadableBatches, TrainBatches, ValBatches, collate_readable, loader_workers
 from .pseudo_labels import with_pseudo_labels
@@ -27,14 +27,8 @@ class Data:
     skipped_images: dict[str, str] = field(default_factory=dict)  # path -> why it did not decode, this rank's
 
 
-def build_data(cfg, rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu")) -> Data:
-    """`device`: the training device; on CUDA the loaders' batches are prefetched to it (or decoded there)."""
-    data = cfg.data
-    train_transform = build_transforms(cfg.augmentation, data, train=True)
-    eval_transform = build_transforms(cfg.augmentation, data, train=False)
-    train, val = load_split(data, True, train_transform), load_split(data, False, eval_transform)
-    if data.pseudo_labels:
-        train = with_pseudo_labels(train, data)
+def check_splits(data, train: Split, val: Split, world_size: int) -> None:
+    """The splits agree on their classes, and the training images make whole batches on every rank."""
     if data.num_classes is not None and data.num_classes != len(train.classes):
         raise DataError(
             f"data.num_classes: {data.num_classes}, but {data.name} has {len(train.classes)} "
@@ -57,6 +51,17 @@ def build_data(cfg, rank: int = 0, world_size: int = 1, device: torch.device = t
         raise DataError(f"data.batch_size: {data.batch_size} does not split over {world_size} ranks")
     if len(train.dataset) < data.batch_size:
         raise DataError(f"data.batch_size: {data.batch_size} is more than the {len(train.dataset)} training images")
+
+
+def build_data(cfg, rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu")) -> Data:
+    """`device`: the training device; on CUDA the loaders' batches are prefetched to it (or decoded there)."""
+    data = cfg.data
+    train_transform = build_transforms(cfg.augmentation, data, train=True)
+    eval_transform = build_transforms(cfg.augmentation, data, train=False)
+    train, val = load_split(data, True, train_transform), load_split(data, False, eval_transform)
+    if data.pseudo_labels:
+        train = with_pseudo_labels(train, data)
+    check_splits(data, train, val, world_size)
     train_batches = TrainBatches(
         len(train.dataset), data.batch_size, cfg.seed, rank, world_size, cfg.train.limit_train_batches
     )
