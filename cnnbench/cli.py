@@ -66,10 +66,20 @@ def hydra_app(config_name: str):
     value of the wrong type, an override it cannot parse) reported as the project's are: one line, exit 2."""
 
     def decorate(task):
-        app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(task)
+        @functools.wraps(task)
+        def task_in_users_env(cfg):  # the task and its processes see HYDRA_FULL_ERROR as the user set it
+            users_env(asked)
+            try:
+                return task(cfg)
+            finally:
+                os.environ["HYDRA_FULL_ERROR"] = "1"
+
+        app = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(task_in_users_env)
+        asked = None
 
         @functools.wraps(task)
         def main():
+            nonlocal asked
             asked = os.environ.get("HYDRA_FULL_ERROR")
             os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing and exiting 1
             try:
@@ -84,12 +94,18 @@ def hydra_app(config_name: str):
                 print("cnnbench: interrupted (Ctrl-C) before the run started", file=sys.stderr)
                 raise SystemExit(EXIT_CTRL_C) from None
             finally:
-                if asked is None:
-                    os.environ.pop("HYDRA_FULL_ERROR")
+                users_env(asked)
 
         return main
 
     return decorate
+
+
+def users_env(value: str | None) -> None:
+    if value is None:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+    else:
+        os.environ["HYDRA_FULL_ERROR"] = value
 
 
 def hydra_error_message(e: Exception) -> str:
