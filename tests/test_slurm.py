@@ -273,10 +273,17 @@ def test_train_sbatch_runs_to_completion(slurm, jobs):
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 64
 
 
+def first_errors(output: str) -> str:
+    """Where each torchrun's trouble began, and the end: a failing agent's first lines are what tell why."""
+    lines = output.splitlines()
+    starts = [i for i, line in enumerate(lines) if "Traceback" in line or "error" in line.lower()][:4]
+    return "\n".join("\n".join(lines[i : i + 12]) for i in starts) + "\n...\n" + output[-2000:]
+
+
 def test_multinode_sbatch_meets_two_ranks_by_rendezvous(slurm, jobs):
     """2 tasks on the one node: 2 torchruns of one rank each, meeting on the first node."""
     job = jobs["multinode"]
-    assert exit_code(slurm, job) == "0:0", slurm("scontrol", "show", "job", job) + slurm.output(job)[-3000:]
+    assert exit_code(slurm, job) == "0:0", slurm("scontrol", "show", "job", job) + first_errors(slurm.output(job))
     state = load_checkpoint(slurm.run_dir(job) / "checkpoints" / "last.pt")
     assert state["world_size"] == 2 and state["step"] == 256 // 32
     assert json.loads((slurm.run_dir(job) / "summary.json").read_text())["status"] == "completed"
