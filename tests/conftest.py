@@ -19,11 +19,6 @@ def pytest_configure(config):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-# Their torchrun agents on one machine at once: the SLURM multinode job's c10d rendezvous lost its store
-# in 3 of 3 runs beside test_distributed's runs today (never alone); one worker runs them one after another.
-TORCHRUN_MODULES = ("tests.test_slurm", "tests.test_distributed")
-
-
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need a CUDA device: skipped, with the reason, where torch sees none (CI, a laptop).
@@ -33,9 +28,7 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
         fixtures = getattr(item, "_fixtureinfo", None)
-        if item.module.__name__ in TORCHRUN_MODULES:
-            item.add_marker(pytest.mark.xdist_group("torchrun"))
-        elif fixtures and any(d.scope in SHARED_SCOPES for defs in fixtures.name2fixturedefs.values() for d in defs):
+        if fixtures and any(d.scope in SHARED_SCOPES for defs in fixtures.name2fixturedefs.values() for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
